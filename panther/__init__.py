@@ -1,0 +1,28 @@
+"""Panther: sketched (randomized low-rank) layers for PyTorch and an auto-tuner that picks them.
+
+Subpackages: :mod:`panther.nn` (layers), :mod:`panther.ops` (the fused sketched-linear op and its
+CUDA kernels), :mod:`panther.tuner` (``SKAutoTuner``). Imports are lazy: ``import panther`` loads
+neither Optuna nor any compiled extension.
+"""
+
+from panther._lazy import lazy_exports
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "nn": "panther.nn",
+    "ops": "panther.ops",
+    "tuner": "panther.tuner",
+}
+
+
+def __getattr__(name: str):
+    import importlib
+
+    if name in _EXPORTS:
+        return importlib.import_module(_EXPORTS[name])
+    raise AttributeError(f"module 'panther' has no attribute {name!r}")
+
+
+__all__ = ["__version__", *_EXPORTS]
+del lazy_exports

@@ -1,0 +1,13 @@
+"""Sketched drop-in replacements for dense ``torch.nn`` layers."""
+
+from panther._lazy import lazy_exports
+
+_EXPORTS = {
+    "SKLinear": ".linear",
+    "SKConv2d": ".conv",
+    "RandMultiHeadAttention": ".attention",
+    "SketchedModule": ".base",
+    "rebuild_sketched_layers": ".rebuild",
+}
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+__all__ = list(_EXPORTS)

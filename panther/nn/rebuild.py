@@ -1,0 +1,159 @@
+"""Swap modules by name, describe a model's sketched layers as a plan, and rebuild them.
+
+A *plan* is ``{layer_name: {"type": "SKLinear", "params": {...}}}`` where ``params`` are the
+arguments of ``from_dense`` (e.g. ``num_terms``, ``low_rank``, ``init``). It is JSON-serialisable,
+so a tuning result can be re-applied to a fresh dense model. A sketched model's ``state_dict``
+also describes its layers (their ``_extra_state``), so :func:`rebuild_sketched_layers` can turn a
+fresh dense model into one that loads that state dict strictly.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from typing import Any, Dict, List, Mapping, Optional, Union
+
+import torch
+from torch import nn
+
+from panther.nn.base import SKETCHED_LAYERS, SketchedModule
+
+Plan = Dict[str, Dict[str, Any]]
+_EXTRA_STATE_SUFFIX = "._extra_state"
+
+
+def module_paths(model: nn.Module, target: nn.Module) -> List[str]:
+    """Every dotted name under which ``target`` is reachable in ``model`` (shared modules have several)."""
+    return [name for name, module in model.named_modules(remove_duplicate=False) if module is target and name]
+
+
+def replace_module(model: nn.Module, name: str, new: nn.Module) -> List[str]:
+    """Put ``new`` wherever the module called ``name`` sits (all its aliases); return those names.
+
+    A module shared under two names stays shared: both names get the same new module.
+    """
+    old = model.get_submodule(name)
+    paths = module_paths(model, old)
+    for path in paths:
+        parent_name, _, child = path.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        setattr(parent, child, new)
+    return paths
+
+
+def sketch_plan(model: nn.Module) -> Plan:
+    """The plan describing every sketched layer of ``model`` (each shared module once, first name)."""
+    plan: Plan = {}
+    for name, module in model.named_modules():
+        if isinstance(module, SketchedModule) and name:
+            plan[name] = {"type": type(module).__name__, "params": module.sketch_params()}
+    return plan
+
+
+def _sketched_class(type_name: str) -> type:
+    if type_name not in SKETCHED_LAYERS:
+        _import_all_layers()
+    try:
+        return SKETCHED_LAYERS[type_name]
+    except KeyError:
+        raise ValueError(f"unknown sketched layer type {type_name!r}; known: {sorted(SKETCHED_LAYERS)}") from None
+
+
+def _import_all_layers() -> None:
+    """Import the layer modules so that ``SKETCHED_LAYERS`` is complete."""
+    import importlib
+
+    for module in ("panther.nn.linear", "panther.nn.conv", "panther.nn.attention"):
+        try:
+            importlib.import_module(module)
+        except ImportError:  # a layer module may be absent in a partial install
+            continue
+
+
+def validate_plan(plan: Any) -> Plan:
+    """Check a plan's shape (before any model is touched) and return it."""
+    if not isinstance(plan, Mapping):
+        raise ValueError(f"a plan must be a mapping of layer name -> {{'type', 'params'}}, got {type(plan).__name__}")
+    for name, entry in plan.items():
+        if not isinstance(name, str) or not isinstance(entry, Mapping) or set(entry) != {"type", "params"}:
+            raise ValueError(f"plan entry {name!r} must be {{'type': str, 'params': dict}}, got {entry!r}")
+        if not isinstance(entry["params"], Mapping):
+            raise ValueError(f"plan entry {name!r}: 'params' must be a dict, got {entry['params']!r}")
+        _sketched_class(entry["type"])
+    return dict(plan)
+
+
+def apply_plan(model: nn.Module, plan: Plan, input_covs: Optional[Mapping[str, torch.Tensor]] = None) -> nn.Module:
+    """Replace the dense layers named in ``plan`` by their sketched versions (in place).
+
+    Weights are copied from each dense layer with ``from_dense``. Layers already sketched as
+    planned are left alone. Every entry is checked before the first layer is replaced.
+    """
+    plan = validate_plan(plan)
+    todo = []
+    for name, entry in plan.items():
+        try:
+            layer = model.get_submodule(name)
+        except AttributeError:
+            raise ValueError(f"plan names layer {name!r}, which the model does not have") from None
+        cls = _sketched_class(entry["type"])
+        if isinstance(layer, cls):
+            continue
+        if not isinstance(layer, cls.dense_type):
+            raise ValueError(f"plan maps {name!r} to {cls.__name__}, but it is a {type(layer).__name__}")
+        todo.append((name, layer, cls, dict(entry["params"])))
+    for name, layer, cls, params in todo:
+        cov = (input_covs or {}).get(name)
+        if params.get("init") == "data_svd":
+            if cov is None:
+                warnings.warn(f"{name}: plan asks for init='data_svd' but no input covariance was given; "
+                              "using init='svd' (load the trained weights afterwards for exact values)", stacklevel=2)
+                params["init"] = "svd"
+            else:
+                params["input_cov"] = cov
+        replace_module(model, name, cls.from_dense(layer, **params))
+    return model
+
+
+def plan_from_state_dict(state_dict: Mapping[str, Any]) -> Plan:
+    """Recover the plan from the ``_extra_state`` entries a sketched model's state dict carries."""
+    _import_all_layers()
+    plan: Plan = {}
+    for key, value in state_dict.items():
+        if not (key.endswith(_EXTRA_STATE_SUFFIX) and isinstance(value, Mapping)):
+            continue
+        cls = SKETCHED_LAYERS.get(value.get("class"))  # type: ignore[arg-type]
+        if cls is not None and isinstance(value.get("hyperparameters"), Mapping):
+            name = key[: -len(_EXTRA_STATE_SUFFIX)]
+            plan[name] = {"type": cls.__name__, "params": cls.sketch_params_of(dict(value["hyperparameters"]))}
+    return plan
+
+
+def rebuild_sketched_layers(model: nn.Module, source: Union[Mapping[str, Any], str, os.PathLike]) -> nn.Module:
+    """Give a dense ``model`` the sketched layers described by ``source``, so it can load their weights.
+
+    ``source`` is a sketched model's state dict, a plan, or a path to a plan JSON file. Afterwards
+    ``model.load_state_dict(state_dict, strict=True)`` restores the sketched model exactly.
+    """
+    if isinstance(source, (str, os.PathLike)):
+        plan = load_plan(source)
+    elif source and all(isinstance(v, Mapping) and set(v) == {"type", "params"} for v in source.values()):
+        plan = dict(source)  # type: ignore[arg-type]
+    else:
+        plan = plan_from_state_dict(source)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # data_svd falls back to svd: exact weights are loaded next
+        return apply_plan(model, plan)
+
+
+def save_plan(plan: Plan, path: Union[str, os.PathLike]) -> None:
+    """Write a plan as JSON (human-readable, safe to load)."""
+    with open(path, "w", encoding="utf-8") as handle:
+        json.dump(validate_plan(plan), handle, indent=2, sort_keys=False)
+
+
+def load_plan(path: Union[str, os.PathLike]) -> Plan:
+    """Read and validate a plan JSON file."""
+    with open(path, encoding="utf-8") as handle:
+        return validate_plan(json.load(handle))

@@ -27,6 +27,8 @@ class SketchedModule(nn.Module):
     """
 
     dense_type: ClassVar[Type[nn.Module]]
+    #: Hyperparameters that do not change the layer's tensors, so a checkpoint may differ in them.
+    runtime_hyperparameters: ClassVar[frozenset] = frozenset({"init"})
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -54,7 +56,7 @@ class SketchedModule(nn.Module):
         if not isinstance(state, dict) or "hyperparameters" not in state:
             raise ValueError(f"{type(self).__name__}: malformed extra state {state!r}")
         mine, theirs = self.hyperparameters(), state["hyperparameters"]
-        structural = {k: v for k, v in theirs.items() if k in mine and k != "init"}
+        structural = {k: v for k, v in theirs.items() if k in mine and k not in self.runtime_hyperparameters}
         mismatched = {k: (mine[k], v) for k, v in structural.items() if mine[k] != v}
         if state.get("class") != type(self).__name__ or mismatched:
             raise ValueError(

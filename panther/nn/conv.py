@@ -107,8 +107,9 @@ class SKConv2d(SketchedModule):
         in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias, padding_mode,
             device, dtype: as for :class:`torch.nn.Conv2d` (``padding`` may be ``'same'``/``'valid'``;
             pairs may be tuples or lists). Every group gets its own rank-``2Tk`` factorisation.
-        num_terms: ``T``, number of sketch terms averaged (after ``padding_mode``: ``nn.Conv2d``'s
-            positional order is kept).
+        num_terms: ``T``, number of sketch terms averaged. It and ``low_rank`` come after
+            ``padding_mode`` so that ``nn.Conv2d``'s positional order is kept; their defaults
+            (1 and 16) are those of :meth:`from_dense`.
         low_rank: ``k``, rank of each term.
         W_init: dense kernel ``(out_channels, in_channels/groups, kh, kw)`` to approximate;
             Kaiming-initialised (as ``nn.Conv2d``) when omitted.

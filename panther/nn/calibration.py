@@ -1,0 +1,114 @@
+"""Input statistics for data-aware initialisation (``init="data_svd"``).
+
+:func:`collect_input_covariances` runs calibration batches through a model once, with forward
+hooks on the chosen layers, and accumulates each layer's input second moment ``E[x xᵀ]`` in float64
+(streaming: memory is one ``d x d`` matrix per layer, whatever the number of batches). For a
+``Conv2d`` the "input" is the unfolded patch vector (all channels, ``F.unfold`` order) the kernel
+multiplies, so the same low-rank machinery applies; grouped convolutions use its diagonal blocks.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Dict, Iterable, Optional, Sequence
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+
+class SecondMoment:
+    """Streaming ``E[x xᵀ]`` over the rows of the matrices passed to :meth:`update`."""
+
+    def __init__(self, dim: int) -> None:
+        self.total = torch.zeros(dim, dim, dtype=torch.float64)
+        self.count = 0
+
+    def update(self, rows: torch.Tensor) -> None:
+        rows = rows.detach().to(device="cpu", dtype=torch.float64)
+        self.total.addmm_(rows.T, rows)
+        self.count += rows.shape[0]
+
+    def value(self) -> torch.Tensor:
+        if self.count == 0:
+            raise ValueError("no calibration inputs reached this layer")
+        return self.total / self.count
+
+
+def layer_input_rows(layer: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
+    """The vectors ``layer`` multiplies by its weight, one per row."""
+    if isinstance(layer, nn.Linear):
+        return inputs.reshape(-1, layer.in_features)
+    if isinstance(layer, nn.Conv2d):
+        x = inputs if inputs.dim() == 4 else inputs.unsqueeze(0)
+        if isinstance(layer.padding, str):
+            x, padding = _explicit_padding(layer, x), 0
+        elif layer.padding_mode != "zeros":
+            pad_h, pad_w = layer.padding
+            x, padding = F.pad(x, (pad_w, pad_w, pad_h, pad_h), mode=layer.padding_mode), 0
+        else:
+            padding = layer.padding
+        patches = F.unfold(x, layer.kernel_size, dilation=layer.dilation, padding=padding, stride=layer.stride)
+        return patches.transpose(1, 2).reshape(-1, patches.shape[1])
+    raise TypeError(f"no input statistics for {type(layer).__name__}")
+
+
+def _explicit_padding(layer: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    """Pad ``x`` as ``padding='same'``/``'valid'`` would (PyTorch puts the odd extra pixel last)."""
+    if layer.padding == "valid":
+        return x
+    pads = []
+    for dilation, kernel in reversed(list(zip(layer.dilation, layer.kernel_size))):
+        total = dilation * (kernel - 1)
+        pads += [total // 2, total - total // 2]
+    mode = "constant" if layer.padding_mode == "zeros" else layer.padding_mode
+    return F.pad(x, pads, mode=mode)
+
+
+def input_dimension(layer: nn.Module) -> int:
+    if isinstance(layer, nn.Linear):
+        return layer.in_features
+    if isinstance(layer, nn.Conv2d):
+        # All groups' patches: SKConv2d takes the per-group diagonal blocks of this matrix.
+        return layer.in_channels * layer.kernel_size[0] * layer.kernel_size[1]
+    raise TypeError(f"no input statistics for {type(layer).__name__}")
+
+
+@torch.no_grad()
+def collect_input_covariances(
+    model: nn.Module,
+    layer_names: Sequence[str],
+    batches: Iterable[Any],
+    forward: Optional[Callable[[nn.Module, Any], Any]] = None,
+    max_batches: Optional[int] = None,
+) -> Dict[str, torch.Tensor]:
+    """Second moments of the inputs of ``layer_names`` over ``batches``.
+
+    ``forward(model, batch)`` runs one batch (default: ``model(batch)``, or ``model(batch[0])``
+    for ``(inputs, targets)`` tuples). The model's train/eval mode is restored afterwards and the
+    hooks are removed even if a batch fails.
+    """
+    layers = {name: model.get_submodule(name) for name in layer_names}
+    moments = {name: SecondMoment(input_dimension(layer)) for name, layer in layers.items()}
+    run = forward or _default_forward
+    handles = [
+        layer.register_forward_pre_hook(lambda mod, args, name=name: moments[name].update(layer_input_rows(mod, args[0])))
+        for name, layer in layers.items()
+    ]
+    was_training = model.training
+    model.eval()
+    try:
+        for index, batch in enumerate(batches):
+            if max_batches is not None and index >= max_batches:
+                break
+            run(model, batch)
+    finally:
+        for handle in handles:
+            handle.remove()
+        model.train(was_training)
+    return {name: moment.value() for name, moment in moments.items()}
+
+
+def _default_forward(model: nn.Module, batch: Any) -> Any:
+    if isinstance(batch, (tuple, list)):
+        return model(batch[0])
+    return model(batch)

@@ -1,0 +1,12 @@
+"""Original-Panther path for the configuration classes and the layer/parameter resolvers."""
+
+from panther._lazy import lazy_exports
+
+_EXPORTS = {
+    "LayerConfig": "panther.tuner.configs",
+    "TuningConfigs": "panther.tuner.configs",
+    "LayerNameResolver": "panther.tuner.selectors",
+    "ParamsResolver": "panther.tuner.auto",
+}
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+__all__ = list(_EXPORTS)

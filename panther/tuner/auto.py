@@ -1,0 +1,165 @@
+"""``params="auto"``: search spaces holding only sketches cheaper than the dense layer.
+
+A sketched layer depends on ``(num_terms, low_rank)`` only through its rank ``2·T·k``, while its
+cost grows with ``T`` (every term carries its own factors). So the generated space fixes
+``num_terms=1`` and searches ``low_rank`` on an ordered grid (powers of two and their midpoints:
+1, 2, 3, 4, 6, 8, 12, ...) that stops strictly below the break-even rank, where the sketch would
+cost as much as the dense layer:
+
+* ``nn.Linear(d_in, d_out)``: ``2·T·k·(d_in + d_out) < d_in·d_out`` (weights and multiply-adds).
+* ``nn.Conv2d``: per output pixel ``2Tk·C_in·kh·kw + 2Tk·C_out < kh·kw·C_in/groups·C_out``
+  (:func:`panther.nn.conv.conv_is_cheaper`).
+
+Every combination proposed is therefore cheaper than the layer it replaces. ``init`` is ``"svd"``
+(keep the trained weights' best low-rank part) when weights are copied, else ``"sketch"``.
+Layers with identical type and shape share one generated space ("smart grouping").
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Callable, Dict, Hashable, List, Mapping, Optional, Sequence, Tuple, Union
+
+from torch import nn
+
+from panther.tuner.params import Categorical, ParamSpec
+
+LayerRef = Union[str, nn.Module]
+Space = Dict[str, ParamSpec]
+
+
+def rank_grid(is_cheaper: Callable[[int], bool], upper: int) -> List[int]:
+    """Ascending ``1, 2, 3, 4, 6, 8, 12, 16, ...`` up to ``upper``, keeping ranks that pass the check."""
+    grid, power = [], 1
+    while power <= upper:
+        for rank in (power, power + power // 2):
+            if rank <= upper and rank not in grid and is_cheaper(rank):
+                grid.append(rank)
+        power *= 2
+    return grid
+
+
+def linear_is_cheaper(in_features: int, out_features: int, num_terms: int, low_rank: int) -> bool:
+    """``SKLinear`` stores and multiplies ``2Tk(d_in+d_out)`` numbers against ``d_in·d_out`` dense."""
+    return 2 * num_terms * low_rank * (in_features + out_features) < in_features * out_features
+
+
+def conv_is_cheaper(layer: nn.Conv2d, num_terms: int, low_rank: int) -> bool:
+    from panther.nn.conv import conv_is_cheaper as sketched_conv_is_cheaper
+
+    return sketched_conv_is_cheaper(layer.in_channels, layer.out_channels, layer.kernel_size, layer.groups,
+                                    num_terms, low_rank)
+
+
+def _shape_key(layer: nn.Module) -> Optional[Hashable]:
+    """Type and shape: layers with equal keys get the same space. ``None``: unsupported by "auto"."""
+    if type(layer).forward is not nn.Linear.forward and type(layer).forward is not nn.Conv2d.forward:
+        return None
+    if isinstance(layer, nn.Linear):
+        return ("Linear", layer.in_features, layer.out_features)
+    if isinstance(layer, nn.Conv2d):
+        return ("Conv2d", layer.in_channels, layer.out_channels, tuple(layer.kernel_size), layer.groups)
+    return None
+
+
+def _cheaper_check(layer: nn.Module) -> Tuple[Callable[[int], bool], int]:
+    if isinstance(layer, nn.Linear):
+        return (lambda k: linear_is_cheaper(layer.in_features, layer.out_features, 1, k),
+                min(layer.in_features, layer.out_features))
+    conv = layer
+    assert isinstance(conv, nn.Conv2d)
+    fan_in = conv.in_channels // conv.groups * conv.kernel_size[0] * conv.kernel_size[1]
+    return (lambda k: conv_is_cheaper(conv, 1, k), min(fan_in, conv.out_channels // conv.groups))
+
+
+class ParamsResolver:
+    """Generates the ``"auto"`` search space of each layer.
+
+    Args:
+        model_or_resolver: the model, or a :class:`~panther.tuner.selectors.LayerNameResolver` of it,
+            used to look layers up by name.
+    """
+
+    def __init__(self, model_or_resolver: object) -> None:
+        from panther.tuner.selectors import LayerNameResolver
+
+        if isinstance(model_or_resolver, LayerNameResolver):
+            self.resolver = model_or_resolver
+        elif isinstance(model_or_resolver, nn.Module):
+            self.resolver = LayerNameResolver(model_or_resolver)
+        else:
+            raise TypeError(f"ParamsResolver needs an nn.Module or a LayerNameResolver, got "
+                            f"{type(model_or_resolver).__name__}")
+
+    def space_for(self, layer: nn.Module, copy_weights: bool = True) -> Optional[Space]:
+        """The space for one layer, or ``None`` when "auto" does not support it or no rank is cheaper."""
+        if _shape_key(layer) is None:
+            return None
+        check, upper = _cheaper_check(layer)
+        ranks = rank_grid(check, upper)
+        if not ranks:
+            return None
+        return {
+            "num_terms": Categorical([1]),
+            "low_rank": Categorical(ranks),
+            "init": Categorical(["svd" if copy_weights else "sketch"]),
+        }
+
+    def resolve(self, layers: Sequence[LayerRef], copy_weights: bool = True) -> Dict[str, Space]:
+        """Per layer (by name; a module is named by its first name in the model) its concrete space.
+
+        Layers that "auto" cannot handle or for which no sketch is cheaper are left out, with a warning.
+        Layers of identical type and shape share the same space object.
+        """
+        return self.resolve_modules(dict(self._lookup(ref) for ref in layers), copy_weights)
+
+    def resolve_modules(self, layers: Mapping[str, nn.Module], copy_weights: bool = True) -> Dict[str, Space]:
+        """:meth:`resolve` for layers given as ``{name: module}``."""
+        spaces: Dict[str, Space] = {}
+        shared: Dict[Hashable, Optional[Space]] = {}
+        for name, layer in layers.items():
+            key = _shape_key(layer)
+            if key is None:
+                warnings.warn(f"params='auto' does not support {name!r} ({type(layer).__name__}); skipping it",
+                              stacklevel=3)
+                continue
+            if key not in shared:
+                shared[key] = self.space_for(layer, copy_weights)
+            if shared[key] is None:
+                warnings.warn(f"params='auto': no sketch of {name!r} ({type(layer).__name__}) is cheaper than "
+                              "the dense layer; skipping it", stacklevel=3)
+                continue
+            spaces[name] = shared[key]  # type: ignore[assignment]
+        return spaces
+
+    def groups(self, spaces: Dict[str, Space]) -> List[Tuple[List[str], Space]]:
+        """Layers sharing one space, in first-appearance order: ``[(names, space), ...]``."""
+        grouped: List[Tuple[List[str], Space]] = []
+        for name, space in spaces.items():
+            for names, existing in grouped:
+                if existing is space or existing == space:
+                    names.append(name)
+                    break
+            else:
+                grouped.append(([name], space))
+        return grouped
+
+    @staticmethod
+    def joint_space(spaces: Sequence[Space]) -> Optional[Space]:
+        """One space valid for every layer of a jointly tuned group: the ranks cheaper for all of them."""
+        if not spaces:
+            return None
+        ranks = [k for k in spaces[0]["low_rank"].values() if all(k in s["low_rank"].values() for s in spaces[1:])]
+        if not ranks:
+            return None
+        return {**spaces[0], "low_rank": Categorical(ranks)}
+
+    def _lookup(self, ref: LayerRef) -> Tuple[str, nn.Module]:
+        if isinstance(ref, str):
+            return ref, self.resolver.module(ref)
+        if isinstance(ref, nn.Module):
+            for name in self.resolver.names():
+                if self.resolver.module(name) is ref:
+                    return name, ref
+            raise ValueError(f"{type(ref).__name__} module is not part of the model this resolver reads")
+        raise TypeError(f"layers must be given by name or as modules, got {type(ref).__name__}: {ref!r}")

@@ -1,0 +1,151 @@
+"""Turn ``TuningConfigs`` into concrete tuning groups, validating everything before tuning starts.
+
+A *group* is what one search runs over: a single layer (``separate=True``) or several layers
+sharing their parameters (``separate=False``). Its name is deterministic (the layer name, or the
+layer names joined by ``+``) so a study in persistent storage is found again on resume.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, Optional
+
+from torch import nn
+
+from panther.tuner.auto import ParamsResolver
+from panther.tuner.configs import LayerConfig, TuningConfigs
+from panther.tuner.layers import attention_internals, from_dense_arguments, sketched_class_for, tied_layers
+from panther.tuner.params import ParamSpec
+from panther.tuner.selectors import LayerNameResolver
+
+logger = logging.getLogger("panther.tuner")
+Space = Dict[str, ParamSpec]
+
+
+@dataclass
+class TuningGroup:
+    name: str
+    layers: List[str]
+    space: Space
+    copy_weights: bool
+    config_index: int
+
+
+def _explicitly_named(selector: Any, name: str) -> bool:
+    if isinstance(selector, str):
+        return selector == name
+    if isinstance(selector, (list, tuple)):
+        return name in selector
+    return False
+
+
+def _group_name(names: List[str]) -> str:
+    return "+".join(names)
+
+
+class GroupBuilder:
+    """Resolves configs against a model; ``dense_of`` gives the dense layer the tuner remembers."""
+
+    def __init__(self, model: nn.Module, resolver: LayerNameResolver, dense_of: Callable[[str], nn.Module],
+                 accepts_param_specs: bool, tune_tied: bool) -> None:
+        self.model = model
+        self.resolver = resolver
+        self.dense_of = dense_of
+        self.accepts_param_specs = accepts_param_specs
+        self.tune_tied = tune_tied
+
+    def build(self, configs: TuningConfigs) -> tuple[List[TuningGroup], TuningConfigs]:
+        """Groups to tune and the resolved configs (concrete names, concrete parameter specs)."""
+        groups: List[TuningGroup] = []
+        resolved: List[LayerConfig] = []
+        owner: Dict[str, int] = {}
+        inside_attention = attention_internals(self.model)
+        tied = tied_layers(self.model)
+        for index, config in enumerate(configs):
+            names = self._tunable(index, config, inside_attention, tied)
+            for name in names:
+                if name in owner:
+                    raise ValueError(f"layer {name!r} is selected by configs[{owner[name]}] and configs[{index}]; "
+                                     "each layer may be tuned by one config only")
+                owner[name] = index
+            if config.is_auto:
+                new_groups, new_configs = self._auto_groups(index, config, names)
+            else:
+                self._check_space(index, config, names)
+                space = dict(config.params)  # type: ignore[arg-type]
+                new_groups = ([TuningGroup(n, [n], space, config.copy_weights, index) for n in names] if config.separate
+                              else [TuningGroup(_group_name(names), names, space, config.copy_weights, index)])
+                new_configs = [LayerConfig(names, space, config.separate, config.copy_weights)]
+            groups += new_groups
+            resolved += new_configs
+        return groups, TuningConfigs(resolved)
+
+    def _tunable(self, index: int, config: LayerConfig, inside_attention: Dict[int, int],
+                 tied: Dict[int, List[str]]) -> List[str]:
+        selector = config.layer_names
+        names = self.resolver.resolve(selector)
+        if not names:
+            raise ValueError(f"configs[{index}]: layer selector {selector!r} matches no layer of the model")
+        selected = {id(self.dense_of(name)) for name in names}
+        kept, reasons = [], {}
+        for name in names:
+            module = self.dense_of(name)
+            if id(module) in inside_attention:
+                reasons[name] = "it is part of an nn.MultiheadAttention, which reads its weight directly"
+                if inside_attention[id(module)] not in selected:  # else the block itself is tuned: no news
+                    warnings.warn(f"skipping {name!r}: {reasons[name]}; tune the attention block instead",
+                                  stacklevel=4)
+            elif sketched_class_for(module) is None:
+                reasons[name] = f"{type(module).__name__} has no sketched replacement"
+                if _explicitly_named(selector, name):
+                    warnings.warn(f"skipping {name!r}: {reasons[name]}", stacklevel=4)
+                else:
+                    logger.debug("skipping %s: %s", name, reasons[name])
+            elif id(module) in tied and not self.tune_tied:
+                reasons[name] = f"its parameters are shared with {sorted(set(tied[id(module)]))}"
+                warnings.warn(f"skipping {name!r}: {reasons[name]}; pass tune_tied=True to sketch it anyway "
+                              "(this unties the weights)", stacklevel=4)
+            else:
+                kept.append(name)
+        if not kept:
+            detail = "; ".join(f"{n}: {r}" for n, r in list(reasons.items())[:5])
+            raise ValueError(f"configs[{index}]: layer selector {selector!r} matches no layer that can be sketched "
+                             f"({detail})")
+        return kept
+
+    def _check_space(self, index: int, config: LayerConfig, names: List[str]) -> None:
+        space: Space = config.params  # type: ignore[assignment]
+        for name in names:
+            cls = sketched_class_for(self.dense_of(name))
+            accepted = from_dense_arguments(cls)  # type: ignore[arg-type]
+            unknown = set(space) - accepted if accepted is not None else set()
+            if unknown:
+                raise ValueError(f"configs[{index}]: {cls.__name__} (for {name!r}) has no parameter "  # type: ignore[union-attr]
+                                 f"{sorted(unknown)}; it accepts {sorted(accepted)}")  # type: ignore[arg-type]
+        if not self.accepts_param_specs:
+            continuous = [p for p, spec in space.items() if spec.values() is None]
+            if continuous:
+                raise ValueError(f"configs[{index}]: parameter(s) {continuous} are continuous, but the search "
+                                 "algorithm only takes finite value lists; give Float a step or use OptunaSearch")
+
+    def _auto_groups(self, index: int, config: LayerConfig, names: List[str]) -> tuple[List[TuningGroup], List[LayerConfig]]:
+        params_resolver = ParamsResolver(self.resolver)
+        spaces = params_resolver.resolve_modules({n: self.dense_of(n) for n in names}, config.copy_weights)
+        if not spaces:
+            warnings.warn(f"configs[{index}]: params='auto' found nothing worth sketching in {names}", stacklevel=4)
+            return [], []
+        if config.separate:
+            groups = [TuningGroup(n, [n], dict(space), config.copy_weights, index) for n, space in spaces.items()]
+            configs = [LayerConfig(group_names, dict(space), True, config.copy_weights)
+                       for group_names, space in params_resolver.groups(spaces)]
+            return groups, configs
+        joint: Optional[Space] = ParamsResolver.joint_space(list(spaces.values()))
+        if joint is None:
+            warnings.warn(f"configs[{index}]: params='auto' found no rank cheaper for all of {list(spaces)} "
+                          "together; tune them separately", stacklevel=4)
+            return [], []
+        members = list(spaces)
+        return ([TuningGroup(_group_name(members), members, joint, config.copy_weights, index)],
+                [LayerConfig(members, joint, False, config.copy_weights)])

@@ -1,0 +1,223 @@
+"""What the tuner measured: one record per trial, a DataFrame view, a summary table, safe files.
+
+Results files are pickles (the documented ``.pkl`` API) holding only builtins (dict, list, str,
+numbers, bool, None). They are read back with an unpickler that resolves no global at all, so a
+crafted file cannot run code: anything but plain data is rejected with ``ValueError``.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+import pickle
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+
+#: Trial outcomes: measured, failed (NaN accuracy / candidate could not be built), or answered
+#: from an earlier identical proposal (``reused``) instead of evaluated again.
+STATUSES = ("ok", "failed", "reused")
+_FORMAT = "panther.tuner.results"
+_VERSION = 1
+_PLAIN_TYPES = (str, int, float, bool, type(None))
+
+
+@dataclass
+class TrialRecord:
+    """One evaluated parameter proposal for one tuning group (a layer, or layers tuned jointly)."""
+
+    group: str
+    layer_names: List[str]
+    trial: int
+    params: Dict[str, Any]
+    status: str = "ok"
+    accuracy: Optional[float] = None
+    accuracy_std: Optional[float] = None
+    speed: Optional[float] = None  # only measured for trials that meet the accuracy threshold
+    speed_std: Optional[float] = None
+    score: Optional[float] = None  # the value the search algorithm was told (higher is better)
+    feasible: bool = False
+    weights: Optional[int] = None  # parameters + buffers of the group's sketched layers
+    dense_weights: Optional[int] = None
+    phase: str = "search"  # "probe" (budget sensitivity pass), "search", or "storage" (resumed)
+    error: Optional[str] = None
+    duration_s: float = 0.0
+
+    @property
+    def weight_ratio(self) -> Optional[float]:
+        if self.weights is None or not self.dense_weights:
+            return None
+        return self.weights / self.dense_weights
+
+    def to_dict(self) -> Dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "TrialRecord":
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown or not {"group", "layer_names", "trial", "params"} <= set(data):
+            raise ValueError(f"malformed trial record {dict(data)!r}")
+        record = cls(**dict(data))
+        if record.status not in STATUSES or not isinstance(record.params, dict):
+            raise ValueError(f"malformed trial record {dict(data)!r}")
+        return record
+
+
+@dataclass
+class TuningResults:
+    """Everything ``SKAutoTuner`` reports: trials, chosen parameters, and the composed-model check."""
+
+    records: List[TrialRecord] = field(default_factory=list)
+    groups: Dict[str, List[str]] = field(default_factory=dict)  # group -> layer names
+    reverted: List[str] = field(default_factory=list)  # groups put back to dense by the final check
+    baseline_accuracy: Optional[float] = None
+    composed_accuracy: Optional[float] = None  # accuracy of the model with every kept winner installed
+    reused_trials: Dict[str, int] = field(default_factory=dict)
+
+    def best_record(self, group: str) -> Optional[TrialRecord]:
+        """The feasible record with the highest score (fewest weights, then earliest, on ties)."""
+        candidates = [r for r in self.records if r.group == group and r.feasible and r.status != "failed"]
+        if not candidates:
+            return None
+        return min(candidates, key=lambda r: (-(r.score or 0.0), r.weights or 0, r.trial))
+
+    # -- persistence ---------------------------------------------------------------------------
+    def to_dict(self) -> Dict[str, Any]:
+        data = {
+            "format": _FORMAT,
+            "version": _VERSION,
+            "records": [r.to_dict() for r in self.records],
+            "groups": self.groups,
+            "reverted": self.reverted,
+            "baseline_accuracy": self.baseline_accuracy,
+            "composed_accuracy": self.composed_accuracy,
+            "reused_trials": self.reused_trials,
+        }
+        _check_plain(data, "results")
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Any) -> "TuningResults":
+        if not isinstance(data, dict) or data.get("format") != _FORMAT or data.get("version") != _VERSION:
+            raise ValueError("not a panther.tuner results file (missing or unknown format/version)")
+        try:
+            return cls(
+                records=[TrialRecord.from_dict(r) for r in data["records"]],
+                groups={str(k): [str(n) for n in v] for k, v in data["groups"].items()},
+                reverted=[str(g) for g in data["reverted"]],
+                baseline_accuracy=data["baseline_accuracy"],
+                composed_accuracy=data["composed_accuracy"],
+                reused_trials={str(k): int(v) for k, v in data["reused_trials"].items()},
+            )
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise ValueError(f"malformed results file: {exc}") from None
+
+    def save(self, path: Union[str, os.PathLike]) -> None:
+        with open(path, "wb") as handle:
+            pickle.dump(self.to_dict(), handle, protocol=4)
+
+    @classmethod
+    def load(cls, path: Union[str, os.PathLike]) -> "TuningResults":
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"no tuning results file at {os.fspath(path)!r}")
+        with open(path, "rb") as handle:
+            payload = handle.read()
+        try:
+            data = _PlainUnpickler(io.BytesIO(payload)).load()
+        except ValueError:
+            raise
+        except Exception as exc:  # truncated/garbage files raise many unpickling error types
+            raise ValueError(f"cannot read tuning results from {os.fspath(path)!r}: {exc}") from None
+        return cls.from_dict(data)
+
+
+class _PlainUnpickler(pickle.Unpickler):
+    """Refuses every global: only builtin containers and scalars can be rebuilt, so no code runs."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        raise ValueError(f"results file references {module}.{name}; only plain data is allowed")
+
+
+def _check_plain(value: Any, where: str) -> None:
+    """Make sure ``value`` is made of builtins only, so it round-trips through the safe loader."""
+    if isinstance(value, _PLAIN_TYPES):
+        return
+    if isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            _check_plain(item, f"{where}[{i}]")
+        return
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, _PLAIN_TYPES):
+                raise ValueError(f"{where}: key {key!r} is not a plain value and cannot be saved")
+            _check_plain(item, f"{where}[{key!r}]")
+        return
+    raise ValueError(f"{where} holds a {type(value).__name__} ({value!r}); results files store plain data only")
+
+
+# -- views ------------------------------------------------------------------------------------
+def results_rows(results: TuningResults) -> List[Dict[str, Any]]:
+    """One row per layer per trial (a jointly tuned group repeats its trial for each of its layers)."""
+    best_trials = {g: r.trial for g in results.groups if (r := results.best_record(g)) is not None}
+    rows = []
+    for record in results.records:
+        for layer in record.layer_names:
+            row: Dict[str, Any] = {"layer_name": layer, "group": record.group, "trial": record.trial}
+            row.update(record.params)
+            row.update(
+                accuracy=record.accuracy, accuracy_std=record.accuracy_std, speed=record.speed,
+                speed_std=record.speed_std, score=record.score, feasible=record.feasible,
+                status=record.status, weights=record.weights, dense_weights=record.dense_weights,
+                phase=record.phase, best=best_trials.get(record.group) == record.trial,
+                reverted=record.group in results.reverted, error=record.error,
+            )
+            rows.append(row)
+    return rows
+
+
+def results_dataframe(results: TuningResults) -> Any:
+    try:
+        import pandas as pd
+    except ImportError:
+        raise ImportError("get_results_dataframe() needs pandas: pip install pandas") from None
+    return pd.DataFrame(results_rows(results))
+
+
+def _fmt(value: Optional[float], spec: str = ".4f") -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return format(value, spec)
+
+
+def summary_table(results: TuningResults) -> str:
+    """Per layer: chosen params, accuracy and speed of its best trial, weights kept, outcome."""
+    header = ("layer", "params", "accuracy", "speed", "weights", "outcome")
+    lines: List[Tuple[str, ...]] = [header]
+    for group, layers in results.groups.items():
+        record = results.best_record(group)
+        if record is None:
+            outcome = "dense (no trial met the threshold)"
+            cells: Sequence[str] = ("-", "-", "-", "-")
+        else:
+            outcome = "reverted to dense" if group in results.reverted else "sketched"
+            ratio = record.weight_ratio
+            weights = f"{record.weights}/{record.dense_weights} ({_fmt(ratio, '.1%')})"
+            params = ", ".join(f"{k}={v}" for k, v in record.params.items())
+            cells = (params, _fmt(record.accuracy), _fmt(record.speed, ".4g"), weights)
+        for layer in layers:
+            lines.append((layer, *cells, outcome))
+    widths = [max(len(row[i]) for row in lines) for i in range(len(header))]
+    text = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in lines]
+    text.insert(1, "  ".join("-" * w for w in widths))
+    footer = []
+    if results.baseline_accuracy is not None:
+        footer.append(f"dense model accuracy: {_fmt(results.baseline_accuracy)}")
+    if results.composed_accuracy is not None:
+        footer.append(f"tuned model accuracy (all kept layers sketched): {_fmt(results.composed_accuracy)}")
+    if results.reverted:
+        footer.append(f"reverted to dense to meet the threshold: {', '.join(results.reverted)}")
+    reused = sum(results.reused_trials.values())
+    if reused:
+        footer.append(f"duplicate proposals answered from earlier results: {reused}")
+    return "\n".join(text + footer)

@@ -1,0 +1,463 @@
+"""``OptunaSearch``: the default search algorithm, driving an Optuna study by ask/tell.
+
+One study per layer group
+    :meth:`OptunaSearch.start_group` opens the study ``f"{study_name}::{group_name}"`` (the
+    default ``study_name`` is ``"panther"``). With a ``storage`` each group therefore gets its own
+    persistent study (no ``DuplicatedStudyError`` on the second group, no mixing of groups), and
+    ``load_if_exists=True`` reopens exactly that group's study on resume. ``.study`` is the
+    current (or last) study, ``.studies`` all of them by group.
+
+Budget across runs and processes
+    :meth:`OptunaSearch.is_finished` counts the trials already in the group's study (complete,
+    pruned, failed, and running ones of other workers), so a resumed run, or several processes
+    sharing one storage, stop at ``n_trials`` *in total*. A proposal whose trial number is
+    ``>= n_trials`` (two workers raced for the last slot) is failed at once, tagged with the
+    user attribute ``panther_surplus``, and not handed out. A worker that died leaves its trial
+    RUNNING, which still counts; Optuna's heartbeat (``RDBStorage(heartbeat_interval=...)``)
+    fails such trials. Workers must pass ``load_if_exists=True`` and the same ``study_name``.
+    Storage is an RDB URL (``"sqlite:///tuning.db"``, ``"postgresql://..."``) or any Optuna
+    storage object, e.g. a file journal, which needs no database server:
+    ``OptunaSearch.journal_storage("tuning.log")``.
+
+Grid search
+    With a ``GridSampler`` the search also finishes once every grid point is evaluated, even if
+    ``n_trials`` is larger.
+
+Logging
+    Optuna logs every created study and finished trial at INFO; while its verbosity is at that
+    default, these calls run at WARNING (the tuner reports progress itself). Set another
+    verbosity (e.g. ``optuna.logging.set_verbosity(optuna.logging.DEBUG)``) to see them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import math
+import os
+import warnings
+from typing import Any, Dict, Iterator, List, Optional, Union
+
+import optuna
+from optuna.distributions import distribution_to_json, json_to_distribution
+from optuna.pruners import BasePruner
+from optuna.samplers import BaseSampler, GridSampler, TPESampler
+from optuna.storages import BaseStorage
+from optuna.trial import FrozenTrial, Trial, TrialState, create_trial
+
+from panther.tuner.params import ParamSpec, as_spec
+from panther.tuner.search.base import SearchAlgorithm
+
+DEFAULT_STUDY_NAME = "panther"
+_STATE_FORMAT = "panther.tuner.OptunaSearch"
+_STATE_VERSION = 1
+_COUNTED_STATES = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.RUNNING)
+_SAVED_STATES = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+
+
+class OptunaSearch(SearchAlgorithm):
+    """Optuna-backed search (TPE by default); see the module docstring for groups and resuming.
+
+    Args:
+        n_trials: trials per layer group, counted over every run and worker sharing the study.
+        sampler: any Optuna sampler (default ``TPESampler(seed=seed)``); each group's study gets
+            a deep copy of it, as Optuna samplers keep per-study state.
+        direction: ``"maximize"`` or ``"minimize"``.
+        study_name: prefix of the per-group study names (default ``"panther"``).
+        storage: ``None`` (in memory), an RDB URL, or an Optuna storage object.
+        load_if_exists: reopen a group's existing study instead of failing.
+        seed: seed of the default sampler (ignored, with a warning, when ``sampler`` is given).
+        pruner: Optuna pruner consulted by :meth:`should_prune` (Optuna's default when ``None``).
+    """
+
+    accepts_param_specs = True
+
+    def __init__(
+        self,
+        n_trials: int = 100,
+        sampler: Optional[BaseSampler] = None,
+        direction: str = "maximize",
+        study_name: Optional[str] = None,
+        storage: Union[None, str, BaseStorage] = None,
+        load_if_exists: bool = False,
+        seed: Optional[int] = None,
+        pruner: Optional[BasePruner] = None,
+    ) -> None:
+        if isinstance(n_trials, bool) or not isinstance(n_trials, int) or n_trials < 1:
+            raise ValueError(f"n_trials must be a positive integer, got {n_trials!r}")
+        if direction not in ("maximize", "minimize"):
+            raise ValueError(f"direction must be 'maximize' or 'minimize', got {direction!r}")
+        if study_name is not None and (not isinstance(study_name, str) or not study_name):
+            raise ValueError(f"study_name must be a non-empty string or None, got {study_name!r}")
+        if storage is not None and not isinstance(storage, (str, BaseStorage)):
+            raise TypeError(f"storage must be None, a URL string or an optuna storage, got {type(storage).__name__}")
+        if sampler is not None and not isinstance(sampler, BaseSampler):
+            raise TypeError(f"sampler must be an optuna sampler, got {type(sampler).__name__}")
+        if pruner is not None and not isinstance(pruner, BasePruner):
+            raise TypeError(f"pruner must be an optuna pruner, got {type(pruner).__name__}")
+        if sampler is not None and seed is not None:
+            warnings.warn("OptunaSearch: seed is ignored because a sampler was given; seed the sampler instead", stacklevel=2)
+        self.n_trials = n_trials
+        self.direction = direction
+        self.study_name = study_name or DEFAULT_STUDY_NAME
+        self.load_if_exists = load_if_exists
+        self.seed = seed
+        self.sampler: BaseSampler = sampler if sampler is not None else TPESampler(seed=seed)
+        self.pruner = pruner
+        self._storage_arg = storage
+        self._storage: Optional[BaseStorage] = None
+        self._studies: Dict[str, optuna.Study] = {}
+        self._spaces: Dict[str, Dict[str, ParamSpec]] = {}
+        self._restored: Dict[str, optuna.Study] = {}
+        self._last: Optional[optuna.Study] = None
+        self._auto_groups = 0
+        self._clear_group()
+
+    def _clear_group(self) -> None:
+        self._group: Optional[str] = None
+        self._current: Optional[optuna.Study] = None
+        self._pending: Optional[Trial] = None
+        self._pending_params: Optional[Dict[str, Any]] = None
+
+    # -- storage and studies -------------------------------------------------------------------
+    @staticmethod
+    def journal_storage(path: Union[str, os.PathLike]) -> BaseStorage:
+        """A file-based storage that several local processes can share (no database needed)."""
+        from optuna.storages import JournalStorage
+        from optuna.storages.journal import JournalFileBackend
+
+        return JournalStorage(JournalFileBackend(os.fspath(path)))
+
+    @property
+    def study(self) -> Optional[optuna.Study]:
+        """The current layer group's study (the last one after :meth:`reset`)."""
+        return self._current if self._current is not None else self._last
+
+    @property
+    def studies(self) -> Dict[str, optuna.Study]:
+        """Every group's study, by group name."""
+        return dict(self._studies)
+
+    @property
+    def pending_trial(self) -> Optional[Trial]:
+        """The trial handed out by :meth:`get_next_params` and not yet reported."""
+        return self._pending
+
+    def study_name_for(self, group_name: str) -> str:
+        """Name of ``group_name``'s study in the storage."""
+        return f"{self.study_name}::{group_name}"
+
+    def _resolved_storage(self) -> Optional[BaseStorage]:
+        if self._storage is None and self._storage_arg is not None:
+            self._storage = optuna.storages.get_storage(self._storage_arg)
+        return self._storage
+
+    def _open_study(self, group_name: str, load_if_exists: bool) -> optuna.Study:
+        if self._storage_arg is None and load_if_exists and group_name in self._studies:
+            return self._studies[group_name]  # in-memory "resume" within this process
+        name = self.study_name_for(group_name)
+        try:
+            with _quiet_optuna():
+                study = optuna.create_study(
+                    storage=self._resolved_storage(),
+                    # Optuna samplers cache per-study state, so each group gets a pristine copy.
+                    sampler=copy.deepcopy(self.sampler),
+                    pruner=copy.deepcopy(self.pruner),
+                    direction=self.direction,
+                    study_name=name,
+                    load_if_exists=load_if_exists,
+                )
+        except optuna.exceptions.DuplicatedStudyError as err:
+            raise optuna.exceptions.DuplicatedStudyError(
+                f"study {name!r} already exists in the storage; pass load_if_exists=True to resume it "
+                "or choose another study_name"
+            ) from err
+        found = study.direction.name.lower()
+        if found != self.direction:
+            raise ValueError(f"study {name!r} in the storage is set to {found}, but this search is to {self.direction}")
+        return study
+
+    # -- SearchAlgorithm -----------------------------------------------------------------------
+    def initialize(self, param_space: Dict[str, Any]) -> None:
+        """Start a group with an automatic name (``group0``, ``group1``, ... per call)."""
+        self.start_group(f"group{self._auto_groups}", param_space)
+        self._auto_groups += 1
+
+    def start_group(self, group_name: str, param_space: Dict[str, Any]) -> None:
+        """Open (or, with ``load_if_exists``/after :meth:`load_state`, reopen) the group's study."""
+        if not isinstance(group_name, str) or not group_name:
+            raise ValueError(f"group_name must be a non-empty string, got {group_name!r}")
+        if not isinstance(param_space, dict) or not param_space:
+            raise ValueError(f"param_space must be a non-empty dict of parameter specs, got {param_space!r}")
+        space = {name: as_spec(spec) for name, spec in param_space.items()}
+        self._abandon_pending()
+        study = self._restored.pop(group_name, None)
+        if study is None:
+            study = self._open_study(group_name, self.load_if_exists)
+        self._clear_group()
+        self._group, self._current, self._last = group_name, study, study
+        self._studies[group_name] = study
+        self._spaces[group_name] = space
+
+    def get_next_params(self) -> Optional[Dict[str, Any]]:
+        study = self._require_study()
+        if self._pending is not None:
+            warnings.warn("OptunaSearch: the previous proposal was never reported; marking it failed", stacklevel=2)
+            self._abandon_pending()
+        if self.is_finished():
+            return None
+        space = self._spaces[self._group]  # type: ignore[index]
+        with _quiet_optuna():
+            trial = study.ask({name: spec.to_optuna() for name, spec in space.items()})
+        if trial.number >= self.n_trials:  # another worker took the last slot meanwhile
+            trial.set_user_attr("panther_surplus", True)
+            self._tell(trial, state=TrialState.FAIL)
+            return None
+        self._pending = trial
+        self._pending_params = {name: spec.decode(trial.params[name]) for name, spec in space.items()}
+        return dict(self._pending_params)
+
+    def update(self, params: Dict[str, Any], score: Optional[float]) -> None:
+        """Tell the pending trial its score; ``None``/NaN marks it failed.
+
+        Without a pending trial the result is added as a finished trial (a known configuration).
+        """
+        study = self._require_study()
+        value = None if score is None else float(score)
+        failed = value is None or math.isnan(value)
+        if self._pending is None:
+            study.add_trial(self._external_trial(params, None if failed else value))
+            return
+        expected = self._pending_params or {}
+        if {name: params.get(name) for name in expected} != expected:
+            raise ValueError(f"update() got params {params!r} but the pending trial proposed {expected!r}")
+        trial, self._pending, self._pending_params = self._pending, None, None
+        if failed:
+            self._tell(trial, state=TrialState.FAIL)
+        else:
+            self._tell(trial, value=value)
+
+    def record(self, key: str, value: Any) -> None:
+        """Store ``key=value`` on the pending trial (warns and drops it when none is pending)."""
+        if self._pending is None:
+            warnings.warn(f"OptunaSearch.record({key!r}): no pending trial, value dropped", stacklevel=2)
+            return
+        self.set_user_attr(key, value)
+
+    def is_finished(self) -> bool:
+        study = self._current
+        if study is None:
+            return False
+        if len(study.get_trials(deepcopy=False, states=_COUNTED_STATES)) >= self.n_trials:
+            return True
+        return isinstance(study.sampler, GridSampler) and study.sampler.is_exhausted(study)
+
+    def get_best_params(self) -> Optional[Dict[str, Any]]:
+        best = self._best_trial()
+        if best is None:
+            return None
+        space = self._spaces.get(self._group or "", {})
+        return {name: space[name].decode(v) if name in space else v for name, v in best.params.items()}
+
+    def get_best_score(self) -> Optional[float]:
+        best = self._best_trial()
+        return None if best is None else best.value
+
+    def reset(self) -> None:
+        """Fail any pending trial and leave the current group; ``.studies`` are kept as records."""
+        self._abandon_pending()
+        self._clear_group()
+        self._auto_groups = 0
+
+    # -- trial-level extras ----------------------------------------------------------------------
+    def set_user_attr(self, key: str, value: Any) -> None:
+        """Set a user attribute on the pending trial."""
+        self._require_pending("set_user_attr").set_user_attr(key, _plain(value))
+
+    def report_intermediate(self, value: float, step: int) -> None:
+        """Report an intermediate objective value of the pending trial (for pruners)."""
+        self._require_pending("report_intermediate").report(float(value), step)
+
+    def should_prune(self) -> bool:
+        """Whether the study's pruner wants the pending trial stopped."""
+        return self._require_pending("should_prune").should_prune()
+
+    def prune(self) -> None:
+        """Finish the pending trial as pruned (after :meth:`should_prune` said so)."""
+        trial = self._require_pending("prune")
+        self._pending, self._pending_params = None, None
+        self._tell(trial, state=TrialState.PRUNED)
+
+    def get_trials_dataframe(self, all_groups: bool = False) -> Any:
+        """The current study's trials as a DataFrame; ``all_groups`` stacks every group's."""
+        try:
+            import pandas as pd
+        except ImportError as err:
+            raise ImportError("get_trials_dataframe() requires pandas: pip install pandas") from err
+        if not all_groups:
+            return self._require_study().trials_dataframe()
+        frames = [study.trials_dataframe().assign(group=name) for name, study in self._studies.items()]
+        return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+    # -- persistence ----------------------------------------------------------------------------
+    def save_state(self, filepath: str) -> None:
+        """Write every group's finished trials and search space as JSON (no pickle).
+
+        :meth:`load_state` re-adds them with ``study.add_trial``, so a later run continues up to
+        ``n_trials`` per group. Categorical parameters mapped to indices (see
+        :mod:`panther.tuner.params`) are stored as indices; their space is then not saved.
+        """
+        groups = {name: self._group_state(name, study) for name, study in self._studies.items()}
+        state = {
+            "format": _STATE_FORMAT,
+            "version": _STATE_VERSION,
+            "study_name": self.study_name,
+            "direction": self.direction,
+            "n_trials": self.n_trials,
+            "current_group": self._group,
+            "groups": groups,
+        }
+        tmp = f"{filepath}.tmp"
+        with open(tmp, "w", encoding="utf-8") as handle:
+            json.dump(state, handle, indent=1)
+        os.replace(tmp, filepath)
+
+    def load_state(self, filepath: str) -> None:
+        """Restore what :meth:`save_state` wrote; the next ``start_group`` of a saved group resumes it.
+
+        A group whose study already holds trials in this search's storage keeps them (the storage
+        is the newer record) instead of receiving the saved ones again.
+        """
+        with open(filepath, encoding="utf-8") as handle:
+            state = json.load(handle)
+        if not isinstance(state, dict) or state.get("format") != _STATE_FORMAT:
+            raise ValueError(f"{filepath} is not an OptunaSearch state file")
+        if state.get("version") != _STATE_VERSION:
+            raise ValueError(f"{filepath}: unsupported state version {state.get('version')!r}")
+        if state["direction"] != self.direction:
+            raise ValueError(f"{filepath} was saved by a search to {state['direction']}, this one is to {self.direction}")
+        self._abandon_pending()
+        self._clear_group()
+        for name, group in state["groups"].items():
+            study = self._open_study(name, load_if_exists=True)
+            if not study.get_trials(deepcopy=False):
+                study.add_trials([_trial_from_json(t) for t in group["trials"]])
+            self._studies[name] = self._restored[name] = self._last = study
+            if group.get("space") is not None:
+                self._spaces[name] = {k: ParamSpec.from_dict(v) for k, v in group["space"].items()}
+        current = state.get("current_group")
+        if current in self._studies:
+            self._group, self._current = current, self._studies[current]
+            self._spaces.setdefault(current, {})
+
+    def _group_state(self, name: str, study: optuna.Study) -> Dict[str, Any]:
+        specs: Optional[Dict[str, Any]] = {k: spec.to_dict() for k, spec in self._spaces.get(name, {}).items()}
+        if not _survives_json(specs):
+            specs = None  # choices JSON cannot hold exactly (tuples, classes, ...)
+        trials = [_trial_to_json(t) for t in study.get_trials(deepcopy=False, states=_SAVED_STATES)]
+        return {"space": specs, "trials": trials}
+
+    # -- internals ------------------------------------------------------------------------------
+    def _require_study(self) -> optuna.Study:
+        if self._current is None:
+            raise RuntimeError("OptunaSearch: call start_group() (or initialize()) before proposing or reporting trials")
+        return self._current
+
+    def _require_pending(self, what: str) -> Trial:
+        if self._pending is None:
+            raise RuntimeError(f"OptunaSearch.{what}: no pending trial; call it between get_next_params() and update()")
+        return self._pending
+
+    def _abandon_pending(self) -> None:
+        if self._pending is not None:
+            trial, self._pending, self._pending_params = self._pending, None, None
+            self._tell(trial, state=TrialState.FAIL)
+
+    def _tell(self, trial: Trial, value: Optional[float] = None, state: Optional[TrialState] = None) -> None:
+        study = trial.study
+        try:
+            with _quiet_optuna():
+                study.tell(trial, value, state=state)
+        except RuntimeError:
+            # GridSampler calls study.stop() after the last grid point, which Optuna only allows
+            # inside study.optimize(); the result is stored before that, so only re-raise if not.
+            if not _is_finished(study, trial.number):
+                raise
+
+    def _best_trial(self) -> Optional[FrozenTrial]:
+        study = self._current
+        if study is None:
+            return None
+        try:
+            return study.best_trial
+        except ValueError:  # no completed trial yet
+            return None
+
+    def _external_trial(self, params: Dict[str, Any], value: Optional[float]) -> FrozenTrial:
+        space = self._spaces[self._group]  # type: ignore[index]
+        if set(params) != set(space) or not all(space[k].contains(v) for k, v in params.items()):
+            raise ValueError(f"update() without a pending trial needs params inside the space {space!r}, got {params!r}")
+        return create_trial(
+            state=TrialState.COMPLETE if value is not None else TrialState.FAIL,
+            value=value,
+            params={k: space[k].encode(v) for k, v in params.items()},
+            distributions={k: spec.to_optuna() for k, spec in space.items()},
+        )
+
+
+@contextlib.contextmanager
+def _quiet_optuna() -> Iterator[None]:
+    """Run at WARNING while Optuna's verbosity is at its INFO default."""
+    if optuna.logging.get_verbosity() != optuna.logging.INFO:
+        yield
+        return
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        yield
+    finally:
+        optuna.logging.set_verbosity(optuna.logging.INFO)
+
+
+def _survives_json(specs: Dict[str, Any]) -> bool:
+    try:
+        loaded = json.loads(json.dumps(specs))
+    except (TypeError, ValueError):
+        return False
+    return all(ParamSpec.from_dict(loaded[k]) == ParamSpec.from_dict(v) for k, v in specs.items())
+
+
+def _is_finished(study: optuna.Study, number: int) -> bool:
+    return any(t.number == number and t.state.is_finished() for t in study.get_trials(deepcopy=False))
+
+
+def _plain(value: Any) -> Any:
+    """Numpy/torch scalars become Python numbers (RDB storages keep user attributes as JSON)."""
+    item = getattr(value, "item", None)
+    if callable(item) and getattr(value, "ndim", 1) == 0:
+        return item()
+    return value
+
+
+def _trial_to_json(trial: FrozenTrial) -> Dict[str, Any]:
+    return {
+        "number": trial.number,
+        "state": trial.state.name,
+        "value": trial.value,
+        "params": trial.params,
+        "distributions": {k: distribution_to_json(d) for k, d in trial.distributions.items()},
+        "user_attrs": trial.user_attrs,
+        "intermediate_values": {str(step): v for step, v in trial.intermediate_values.items()},
+    }
+
+
+def _trial_from_json(data: Dict[str, Any]) -> FrozenTrial:
+    state = TrialState[data["state"]]
+    return create_trial(
+        state=state,
+        value=data["value"] if state in (TrialState.COMPLETE, TrialState.PRUNED) else None,
+        params=data["params"],
+        distributions={k: json_to_distribution(d) for k, d in data["distributions"].items()},
+        user_attrs=data["user_attrs"],
+        intermediate_values={int(step): v for step, v in data["intermediate_values"].items()},
+    )

@@ -1,0 +1,66 @@
+"""Calibration statistics against direct computation, and data-aware init end to end."""
+
+import pytest
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from panther.nn import SKLinear
+from panther.nn.calibration import collect_input_covariances, layer_input_rows
+
+
+def test_linear_second_moment_streams_over_batches():
+    model = nn.Sequential(nn.Linear(6, 5), nn.Tanh(), nn.Linear(5, 3))
+    batches = [torch.randn(7, 6) for _ in range(4)]
+    covs = collect_input_covariances(model, ["0", "2"], batches)
+    x = torch.cat(batches).double()
+    torch.testing.assert_close(covs["0"], x.T @ x / len(x))
+    hidden = torch.tanh(model[0](torch.cat(batches))).double()
+    torch.testing.assert_close(covs["2"], hidden.T @ hidden / len(hidden), rtol=1e-6, atol=1e-8)
+
+
+@pytest.mark.parametrize(
+    "conv",
+    [nn.Conv2d(2, 3, 3, padding=1), nn.Conv2d(2, 3, (2, 3), stride=2, dilation=(1, 2)),
+     nn.Conv2d(2, 3, 4, padding="same"), nn.Conv2d(2, 3, 3, padding=1, padding_mode="reflect")],
+)
+def test_conv_patch_rows_reproduce_the_convolution(conv):
+    x = torch.randn(2, 2, 9, 8)
+    rows = layer_input_rows(conv, x)  # (N * L, C * kh * kw)
+    out = conv(x)
+    via_rows = rows @ conv.weight.flatten(1).T + conv.bias
+    torch.testing.assert_close(via_rows, out.permute(0, 2, 3, 1).reshape(-1, conv.out_channels), rtol=1e-5, atol=1e-5)
+
+
+def test_hooks_removed_and_mode_restored_even_on_failure():
+    model = nn.Sequential(nn.Linear(4, 4)).train()
+    with pytest.raises(RuntimeError):
+        collect_input_covariances(model, ["0"], [torch.randn(2, 4), torch.randn(2, 5)])
+    assert model.training and not model[0]._forward_pre_hooks
+
+
+def test_data_svd_from_calibration_beats_plain_svd_on_those_inputs():
+    torch.manual_seed(3)
+    scales = torch.logspace(0, -2, 32)
+    data = [torch.randn(64, 32) * scales for _ in range(5)]
+    model = nn.Sequential(nn.Linear(32, 24))
+    cov = collect_input_covariances(model, ["0"], data)["0"]
+    x = torch.cat(data)
+    errors = {}
+    for init in ("svd", "data_svd"):
+        layer = SKLinear.from_dense(model[0], 1, 3, init=init, input_cov=cov if init == "data_svd" else None)
+        errors[init] = F.mse_loss(layer(x), model(x)).item()
+    assert errors["data_svd"] < 0.5 * errors["svd"]
+
+
+def test_grouped_conv_covariance_feeds_data_aware_sketch():
+    from panther.nn import SKConv2d
+
+    conv = nn.Conv2d(4, 6, 3, padding=1, groups=2)
+    images = [torch.randn(2, 4, 6, 6) * torch.tensor([1.0, 0.1, 1.0, 0.01]).view(1, 4, 1, 1) for _ in range(3)]
+    cov = collect_input_covariances(nn.Sequential(conv), ["0"], images)["0"]
+    assert cov.shape == (36, 36)
+    aware = SKConv2d.from_dense(conv, 1, 2, init="data_svd", input_cov=cov)
+    plain = SKConv2d.from_dense(conv, 1, 2, init="svd")
+    x = torch.cat(images)
+    assert F.mse_loss(aware(x), conv(x)) < F.mse_loss(plain(x), conv(x))

@@ -1,0 +1,98 @@
+"""Trial records: DataFrame view, summary table, and results files that can never run code."""
+
+import math
+import os
+import pickle
+import sys
+
+import pytest
+
+from panther.tuner.results import TrialRecord, TuningResults, results_dataframe, summary_table
+
+
+def sample_results() -> TuningResults:
+    results = TuningResults(groups={"fc1": ["fc1"], "a+b": ["a", "b"]}, baseline_accuracy=0.97,
+                            composed_accuracy=0.965, reused_trials={"fc1": 2})
+    results.records = [
+        TrialRecord("fc1", ["fc1"], 1, {"num_terms": 1, "low_rank": 4}, accuracy=0.90, accuracy_std=0.0,
+                    score=-1e6 - 0.05, feasible=False, weights=100, dense_weights=1000),
+        TrialRecord("fc1", ["fc1"], 2, {"num_terms": 1, "low_rank": 8}, accuracy=0.96, accuracy_std=0.01,
+                    speed=123.0, speed_std=1.0, score=123.0, feasible=True, weights=200, dense_weights=1000),
+        TrialRecord("a+b", ["a", "b"], 3, {"num_terms": 2, "low_rank": 4}, status="failed", error="ValueError: x",
+                    dense_weights=50),
+    ]
+    return results
+
+
+def test_dataframe_has_one_row_per_layer_and_marks_the_best():
+    df = results_dataframe(sample_results())
+    assert list(df["layer_name"]) == ["fc1", "fc1", "a", "b"]
+    for column in ("num_terms", "low_rank", "score", "accuracy", "speed", "feasible", "status", "best"):
+        assert column in df.columns
+    assert list(df["best"]) == [False, True, False, False]
+    assert df["accuracy"].iloc[0] == 0.90  # the real accuracy of an infeasible trial, not -inf
+    assert math.isnan(df["speed"].iloc[0])
+
+
+def test_dataframe_without_pandas_raises_with_install_hint(monkeypatch):
+    monkeypatch.setitem(sys.modules, "pandas", None)
+    with pytest.raises(ImportError, match="pip install pandas"):
+        results_dataframe(sample_results())
+
+
+def test_summary_lists_each_layer_with_its_outcome():
+    text = summary_table(sample_results())
+    lines = text.splitlines()
+    fc1 = next(line for line in lines if line.startswith("fc1"))
+    assert "low_rank=8" in fc1 and "0.9600" in fc1 and "200/1000 (20.0%)" in fc1 and "sketched" in fc1
+    assert sum("no trial met the threshold" in line for line in lines) == 2  # layers a and b
+    assert "duplicate proposals answered from earlier results: 2" in text
+
+
+def test_save_and_load_round_trip(tmp_path):
+    path = tmp_path / "results.pkl"
+    results = sample_results()
+    results.save(path)
+    loaded = TuningResults.load(path)
+    assert loaded == results
+    assert loaded.best_record("fc1").trial == 2
+
+
+def test_loading_refuses_code(tmp_path):
+    marker = tmp_path / "pwned"
+
+    class Exploit:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    path = tmp_path / "evil.pkl"
+    path.write_bytes(pickle.dumps({"format": "panther.tuner.results", "records": [Exploit()]}))
+    with pytest.raises(ValueError, match="only plain data"):
+        TuningResults.load(path)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("payload", [b"not a pickle", pickle.dumps([1, 2, 3]), pickle.dumps({"format": "other"}),
+                                     pickle.dumps({"format": "panther.tuner.results", "version": 1})])
+def test_loading_invalid_files_is_a_value_error(tmp_path, payload):
+    path = tmp_path / "bad.pkl"
+    path.write_bytes(payload)
+    with pytest.raises(ValueError):
+        TuningResults.load(path)
+
+
+def test_missing_file_and_unsaveable_values(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        TuningResults.load(tmp_path / "missing.pkl")
+    results = sample_results()
+    results.records[0].params["activation"] = object()
+    with pytest.raises(ValueError, match="plain data"):
+        results.save(tmp_path / "x.pkl")
+
+
+def test_best_record_prefers_score_then_fewer_weights():
+    results = TuningResults(groups={"g": ["g"]})
+    scores = [(0.5, 30), (0.7, 40), (0.7, 20)]
+    results.records = [TrialRecord("g", ["g"], i, {"k": i}, score=s, feasible=True, weights=w, dense_weights=100)
+                       for i, (s, w) in enumerate(scores)]
+    assert results.best_record("g").trial == 2

@@ -6,7 +6,8 @@ two-GEMM PyTorch/cuBLAS path, beside the FLOP roofline ratio ``d_inÂ·d_out / (2Â
     python bench/bench_layers.py --device cuda --d 8192 --batch 8192 --terms 1x16 --modes fwd
     python bench/bench_layers.py --overhead                    # small-batch CPU dispatch overhead
 
-Times are medians of ``torch.utils.benchmark`` after a warm-up. The CUDA forward also prints the
+Times are medians of ``torch.utils.benchmark`` after a warm-up; the variants of a point are measured
+in interleaved rounds and the smallest median is kept, which damps noise from shared CPUs. The CUDA forward also prints the
 fraction of the HBM roofline reached (bytes of x, A, B, bias and y over measured time and peak).
 """
 
@@ -63,6 +64,16 @@ def median_ms(fn: Callable[[], object], threads: int, min_run_time: float, warmu
     return timer.blocked_autorange(min_run_time=min_run_time).median * 1e3
 
 
+def best_of_rounds(fns: Dict[str, Callable[[], object]], threads: int, min_run_time: float,
+                   rounds: int) -> Dict[str, float]:
+    """Median time (ms) of each closure, measured round-robin; the best round per closure is kept."""
+    best = {name: float("inf") for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            best[name] = min(best[name], median_ms(fn, threads, min_run_time))
+    return best
+
+
 class PerTermLoop(nn.Module):
     """The original design: 4 matmuls per term, summed, divided by 2T, plus bias."""
 
@@ -104,26 +115,24 @@ def peak_hbm_gbps(device: torch.device, override: Optional[float]) -> Optional[f
 
 
 def bench_point(d: int, batch: int, T: int, k: int, mode: str, device: torch.device, dtype: torch.dtype,
-                threads: int, min_run_time: float, hbm_gbps: Optional[float]) -> Row:
+                threads: int, min_run_time: float, rounds: int, hbm_gbps: Optional[float]) -> Row:
     sk = SKLinear(d, d, num_terms=T, low_rank=k, device=device, dtype=dtype)
     dense = nn.Linear(d, d, device=device, dtype=dtype)
     loop = PerTermLoop(sk)
     x = torch.randn(batch, d, device=device, dtype=dtype)
-    t_sk = median_ms(step(sk, x, mode), threads, min_run_time)
-    t_dense = median_ms(step(dense, x, mode), threads, min_run_time)
-    t_loop = median_ms(step(loop, x, mode), threads, min_run_time)
-    t_two = frac = None
+    fns = {"sk": step(sk, x, mode), "dense": step(dense, x, mode), "loop": step(loop, x, mode)}
     if device.type == "cuda":
         with torch.no_grad():
             A, B = pack_left(sk.S1s, sk.U2s), pack_right(sk.U1s, sk.S2s)
         bias, scale = sk.bias.detach(), 1.0 / (2 * T)
-        if mode == "fwd":
-            t_two = median_ms(lambda: torch_forward(x, A, B, bias, scale, False), threads, min_run_time)
-            nbytes = x.element_size() * (x.numel() + A.numel() + B.numel() + bias.numel() + batch * d)
-            if hbm_gbps:
-                frac = nbytes / (t_sk * 1e-3) / (hbm_gbps * 1e9)
-        else:
-            t_two = median_ms(step(_TwoGemmLayer(sk), x, mode), threads, min_run_time)
+        fns["two"] = ((lambda: torch_forward(x, A, B, bias, scale)) if mode == "fwd"
+                      else step(_TwoGemmLayer(sk), x, mode))
+    times = best_of_rounds(fns, threads, min_run_time, rounds)
+    t_sk, t_dense, t_loop, t_two = times["sk"], times["dense"], times["loop"], times.get("two")
+    frac = None
+    if device.type == "cuda" and mode == "fwd" and hbm_gbps:
+        nbytes = x.element_size() * (x.numel() + A.numel() + B.numel() + bias.numel() + batch * d)
+        frac = nbytes / (t_sk * 1e-3) / (hbm_gbps * 1e9)
     return Row(str(device), str(dtype).replace("torch.", ""), d, batch, T, k, mode, t_sk, t_dense, t_loop, t_two,
                t_dense / t_sk, roofline_ratio(d, d, T, k), t_loop / t_sk,
                None if t_two is None else t_two / t_sk, frac)
@@ -148,7 +157,7 @@ class _TwoGemmLayer(nn.Module):
 def markdown(rows: List[Row]) -> str:
     head = ("| device | dtype | d | B | T | k | mode | SKLinear ms | nn.Linear ms | loop ms | 2-GEMM ms "
             "| vs Linear | roofline | vs loop | vs 2-GEMM | HBM frac |")
-    lines = [head, "|" + "---|" * head.count("|")[:-1] if False else "|" + "---|" * (head.count("|") - 1)]
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
     fmt = lambda v, spec: "-" if v is None else format(v, spec)  # noqa: E731
     for r in rows:
         lines.append(f"| {r.device} | {r.dtype} | {r.d} | {r.batch} | {r.T} | {r.k} | {r.mode} | "
@@ -158,7 +167,7 @@ def markdown(rows: List[Row]) -> str:
     return "\n".join(lines)
 
 
-def overhead_table(threads: int, min_run_time: float) -> str:
+def overhead_table(threads: int, min_run_time: float, rounds: int) -> str:
     """Small-batch CPU cost: the autograd.Function path (used) vs the custom op vs nn.Linear."""
     op = torch.ops.panther.sketched_linear_forward.default
     lines = ["| d | B | mode | Function path us | custom op us | nn.Linear us |", "|---|---|---|---|---|---|"]
@@ -167,20 +176,22 @@ def overhead_table(threads: int, min_run_time: float) -> str:
             sk = SKLinear(d, d, num_terms=1, low_rank=16)
             dense = nn.Linear(d, d)
             x = torch.randn(batch, d)
-            A, B = pack_left(sk.S1s.detach(), sk.U2s), pack_right(sk.U1s, sk.S2s.detach())
-            args = (sk.S1s, sk.S2s, A, B, sk.bias, 0.5)
             xg = x.clone().requires_grad_()
-            fns: Dict[str, Tuple[Callable[[], object], ...]] = {
-                "fwd": (lambda: sketched_linear(x, *[a.detach() for a in args[:2]], A, B, sk.bias.detach(), 0.5),
-                        lambda: op(x, sk.S1s.detach(), sk.S2s.detach(), A, B, sk.bias.detach(), 0.5, False),
-                        step(dense, x, "fwd")),
-                "fwd+bwd": (lambda: sketched_linear(xg, *args).sum().backward(),
-                            lambda: op(xg, *args, True)[0].sum().backward(),
-                            lambda: dense(xg).sum().backward()),
+            A, B = pack_left(sk.S1s.detach(), sk.U2s), pack_right(sk.U1s, sk.S2s.detach())
+            S1, S2, bias = sk.S1s, sk.S2s, sk.bias
+            S1f, S2f, bias_f = S1.detach(), S2.detach(), bias.detach()
+            cases: Dict[str, Dict[str, Callable[[], object]]] = {
+                "fwd": {"fn": lambda: sketched_linear(x, S1f, S2f, A, B, bias_f, 0.5),
+                        "op": lambda: op(x, S1f, S2f, A, B, bias_f, 0.5, False),
+                        "dense": step(dense, x, "fwd")},
+                "fwd+bwd": {"fn": lambda: sketched_linear(xg, S1, S2, A, B, bias, 0.5).sum().backward(),
+                            "op": lambda: op(xg, S1, S2, A, B, bias, 0.5, True)[0].sum().backward(),
+                            "dense": lambda: dense(xg).sum().backward()},
             }
-            for mode, (f_fn, f_op, f_dense) in fns.items():
-                us = [median_ms(f, threads, min_run_time) * 1e3 for f in (f_fn, f_op, f_dense)]
-                lines.append(f"| {d} | {batch} | {mode} | {us[0]:.1f} | {us[1]:.1f} | {us[2]:.1f} |")
+            for mode, fns in cases.items():
+                t = best_of_rounds(fns, threads, min_run_time, rounds)
+                lines.append(f"| {d} | {batch} | {mode} | {t['fn'] * 1e3:.1f} | {t['op'] * 1e3:.1f} | "
+                             f"{t['dense'] * 1e3:.1f} |")
     return "\n".join(lines)
 
 
@@ -202,6 +213,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
     parser.add_argument("--threads", type=int, default=2, help="torch threads on CPU (default 2)")
     parser.add_argument("--min-run-time", type=float, default=1.0, help="seconds per measurement")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved measurement rounds (best kept)")
     parser.add_argument("--hbm-gbps", type=float, default=None, help="peak HBM bandwidth (auto for H100/H200)")
     parser.add_argument("--quick", action="store_true", help="only the target point d=4096, B=512, T=1, k=64 "
                         "(CPU) or d=8192, B=8192, T=1, k=16 (CUDA)")
@@ -213,7 +225,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     if args.overhead:
-        print(overhead_table(args.threads, args.min_run_time))
+        print(overhead_table(args.threads, args.min_run_time, args.rounds))
         return 0
     if args.quick:
         args.d, args.batch, args.terms = ([8192], [8192], [(1, 16)]) if device.type == "cuda" else (
@@ -228,7 +240,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             for T, k in args.terms:
                 for mode in args.modes:
                     row = bench_point(d, batch, T, k, "fwd" if mode == "fwd" else "fwd+bwd", device,
-                                      DTYPES[args.dtype], args.threads, args.min_run_time, hbm)
+                                      DTYPES[args.dtype], args.threads, args.min_run_time, args.rounds, hbm)
                     rows.append(row)
                     print(markdown([row]).splitlines()[-1], file=sys.stderr, flush=True)
     print(markdown(rows))

@@ -22,7 +22,8 @@ KERNEL_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 def sketched_linear_forward(x: Tensor, S1s: Tensor, S2s: Tensor, A: Tensor, B: Tensor, bias: Optional[Tensor],
                             scale: float, save_hidden: bool) -> Tuple[Tensor, Tensor]:
     """``(scale · (x @ A) @ B + bias, x @ A or empty)``; ``S1s``/``S2s`` only route gradients."""
-    return torch_forward(x, A, B, bias, scale, save_hidden)
+    y, hidden = torch_forward(x, A, B, bias, scale)
+    return y, (hidden if save_hidden else x.new_empty(0))
 
 
 @sketched_linear_forward.register_kernel("cuda")
@@ -30,7 +31,8 @@ def _forward_cuda(x: Tensor, S1s: Tensor, S2s: Tensor, A: Tensor, B: Tensor, bia
                   scale: float, save_hidden: bool) -> Tuple[Tensor, Tensor]:
     ext = cuda_extension()
     if ext is None or x.dtype not in KERNEL_DTYPES:
-        return torch_forward(x, A, B, bias, scale, save_hidden)
+        y, hidden = torch_forward(x, A, B, bias, scale)
+        return y, (hidden if save_hidden else x.new_empty(0))
     return tuple(ext.forward(x, A, B, bias, scale, save_hidden))  # type: ignore[return-value]
 
 

@@ -12,15 +12,14 @@ import torch
 from torch import Tensor
 
 
-def torch_forward(x: Tensor, A: Tensor, B: Tensor, bias: Optional[Tensor], scale: float,
-                  save_hidden: bool) -> Tuple[Tensor, Tensor]:
-    """``(scale · (x @ A) @ B + bias, x @ A)``; the second is empty unless ``save_hidden``."""
+def torch_forward(x: Tensor, A: Tensor, B: Tensor, bias: Optional[Tensor], scale: float) -> Tuple[Tensor, Tensor]:
+    """``(scale · (x @ A) @ B + bias, x @ A)``: the hidden comes free, callers keep it only for backward."""
     hidden = x @ A
     if bias is None:
         y = torch.mm(hidden, B).mul_(scale)
     else:
         y = torch.addmm(bias, hidden, B, alpha=scale)
-    return y, (hidden if save_hidden else x.new_empty(0))
+    return y, hidden
 
 
 def torch_backward(grad_y: Tensor, x: Tensor, hidden: Tensor, A: Tensor, B: Tensor, scale: float, rank: int,

@@ -41,7 +41,7 @@ class _SketchedLinearFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, S1s, S2s, A, B, bias, scale):  # type: ignore[override]
-        y, hidden = torch_forward(x, A, B, bias, scale, save_hidden=True)
+        y, hidden = torch_forward(x, A, B, bias, scale)
         ctx.save_for_backward(x, hidden, A, B)
         ctx.scale = scale
         ctx.term_shape = S1s.shape  # (T, d_in, k)
@@ -76,4 +76,4 @@ def sketched_linear(x: Tensor, S1s: Tensor, S2s: Tensor, A: Tensor, B: Tensor,
         return _forward_op(x, S1s, S2s, A, B, bias, scale, needs_grad)[0]
     if needs_grad:
         return _SketchedLinearFunction.apply(x, S1s, S2s, A, B, bias, scale)
-    return torch_forward(x, A, B, bias, scale, save_hidden=False)[0]
+    return torch_forward(x, A, B, bias, scale)[0]

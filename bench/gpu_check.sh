@@ -6,6 +6,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 export PANTHER_EXTENSIONS_DIR="${PANTHER_EXTENSIONS_DIR:-$PWD/.panther_build}"
 export PANTHER_VERBOSE_BUILD=1
+export PANTHER_CUDA_KERNELS=1  # the kernels are opt-in until this script has validated them
 export MAX_JOBS="${MAX_JOBS:-16}"
 status=0
 step() { echo; echo "=== $* ($(date +%T))"; }

@@ -3,7 +3,10 @@
 Order: an ahead-of-time build (``PANTHER_BUILD_CUDA=1 pip install -e . --no-build-isolation``
 makes ``panther.ops._C_sketch``), else a JIT build with :func:`torch.utils.cpp_extension.load`
 cached on disk across processes. Any failure is reported by a single warning and the PyTorch path
-is used from then on. ``PANTHER_DISABLE_CUDA_EXT=1`` skips the kernels silently.
+is used from then on.
+
+The kernels are opt-in, ``PANTHER_CUDA_KERNELS=1``, until ``bench/gpu_check.sh`` has validated them
+on real hardware; without it CUDA tensors take the PyTorch (cuBLAS) path and nothing is built.
 """
 
 from __future__ import annotations
@@ -60,12 +63,17 @@ def _load() -> ModuleType:
         return jit_build()
 
 
+def kernels_enabled() -> bool:
+    """Whether the user opted in to the fused CUDA kernels (``PANTHER_CUDA_KERNELS=1``)."""
+    return os.environ.get("PANTHER_CUDA_KERNELS") == "1"
+
+
 def cuda_extension() -> Optional[ModuleType]:
     """The compiled kernels, or ``None`` when they are disabled or could not be built (warned once)."""
     global _module, _failed
     if _module is not None or _failed:
         return _module
-    if os.environ.get("PANTHER_DISABLE_CUDA_EXT") == "1":
+    if not kernels_enabled():
         return None
     with _lock:
         if _module is None and not _failed:

@@ -93,7 +93,7 @@ def test_failed_build_warns_once_and_falls_back(monkeypatch):
 
     monkeypatch.setattr(_cuda_ext, "_module", None)
     monkeypatch.setattr(_cuda_ext, "_failed", False)
-    monkeypatch.delenv("PANTHER_DISABLE_CUDA_EXT", raising=False)
+    monkeypatch.setenv("PANTHER_CUDA_KERNELS", "1")
     monkeypatch.setattr(_cuda_ext, "_load", failing_build)
     with pytest.warns(RuntimeWarning, match="nvcc exploded"):
         assert _cuda_ext.cuda_extension() is None
@@ -103,8 +103,8 @@ def test_failed_build_warns_once_and_falls_back(monkeypatch):
     assert calls == ["load"]
 
 
-def test_disabled_extension_is_never_loaded(monkeypatch, forbid_cuda_build):
-    monkeypatch.setenv("PANTHER_DISABLE_CUDA_EXT", "1")
+def test_extension_is_never_loaded_without_opt_in(monkeypatch, forbid_cuda_build):
+    monkeypatch.delenv("PANTHER_CUDA_KERNELS", raising=False)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert _cuda_ext.cuda_extension() is None

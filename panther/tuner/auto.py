@@ -91,8 +91,12 @@ class ParamsResolver:
             raise TypeError(f"ParamsResolver needs an nn.Module or a LayerNameResolver, got "
                             f"{type(model_or_resolver).__name__}")
 
-    def space_for(self, layer: nn.Module, copy_weights: bool = True) -> Optional[Space]:
-        """The space for one layer, or ``None`` when "auto" does not support it or no rank is cheaper."""
+    def space_for(self, layer: nn.Module, copy_weights: bool = True, data_aware: bool = False) -> Optional[Space]:
+        """The space for one layer, or ``None`` when "auto" does not support it or no rank is cheaper.
+
+        The init is ``"data_svd"`` with calibration data (``data_aware``), ``"svd"`` when copying
+        weights without it, and ``"sketch"`` for freshly initialised layers.
+        """
         if _shape_key(layer) is None:
             return None
         check, upper = _cheaper_check(layer)
@@ -102,18 +106,20 @@ class ParamsResolver:
         return {
             "num_terms": Categorical([1]),
             "low_rank": Categorical(ranks),
-            "init": Categorical(["svd" if copy_weights else "sketch"]),
+            "init": Categorical([("data_svd" if data_aware else "svd") if copy_weights else "sketch"]),
         }
 
-    def resolve(self, layers: Sequence[LayerRef], copy_weights: bool = True) -> Dict[str, Space]:
+    def resolve(self, layers: Sequence[LayerRef], copy_weights: bool = True,
+                data_aware: bool = False) -> Dict[str, Space]:
         """Per layer (by name; a module is named by its first name in the model) its concrete space.
 
         Layers that "auto" cannot handle or for which no sketch is cheaper are left out, with a warning.
         Layers of identical type and shape share the same space object.
         """
-        return self.resolve_modules(dict(self._lookup(ref) for ref in layers), copy_weights)
+        return self.resolve_modules(dict(self._lookup(ref) for ref in layers), copy_weights, data_aware)
 
-    def resolve_modules(self, layers: Mapping[str, nn.Module], copy_weights: bool = True) -> Dict[str, Space]:
+    def resolve_modules(self, layers: Mapping[str, nn.Module], copy_weights: bool = True,
+                        data_aware: bool = False) -> Dict[str, Space]:
         """:meth:`resolve` for layers given as ``{name: module}``."""
         spaces: Dict[str, Space] = {}
         shared: Dict[Hashable, Optional[Space]] = {}
@@ -124,7 +130,7 @@ class ParamsResolver:
                               stacklevel=3)
                 continue
             if key not in shared:
-                shared[key] = self.space_for(layer, copy_weights)
+                shared[key] = self.space_for(layer, copy_weights, data_aware)
             if shared[key] is None:
                 warnings.warn(f"params='auto': no sketch of {name!r} ({type(layer).__name__}) is cheaper than "
                               "the dense layer; skipping it", stacklevel=3)

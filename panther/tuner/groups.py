@@ -49,12 +49,13 @@ class GroupBuilder:
     """Resolves configs against a model; ``dense_of`` gives the dense layer the tuner remembers."""
 
     def __init__(self, model: nn.Module, resolver: LayerNameResolver, dense_of: Callable[[str], nn.Module],
-                 accepts_param_specs: bool, tune_tied: bool) -> None:
+                 accepts_param_specs: bool, tune_tied: bool, data_aware: bool = False) -> None:
         self.model = model
         self.resolver = resolver
         self.dense_of = dense_of
         self.accepts_param_specs = accepts_param_specs
         self.tune_tied = tune_tied
+        self.data_aware = data_aware
 
     def build(self, configs: TuningConfigs) -> tuple[List[TuningGroup], TuningConfigs]:
         """Groups to tune and the resolved configs (concrete names, concrete parameter specs)."""
@@ -132,7 +133,8 @@ class GroupBuilder:
 
     def _auto_groups(self, index: int, config: LayerConfig, names: List[str]) -> tuple[List[TuningGroup], List[LayerConfig]]:
         params_resolver = ParamsResolver(self.resolver)
-        spaces = params_resolver.resolve_modules({n: self.dense_of(n) for n in names}, config.copy_weights)
+        spaces = params_resolver.resolve_modules({n: self.dense_of(n) for n in names}, config.copy_weights,
+                                                 self.data_aware)
         if not spaces:
             warnings.warn(f"configs[{index}]: params='auto' found nothing worth sketching in {names}", stacklevel=4)
             return [], []

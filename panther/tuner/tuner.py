@@ -31,14 +31,17 @@ import contextlib
 import logging
 import math
 import os
+import socket
 import sys
 import time
 import uuid
 import warnings
-from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Union
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Union
 
+import torch
 from torch import nn
 
+from panther.nn.calibration import collect_input_covariances
 from panther.nn.rebuild import replace_module
 from panther.tuner.budget import Budget, potential, probe_params
 from panther.tuner.configs import TuningConfigs
@@ -63,15 +66,26 @@ def _params_key(params: Mapping[str, Any]) -> tuple:
     return tuple(sorted((name, repr(value)) for name, value in params.items()))
 
 
+def _worker_token() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
 def _worker_alive(worker: Optional[str], me: str) -> bool:
-    """Whether ``worker`` (``"pid-token"``, set by another tuner on its trial) is a live other process."""
+    """Whether ``worker`` (another tuner's token on its running trial) may still finish that trial.
+
+    A worker on this host whose process is gone left the trial running when it died: not alive.
+    Workers on other hosts cannot be checked and count as alive.
+    """
     if worker is None or worker == me:
         return False
+    host, _, rest = worker.partition(":")
+    if host != socket.gethostname():
+        return True
     try:
-        os.kill(int(worker.split("-")[0]), 0)
+        os.kill(int(rest.partition(":")[0]), 0)
     except ProcessLookupError:
-        return False  # the trial was left running by a process that died
-    except (ValueError, PermissionError, OSError):
+        return False
+    except (ValueError, OSError):
         return True
     return True
 
@@ -107,6 +121,11 @@ class SKAutoTuner:
         max_total_trials: whole-model trial budget shared by all groups (see :mod:`panther.tuner.budget`).
         time_budget_s: stop starting new trials after this many seconds.
         tune_tied: also sketch layers whose parameters are shared with another module (unties them).
+        calibration_data: batches of real inputs (an iterable, read once). With it, each tuned
+            Linear/Conv2d layer's input covariance is measured on the dense model before the first
+            trial and reused by every ``init="data_svd"`` candidate, which ``params="auto"`` then uses.
+        calibration_forward: ``f(model, batch)`` running one calibration batch (default:
+            ``model(batch)``, or ``model(batch[0])`` for ``(inputs, targets)`` pairs).
     """
 
     def __init__(
@@ -124,6 +143,8 @@ class SKAutoTuner:
         max_total_trials: Optional[int] = None,
         time_budget_s: Optional[float] = None,
         tune_tied: bool = False,
+        calibration_data: Optional[Iterable[Any]] = None,
+        calibration_forward: Optional[Callable[[nn.Module, Any], Any]] = None,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
@@ -140,6 +161,9 @@ class SKAutoTuner:
         if speed_func is not None and accuracy_threshold is None:
             raise ValueError("optmization_eval_func needs accuracy_threshold: maximising speed alone would pick "
                              "the smallest, least accurate sketch")
+        _check_callable("calibration_forward", calibration_forward, required=False)
+        if calibration_data is not None and not isinstance(calibration_data, Iterable):
+            raise TypeError(f"calibration_data must be an iterable of batches, got {type(calibration_data).__name__}")
         _positive_number("num_runs_per_param", num_runs_per_param, integer=True, optional=False)
         _positive_number("max_total_trials", max_total_trials, integer=True)
         _positive_number("time_budget_s", time_budget_s, integer=False)
@@ -166,11 +190,14 @@ class SKAutoTuner:
         self.max_total_trials = max_total_trials
         self.time_budget_s = time_budget_s
         self.tune_tied = tune_tied
+        self.calibration_data = calibration_data
+        self.calibration_forward = calibration_forward
+        self._input_covs: Dict[str, torch.Tensor] = {}
         self.results = TuningResults()
         self._resolver = LayerNameResolver(model)
         self._originals: Dict[str, nn.Module] = {}  # layer name -> the dense layer it had
         self._installed: Dict[str, nn.Module] = {}  # layer name -> sketch installed by this tuner
-        self._worker = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self._worker = _worker_token()
         self.setConfigs(configs)
 
     @property
@@ -190,8 +217,15 @@ class SKAutoTuner:
         """Resolve and validate ``configs`` against the model (nothing in the model changes)."""
         configs = TuningConfigs.coerce(configs)
         builder = GroupBuilder(self.model, self._resolver, self._dense_of,
-                               bool(getattr(self.search_algorithm, "accepts_param_specs", False)), self.tune_tied)
+                               bool(getattr(self.search_algorithm, "accepts_param_specs", False)), self.tune_tied,
+                               data_aware=self.calibration_data is not None)
         groups, resolved = builder.build(configs)
+        if self.calibration_data is None:
+            for group in groups:
+                init = group.space.get("init")
+                if init is not None and "data_svd" in (init.values() or []):
+                    raise ValueError(f"{group.name}: init='data_svd' needs calibration_data (batches of real inputs) "
+                                     "passed to SKAutoTuner")
         self._groups: List[TuningGroup] = groups
         self._resolved_configs = resolved
         self._classes = {name: sketched_class_for(self._dense_of(name)) for g in groups for name in g.layers}
@@ -262,11 +296,13 @@ class SKAutoTuner:
                 self._tune_group(group, budget, max_trials=share, known=probes[group.name])
 
     def _tune_group(self, group: TuningGroup, budget: Budget, max_trials: Optional[int] = None,
-                    known: List[TrialRecord] = ()) -> None:  # type: ignore[assignment]
+                    known: Sequence[TrialRecord] = ()) -> None:
         search = self.search_algorithm
         space = self._search_space(group)
-        start_group = getattr(search, "start_group", None)
-        start_group(group.name, space) if callable(start_group) else search.initialize(space)
+        if callable(getattr(search, "start_group", None)):
+            search.start_group(group.name, space)
+        else:  # a duck-typed search without the group hook
+            search.initialize(space)
         self._import_stored(group)
         for record in known:  # probe results: let the search learn from them too
             if record.status != "failed":
@@ -347,8 +383,26 @@ class SKAutoTuner:
     def _resource(self) -> Optional[Callable[[], Any]]:
         return resource_getter(self.search_algorithm)
 
+    def _calibrate(self) -> None:
+        """Measure the dense layers' input covariances once (data-aware init), with the dense layers in place."""
+        names = [name for name, cls in self._classes.items()
+                 if name not in self._input_covs and cls is not None and cls.__name__ in ("SKLinear", "SKConv2d")]
+        if self.calibration_data is None or not names:
+            return
+        before = {name: self.model.get_submodule(name) for name in self._originals}
+        self._put(self._originals)
+        try:
+            logger.info("calibrating %d layers on the calibration data", len(names))
+            self._input_covs.update(collect_input_covariances(self.model, names, self.calibration_data,
+                                                              self.calibration_forward))
+        finally:
+            self._put(before)
+
     def _build(self, name: str, params: Mapping[str, Any], copy_weights: bool) -> nn.Module:
         dense = self._originals[name]
+        if params.get("init") == "data_svd":
+            self._calibrate()
+            params = {**params, "input_cov": self._input_covs[name]}
         candidate = build_candidate(dense, self._classes[name], params, copy_weights)  # type: ignore[arg-type]
         candidate.train(dense.training)
         return candidate
@@ -567,7 +621,8 @@ class SKAutoTuner:
         handler.setFormatter(logging.Formatter("%(message)s"))
         level = logger.level
         logger.addHandler(handler)
-        logger.setLevel(logging.INFO)
+        if not logger.isEnabledFor(logging.INFO):
+            logger.setLevel(logging.INFO)
         try:
             yield
         finally:

@@ -50,8 +50,8 @@ def trained_digits(digits: Tensors) -> Tuple[Dict[str, torch.Tensor], float]:
     x_train, y_train, x_val, y_val = digits
     torch.manual_seed(0)
     model = DigitsMLP()
-    optimizer = torch.optim.Adam(model.parameters(), lr=2e-3)
-    for _ in range(25):
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for _ in range(12):
         for batch in torch.randperm(len(x_train)).split(128):
             optimizer.zero_grad()
             nn.functional.cross_entropy(model(x_train[batch]), y_train[batch]).backward()
@@ -65,6 +65,12 @@ def digits_model(trained_digits) -> DigitsMLP:
     model = DigitsMLP()
     model.load_state_dict(trained_digits[0])
     return model
+
+
+@pytest.fixture
+def digits_mlp_class() -> type:
+    """The (untrained) model class, for fresh instances."""
+    return DigitsMLP
 
 
 @pytest.fixture

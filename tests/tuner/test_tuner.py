@@ -10,8 +10,6 @@ from panther.nn import RandMultiHeadAttention, SKConv2d, SKLinear
 from panther.nn.rebuild import apply_plan, load_plan
 from panther.tuner import Categorical, Float, Int, LayerConfig, OptunaSearch, SKAutoTuner, TuningConfigs
 
-from conftest import DigitsMLP
-
 RANKS = {"num_terms": Categorical([1]), "low_rank": Categorical([4, 8])}
 
 
@@ -94,7 +92,7 @@ def test_joint_config_is_one_group_with_shared_params(digits_model, accuracy_fn,
 
 # -- installing and exporting -------------------------------------------------------------------
 def test_apply_best_params_and_plan_rebuild_the_same_model(digits_model, trained_digits, accuracy_fn, tmp_path,
-                                                           digits):
+                                                           digits, digits_mlp_class):
     tuner = SKAutoTuner(digits_model, config(["fc1", "fc2"]), accuracy_fn,
                         search_algorithm=OptunaSearch(n_trials=2, seed=0))
     best = tuner.tune()
@@ -105,25 +103,25 @@ def test_apply_best_params_and_plan_rebuild_the_same_model(digits_model, trained
         assert isinstance(layer, SKLinear) and layer.low_rank == params["low_rank"]
     tuner.save_plan(tmp_path / "plan.json")
     assert load_plan(tmp_path / "plan.json") == tuner.best_plan()
-    fresh = DigitsMLP()
+    fresh = digits_mlp_class()
     fresh.load_state_dict(trained_digits[0])
     apply_plan(fresh, load_plan(tmp_path / "plan.json"))
     x = digits[2][:50]
     torch.testing.assert_close(fresh(x), model(x))
 
 
-def test_results_survive_save_and_load(digits_model, accuracy_fn, tmp_path):
+def test_results_survive_save_and_load(digits_model, accuracy_fn, tmp_path, digits_mlp_class):
     tuner = SKAutoTuner(digits_model, config(["fc1", "fc2"]), accuracy_fn,
                         search_algorithm=OptunaSearch(n_trials=2, seed=0))
     best = tuner.tune()
     tuner.save_tuning_results(tmp_path / "results.pkl")
-    other = SKAutoTuner(DigitsMLP(), config(["fc1", "fc2"]), accuracy_fn)
+    other = SKAutoTuner(digits_mlp_class(), config(["fc1", "fc2"]), accuracy_fn)
     other.load_tuning_results(tmp_path / "results.pkl")
     assert other.get_best_params() == best
     assert other.get_results_dataframe().equals(tuner.get_results_dataframe())
     with pytest.raises(FileNotFoundError):
         other.load_tuning_results(tmp_path / "missing.pkl")
-    mismatched = SKAutoTuner(DigitsMLP(), config(["fc3"]), accuracy_fn)
+    mismatched = SKAutoTuner(digits_mlp_class(), config(["fc3"]), accuracy_fn)
     with pytest.raises(ValueError, match="fc1"):
         mismatched.load_tuning_results(tmp_path / "results.pkl")
 

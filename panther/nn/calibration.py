@@ -15,6 +15,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from panther.nn.conv import explicit_padding
+
 
 class SecondMoment:
     """Streaming ``E[x xᵀ]`` over the rows of the matrices passed to :meth:`update`."""
@@ -40,28 +42,14 @@ def layer_input_rows(layer: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
         return inputs.reshape(-1, layer.in_features)
     if isinstance(layer, nn.Conv2d):
         x = inputs if inputs.dim() == 4 else inputs.unsqueeze(0)
-        if isinstance(layer.padding, str):
-            x, padding = _explicit_padding(layer, x), 0
-        elif layer.padding_mode != "zeros":
-            pad_h, pad_w = layer.padding
-            x, padding = F.pad(x, (pad_w, pad_w, pad_h, pad_h), mode=layer.padding_mode), 0
-        else:
-            padding = layer.padding
+        padding = layer.padding
+        if isinstance(padding, str) or layer.padding_mode != "zeros":
+            mode = "constant" if layer.padding_mode == "zeros" else layer.padding_mode
+            x = F.pad(x, explicit_padding(padding, layer.kernel_size, layer.dilation), mode=mode)
+            padding = 0
         patches = F.unfold(x, layer.kernel_size, dilation=layer.dilation, padding=padding, stride=layer.stride)
         return patches.transpose(1, 2).reshape(-1, patches.shape[1])
     raise TypeError(f"no input statistics for {type(layer).__name__}")
-
-
-def _explicit_padding(layer: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
-    """Pad ``x`` as ``padding='same'``/``'valid'`` would (PyTorch puts the odd extra pixel last)."""
-    if layer.padding == "valid":
-        return x
-    pads = []
-    for dilation, kernel in reversed(list(zip(layer.dilation, layer.kernel_size))):
-        total = dilation * (kernel - 1)
-        pads += [total // 2, total - total // 2]
-    mode = "constant" if layer.padding_mode == "zeros" else layer.padding_mode
-    return F.pad(x, pads, mode=mode)
 
 
 def input_dimension(layer: nn.Module) -> int:

@@ -53,8 +53,8 @@ def _check_groups(in_channels: int, out_channels: int, groups: int) -> int:
     return groups
 
 
-def _explicit_padding(padding: Union[str, Tuple[int, int]], kernel_size: Tuple[int, int],
-                      dilation: Tuple[int, int]) -> List[int]:
+def explicit_padding(padding: Union[str, Tuple[int, int]], kernel_size: Tuple[int, int],
+                     dilation: Tuple[int, int]) -> List[int]:
     """``F.pad`` amounts ``[left, right, top, bottom]`` equal to ``padding`` (``'same'`` pads the extra
     pixel of an even receptive field at the right/bottom, as ``nn.Conv2d`` does)."""
     if padding == "valid":
@@ -167,7 +167,7 @@ class SKConv2d(SketchedModule):
             raise ValueError(f"input_cov is only used by init='data_svd', got init={init!r}")
         if W_init is not None and tuple(W_init.shape) != self._dense_shape():
             raise ValueError(f"W_init must have shape {self._dense_shape()}, got {tuple(W_init.shape)}")
-        self._pad_amounts = _explicit_padding(self.padding, self.kernel_size, self.dilation)
+        self._pad_amounts = explicit_padding(self.padding, self.kernel_size, self.dilation)
         covs = self._group_covariances(input_cov) if input_cov is not None else None
 
         kw: Dict[str, Any] = {"device": device, "dtype": dtype}

@@ -60,24 +60,24 @@ def run_validation(trainer: "pl.Trainer", max_batches: Optional[int] = None) -> 
     Must be called inside :func:`detached_trainer`.
     """
     loop = evaluation_loop(trainer)
-    loop_state = copy.deepcopy(loop.state_dict())
+    loop_state, restarting = copy.deepcopy(loop.state_dict()), loop.restarting
     saved = {name: getattr(loop, name) for name in
-             ("_results", "_data_fetcher", "_module_mode", "_max_batches", "_last_val_dl_reload_epoch",
-              "_logged_outputs", "_has_run")}
-    limit_val_batches = trainer.limit_val_batches
+             ("_results", "_data_fetcher", "_module_mode", "_last_val_dl_reload_epoch", "_logged_outputs", "_has_run")}
     trainer._logger_connector._callback_metrics = {}
     loop._results = _ResultCollection(training=False)
     loop._module_mode = copy.copy(loop._module_mode)
     loop._module_mode.mode = dict(loop._module_mode.mode)
+    full_limits = None
     try:
         if trainer.state.fn == TrainerFn.FITTING:
             trainer.validating = True
         loop.restarting = False  # a restored loop resumes mid-epoch: it would skip most batches
-        loop.setup_data()
-        if not loop._max_batches:
+        loop.setup_data()  # a no-op once the fit loop has loaded its validation data
+        full_limits = list(loop._max_batches)
+        if not full_limits:
             raise RuntimeError("sketch tuning needs validation data: the trainer has no validation batches")
         if max_batches is not None:
-            loop._max_batches = [min(n, max_batches) for n in loop._max_batches]
+            loop._max_batches = [min(n, max_batches) for n in full_limits]
         loop.setup_data = lambda: None  # type: ignore[method-assign]  # keep the limits set above
         try:
             loop.run()
@@ -87,9 +87,10 @@ def run_validation(trainer: "pl.Trainer", max_batches: Optional[int] = None) -> 
     finally:
         for name, value in saved.items():
             setattr(loop, name, value)
+        if full_limits is not None:
+            loop._max_batches = full_limits
         loop.load_state_dict(loop_state)
-        loop.restarting = False  # load_state_dict sets it; a set flag makes later passes see 1 batch
-        trainer.limit_val_batches = limit_val_batches
+        loop.restarting = restarting  # load_state_dict sets it; a set flag makes later passes see 1 batch
     return metrics
 
 
@@ -99,7 +100,7 @@ def read_metric(metrics: Dict[str, Any], monitor: str, trainer: "pl.Trainer") ->
         available = ", ".join(sorted(metrics)) or "none"
         raise KeyError(f"validation did not log {monitor!r} (logged: {available}); "
                        "set `monitor` to a metric your validation_step logs")
-    value = torch.as_tensor(metrics[monitor], dtype=torch.float64, device=trainer.strategy.root_device)
+    value = torch.as_tensor(metrics[monitor], device=trainer.strategy.root_device).float()
     value = trainer.strategy.reduce(value, reduce_op="mean")
     result = float(value)
     if math.isnan(result):

@@ -13,7 +13,8 @@ from typing import Any, Dict, List, Literal, Optional, Union
 from panther.tuner.configs import LayerConfig, TuningConfigs
 
 #: What ``configs`` may be: a ``TuningConfigs``, ``LayerConfig``s, or their plain-dict (YAML) forms.
-ConfigsLike = Union[TuningConfigs, LayerConfig, List[Union[LayerConfig, Dict[str, Any]]], Dict[str, Any]]
+#: Plain-data forms come first so that a command line / YAML list of dicts stays a list of dicts.
+ConfigsLike = Union[List[Dict[str, Any]], Dict[str, Any], TuningConfigs, LayerConfig, List[LayerConfig]]
 
 #: Default: every ``nn.Linear``, each tuned on its own, parameter ranges from the layer's size.
 DEFAULT_CONFIGS = [{"layer_names": {"type": "Linear"}, "params": "auto", "separate": True}]

@@ -168,15 +168,19 @@ class SKLinear(SketchedModule):
             self._pack_cache = None  # training: weights change every step, packing is cheap
             with torch.no_grad():
                 return pack_left(self.S1s, self.U2s), pack_right(self.U1s, self.S2s)
+        try:
+            versions = tuple(t._version for t in sources)
+        except RuntimeError:  # built under torch.inference_mode: no version counter, so no safe cache
+            with torch.no_grad():
+                return pack_left(self.S1s, self.U2s), pack_right(self.U1s, self.S2s)
         cache = self._pack_cache
-        if cache is not None and all(
-            t.data_ptr() == c.data_ptr() and t._version == v
-            for t, c, v in zip(sources, cache.sources, cache.versions)
+        if cache is not None and versions == cache.versions and all(
+            t.data_ptr() == c.data_ptr() for t, c in zip(sources, cache.sources)
         ):
             return cache.A, cache.B
         with torch.no_grad():
             A, B = pack_left(self.S1s, self.U2s), pack_right(self.U1s, self.S2s)
-        self._pack_cache = _PackCache(tuple(t.detach() for t in sources), tuple(t._version for t in sources), A, B)
+        self._pack_cache = _PackCache(tuple(t.detach() for t in sources), versions, A, B)
         return A, B
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:

@@ -215,3 +215,14 @@ def test_parameter_count_below_dense_when_rank_is_small():
     layer = SKLinear.from_dense(dense, 1, 16)
     # Learnable: S1 (256x16) + S2 (16x256) + bias; the fixed sketches are buffers, not parameters.
     assert layer.num_parameters() == 256 * 16 + 16 * 256 + 256
+
+
+def test_layer_built_under_inference_mode_runs_in_and_out_of_it():
+    dense = nn.Linear(8, 4)
+    with torch.inference_mode():
+        layer = SKLinear.from_dense(dense, 1, 4)
+        x = torch.randn(3, 8)
+        inside = layer(x)
+    torch.testing.assert_close(inside, dense(x).detach(), rtol=1e-5, atol=1e-5)
+    with torch.no_grad():
+        torch.testing.assert_close(layer(x), inside)

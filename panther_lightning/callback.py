@@ -1,0 +1,149 @@
+"""``SketchTuneCallback``: at the end of ``fit``, replace dense layers by tuned sketched layers."""
+
+from __future__ import annotations
+
+from typing import Any, Dict, Optional
+
+import lightning.pytorch as pl
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities.model_helpers import is_overridden
+
+from panther.tuner.search import SearchAlgorithm
+from panther_lightning.checkpoint import install_sketch_loading
+from panther_lightning.options import ConfigsLike, Mode, Objective, SketchTuneOptions, SpeedMode
+from panther_lightning.session import SketchTuneReport, SketchTuneSession, publish, write_plan
+
+
+def check_trainer_can_tune(trainer: "pl.Trainer", pl_module: "pl.LightningModule", options: SketchTuneOptions) -> None:
+    """Fail before any work when the set-up cannot produce the monitored metric."""
+    if not is_overridden("validation_step", pl_module):
+        raise ValueError(f"sketch tuning scores candidates with validation_step, which "
+                         f"{type(pl_module).__name__} does not define")
+    if trainer.limit_val_batches == 0:
+        raise ValueError("sketch tuning needs validation batches, but limit_val_batches=0")
+    if options.time_budget_s is not None and trainer.world_size > 1:
+        raise ValueError("time_budget_s cannot be used with several processes: ranks would stop after different "
+                         "trials and wait for each other forever; use max_total_trials instead")
+    if options.finetune_epochs and not pl_module.automatic_optimization:
+        raise ValueError("finetune_epochs needs automatic optimization (training_step returning the loss)")
+
+
+class SketchTuneCallback(Callback):
+    """Tune sketched replacements of the model's layers when training ends, and keep the best.
+
+    At ``on_train_end`` (the model is still on its device) the dense model is scored by the
+    trainer's own validation loop, an Optuna search proposes sketched layers, each candidate is
+    scored the same way (trainer state, logs and checkpoints are left untouched) and timed on real
+    validation inputs, and the best plan that keeps ``monitor`` within bounds is applied to the
+    LightningModule. Afterwards ``callback.tuner`` is the ``SKAutoTuner`` used,
+    ``callback.best_params`` the applied parameters and ``callback.report`` a summary.
+
+    Args:
+        configs: which layers to tune and their search spaces: a ``TuningConfigs``, a list of
+            ``LayerConfig`` or of dicts such as ``{"layer_names": {"type": "Linear"}, "params": "auto"}``
+            (YAML-friendly). Default: every ``nn.Linear``, separately, with ``params="auto"``.
+        monitor: validation metric deciding whether a candidate is acceptable (logged by ``validation_step``).
+        mode: ``"max"`` if higher ``monitor`` is better (accuracy), ``"min"`` if lower is (loss).
+        accuracy_threshold: absolute bound on ``monitor``: at least this (``mode="max"``) or at most
+            this (``mode="min"``).
+        max_drop: largest allowed worsening of ``monitor`` relative to the dense model's value,
+            measured at the start of tuning, in the metric's units (e.g. 0.01 = one point of accuracy).
+            With both bounds the stricter one applies; with neither, candidates must match the dense value.
+        objective: what to gain among acceptable candidates: ``"speed"`` (measured step time,
+            plans not measured faster than the dense model are rejected) or ``"size"`` (fewest weights).
+        speed_mode: ``"inference"`` (forward under no_grad) or ``"train"`` (forward + backward) timing.
+        n_trials: search trials per tuned layer group (default 20); not with ``search_algorithm``.
+        search_algorithm: a ``panther.tuner`` search algorithm (default ``OptunaSearch(n_trials, seed)``).
+        seed: seed of the default search (all DDP ranks must propose the same candidates).
+        screen_batches: score candidates on the first N validation batches and re-score those that
+            pass on the full set (cheaper search); ``None`` scores every candidate on the full set.
+        speed_batches: validation batches whose forward inputs are replayed for timing.
+        timing_repeats: timed repetitions per measurement (median reported).
+        tie_tolerance: speed-ups within this fraction of 1 are re-measured, longer and interleaved.
+        max_total_trials: whole-model trial budget shared by all layer groups.
+        time_budget_s: stop starting new trials after this many seconds.
+        finetune_epochs: epochs of recovery training after the sketches are applied (0: none).
+        plan_path: where to write the applied plan as JSON (default ``<log_dir>/sketch_plan.json``).
+        verbose: print one line per trial (rank 0).
+    """
+
+    def __init__(
+        self,
+        configs: Optional[ConfigsLike] = None,
+        monitor: str = "val_acc",
+        mode: Mode = "max",
+        accuracy_threshold: Optional[float] = None,
+        max_drop: Optional[float] = None,
+        objective: Objective = "speed",
+        speed_mode: SpeedMode = "inference",
+        n_trials: Optional[int] = None,
+        search_algorithm: Optional[SearchAlgorithm] = None,
+        seed: int = 0,
+        screen_batches: Optional[int] = None,
+        speed_batches: int = 4,
+        timing_repeats: int = 15,
+        tie_tolerance: float = 0.05,
+        max_total_trials: Optional[int] = None,
+        time_budget_s: Optional[float] = None,
+        finetune_epochs: int = 0,
+        plan_path: Optional[str] = None,
+        verbose: bool = True,
+    ) -> None:
+        super().__init__()
+        self.options = SketchTuneOptions.build(
+            configs, monitor=monitor, mode=mode, accuracy_threshold=accuracy_threshold, max_drop=max_drop,
+            objective=objective, speed_mode=speed_mode, n_trials=n_trials, search_algorithm=search_algorithm,
+            seed=seed, screen_batches=screen_batches, speed_batches=speed_batches, timing_repeats=timing_repeats,
+            tie_tolerance=tie_tolerance, max_total_trials=max_total_trials, time_budget_s=time_budget_s,
+            finetune_epochs=finetune_epochs, plan_path=plan_path, verbose=verbose)
+        self.tuner: Any = None
+        self.report: Optional[SketchTuneReport] = None
+        self.plan_file: Optional[str] = None
+        self._restored_report: Optional[Dict[str, Any]] = None
+
+    @property
+    def state_key(self) -> str:
+        return self._generate_state_key(monitor=self.options.monitor, mode=self.options.mode)
+
+    @property
+    def best_params(self) -> Dict[str, Dict[str, Any]]:
+        """The parameters applied to the model (empty before tuning or if nothing was kept)."""
+        if self.report is not None:
+            return self.report.best_params
+        return dict((self._restored_report or {}).get("best_params", {}))
+
+    @property
+    def done(self) -> bool:
+        """Whether this callback already tuned the model (in this run or the checkpointed one)."""
+        return self.report is not None or self._restored_report is not None
+
+    # -- hooks -----------------------------------------------------------------------------------
+    def setup(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", stage: str) -> None:
+        # Runs before a checkpoint's weights are loaded: a sketched checkpoint must load into the dense module.
+        install_sketch_loading(pl_module)
+        if stage == "fit":
+            check_trainer_can_tune(trainer, pl_module, self.options)
+
+    def on_train_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
+        if self.done:
+            rank_zero_info("SketchTuneCallback: the model was already tuned (restored from the checkpoint)")
+            return
+        if trainer.interrupted:
+            return
+        session = SketchTuneSession(trainer, pl_module, self.options, lambda: trainer.train_dataloader)
+        self.report = session.run()
+        self.tuner = session.tuner
+        self.plan_file = write_plan(self.report, self.options.plan_path, trainer)
+        publish(self.report, trainer)
+
+    # -- checkpointing ---------------------------------------------------------------------------
+    def state_dict(self) -> Dict[str, Any]:
+        if self.report is not None:
+            from dataclasses import asdict
+
+            return {"report": asdict(self.report)}
+        return {"report": self._restored_report}
+
+    def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
+        self._restored_report = state_dict.get("report")

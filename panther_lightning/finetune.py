@@ -1,0 +1,55 @@
+"""A short recovery fine-tune of a freshly sketched model, out of the trainer's books.
+
+Sketched layers recover most of the accuracy they lose with a little training. This runs the
+module's own ``training_step`` with a fresh optimizer from its ``configure_optimizers`` under the
+trainer's precision, but outside the fit loop: no epochs or steps are counted, nothing is logged
+or checkpointed, and whatever ``training_step`` logs goes into a throw-away result collection.
+Call it inside :func:`panther_lightning.isolation.detached_trainer`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable, Mapping
+
+import lightning.pytorch as pl
+from lightning.pytorch.core.optimizer import _init_optimizers_and_lr_schedulers
+from lightning.pytorch.trainer.connectors.logger_connector.result import _ResultCollection
+
+
+def finetune(trainer: "pl.Trainer", pl_module: "pl.LightningModule", batches: Iterable[Any], epochs: int) -> None:
+    """Train ``pl_module`` for ``epochs`` passes over ``batches`` (its first optimizer, no schedulers)."""
+    if not pl_module.automatic_optimization:
+        raise ValueError("finetune_epochs needs automatic optimization (training_step returning the loss)")
+    optimizer = _init_optimizers_and_lr_schedulers(pl_module)[0][0]
+    epoch_loop = trainer.fit_loop.epoch_loop
+    saved = (epoch_loop._results, pl_module._current_fx_name, [(m, m.training) for m in pl_module.modules()])
+    epoch_loop._results = _ResultCollection(training=True)
+    connector = trainer._logger_connector
+    trainer.training = True
+    pl_module.train()
+    try:
+        for _ in range(epochs):
+            for batch_idx, batch in enumerate(batches):
+                batch = trainer.strategy.batch_to_device(batch)
+                connector.on_batch_start(batch)
+                pl_module._current_fx_name = "training_step"
+                trainer.precision_plugin.optimizer_step(
+                    optimizer, pl_module, lambda b=batch, i=batch_idx: _train_step(trainer, pl_module, optimizer, b, i))
+                connector.on_batch_end()
+    finally:
+        epoch_loop._results, pl_module._current_fx_name, modes = saved
+        for module, training in modes:
+            module.training = training
+        pl_module.zero_grad(set_to_none=True)
+
+
+def _train_step(trainer: "pl.Trainer", pl_module: "pl.LightningModule", optimizer: Any, batch: Any,
+                batch_idx: int) -> Any:
+    optimizer.zero_grad()
+    with trainer.precision_plugin.train_step_context():
+        output = pl_module.training_step(batch, batch_idx)
+    loss = output["loss"] if isinstance(output, Mapping) else output
+    if loss is None:
+        raise ValueError("training_step returned no loss; finetune_epochs cannot train this module")
+    trainer.strategy.backward(loss, optimizer)
+    return loss

@@ -1,0 +1,91 @@
+"""``SketchTuner``: Lightning's ``Tuner`` plus ``sketch_tune`` for an already trained model."""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Iterable, Optional
+
+import lightning.pytorch as pl
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.tuner import Tuner
+
+from panther_lightning.callback import check_trainer_can_tune
+from panther_lightning.checkpoint import install_sketch_loading
+from panther_lightning.options import SketchTuneOptions
+from panther_lightning.session import SketchTuneReport, SketchTuneSession, publish, write_plan
+
+
+class _TuneAtValidationEnd(Callback):
+    """Runs the session once, when the ``validate`` pass that set up device and data ends."""
+
+    def __init__(self, options: SketchTuneOptions, train_batches: Optional[Callable[[], Iterable[Any]]]) -> None:
+        self.options, self.train_batches = options, train_batches
+        self.session: Optional[SketchTuneSession] = None
+        self.report: Optional[SketchTuneReport] = None
+
+    def on_validation_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
+        if trainer.sanity_checking or self.session is not None:
+            return
+        self.session = SketchTuneSession(trainer, pl_module, self.options, self.train_batches)
+        self.report = self.session.run()
+
+
+class SketchTuner(Tuner):
+    """``Tuner(trainer)`` with :meth:`sketch_tune`; ``lr_find`` and ``scale_batch_size`` work as usual.
+
+    Example::
+
+        trainer.fit(model, datamodule=dm)
+        tuner = SketchTuner(trainer).sketch_tune(model, datamodule=dm, max_drop=0.01)
+        print(tuner.summary())
+    """
+
+    def __init__(self, trainer: "pl.Trainer") -> None:
+        super().__init__(trainer)
+        self.report: Optional[SketchTuneReport] = None  # set by sketch_tune
+        self.plan_file: Optional[str] = None
+
+    def sketch_tune(
+        self,
+        model: "pl.LightningModule",
+        datamodule: Optional["pl.LightningDataModule"] = None,
+        train_dataloaders: Any = None,
+        val_dataloaders: Any = None,
+        **options: Any,
+    ) -> Any:
+        """Tune and apply sketched layers to a trained ``model`` in place; return the ``SKAutoTuner``.
+
+        Runs one ``trainer.validate`` pass (logged as usual) and tunes at its end, so candidates
+        are scored by the trainer's validation loop on its device and precision. ``options`` are
+        those of :class:`~panther_lightning.SketchTuneCallback`; training data
+        (``train_dataloaders`` or the datamodule) is only needed for ``finetune_epochs``.
+        The report and the plan file are available as ``self.report`` and ``self.plan_file``.
+        """
+        if datamodule is not None and (train_dataloaders is not None or val_dataloaders is not None):
+            raise ValueError("pass a datamodule or dataloaders, not both")
+        if datamodule is None and val_dataloaders is None:
+            raise ValueError("sketch_tune needs validation data: pass val_dataloaders or a datamodule")
+        opts = SketchTuneOptions.build(options.pop("configs", None), **options)
+        trainer = self._trainer
+        check_trainer_can_tune(trainer, model, opts)
+        hook = _TuneAtValidationEnd(opts, _train_source(datamodule, train_dataloaders))
+        install_sketch_loading(model)
+        trainer.callbacks.append(hook)
+        try:
+            trainer.validate(model, dataloaders=val_dataloaders, datamodule=datamodule, verbose=False)
+        finally:
+            trainer.callbacks.remove(hook)
+        if hook.report is None or hook.session is None:
+            raise RuntimeError("the validation pass did not run; check limit_val_batches and the dataloaders")
+        self.report = hook.report
+        self.plan_file = write_plan(hook.report, opts.plan_path, trainer)
+        publish(hook.report, trainer)
+        return hook.session.tuner
+
+
+def _train_source(datamodule: Optional["pl.LightningDataModule"], train_dataloaders: Any
+                  ) -> Optional[Callable[[], Iterable[Any]]]:
+    if train_dataloaders is not None:
+        return lambda: train_dataloaders
+    if datamodule is not None:
+        return datamodule.train_dataloader
+    return None

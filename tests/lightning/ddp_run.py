@@ -1,0 +1,44 @@
+"""Run by test_ddp.py as ``python ddp_run.py OUT_DIR``: 2 CPU processes (gloo) tune together.
+
+Lightning's DDP launcher starts this script a second time for rank 1; each rank writes what it
+ended with to ``OUT_DIR/rank<k>.json`` so the test can compare them.
+"""
+
+import hashlib
+import json
+import os
+import sys
+
+import torch
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "examples"))
+torch.set_num_threads(1)
+
+import lightning.pytorch as pl  # noqa: E402
+
+from digits_lightning import DigitsClassifier, DigitsDataModule  # noqa: E402
+from panther_lightning import SketchTuneCallback  # noqa: E402
+
+
+def main(out_dir: str) -> None:
+    pl.seed_everything(0, verbose=False)
+    callback = SketchTuneCallback(max_drop=0.03, objective="size", n_trials=3, verbose=False,
+                                  plan_path=os.path.join(out_dir, "plan.json"))
+    trainer = pl.Trainer(max_epochs=2, accelerator="cpu", devices=2, strategy="ddp", logger=False,
+                         enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
+                         callbacks=[callback], default_root_dir=out_dir)
+    model = DigitsClassifier(hidden=128)
+    trainer.fit(model, DigitsDataModule())
+    digest = hashlib.sha256()
+    for key, value in model.state_dict().items():
+        if isinstance(value, torch.Tensor):
+            digest.update(key.encode() + value.detach().cpu().numpy().tobytes())
+    result = {"rank": trainer.global_rank, "plan": callback.report.plan, "best_params": callback.best_params,
+              "dense_metric": callback.report.dense_metric, "tuned_metric": callback.report.tuned_metric,
+              "final_val_acc": float(trainer.callback_metrics["val_acc"]), "weights": digest.hexdigest()}
+    with open(os.path.join(out_dir, f"rank{trainer.global_rank}.json"), "w") as handle:
+        json.dump(result, handle)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])

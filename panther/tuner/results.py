@@ -71,6 +71,7 @@ class TuningResults:
     records: List[TrialRecord] = field(default_factory=list)
     groups: Dict[str, List[str]] = field(default_factory=dict)  # group -> layer names
     reverted: List[str] = field(default_factory=list)  # groups put back to dense by the final check
+    chosen: Dict[str, int] = field(default_factory=dict)  # group -> trial the final check stepped up to
     baseline_accuracy: Optional[float] = None
     composed_accuracy: Optional[float] = None  # accuracy of the model with every kept winner installed
     reused_trials: Dict[str, int] = field(default_factory=dict)
@@ -82,6 +83,14 @@ class TuningResults:
             return None
         return min(candidates, key=lambda r: (-(r.score or 0.0), r.weights or 0, r.trial))
 
+    def selected_record(self, group: str) -> Optional[TrialRecord]:
+        """The trial installed for ``group``: the best one, or the safer one the composed check chose."""
+        if group in self.reverted:
+            return None
+        if group in self.chosen:
+            return next(r for r in self.records if r.group == group and r.trial == self.chosen[group])
+        return self.best_record(group)
+
     # -- persistence ---------------------------------------------------------------------------
     def to_dict(self) -> Dict[str, Any]:
         data = {
@@ -90,6 +99,7 @@ class TuningResults:
             "records": [r.to_dict() for r in self.records],
             "groups": self.groups,
             "reverted": self.reverted,
+            "chosen": self.chosen,
             "baseline_accuracy": self.baseline_accuracy,
             "composed_accuracy": self.composed_accuracy,
             "reused_trials": self.reused_trials,
@@ -106,6 +116,7 @@ class TuningResults:
                 records=[TrialRecord.from_dict(r) for r in data["records"]],
                 groups={str(k): [str(n) for n in v] for k, v in data["groups"].items()},
                 reverted=[str(g) for g in data["reverted"]],
+                chosen={str(k): int(v) for k, v in data.get("chosen", {}).items()},
                 baseline_accuracy=data["baseline_accuracy"],
                 composed_accuracy=data["composed_accuracy"],
                 reused_trials={str(k): int(v) for k, v in data["reused_trials"].items()},
@@ -159,7 +170,7 @@ def _check_plain(value: Any, where: str) -> None:
 # -- views ------------------------------------------------------------------------------------
 def results_rows(results: TuningResults) -> List[Dict[str, Any]]:
     """One row per layer per trial (a jointly tuned group repeats its trial for each of its layers)."""
-    best_trials = {g: r.trial for g in results.groups if (r := results.best_record(g)) is not None}
+    best_trials = {g: r.trial for g in results.groups if (r := results.selected_record(g)) is not None}
     rows = []
     for record in results.records:
         for layer in record.layer_names:
@@ -191,16 +202,18 @@ def _fmt(value: Optional[float], spec: str = ".4f") -> str:
 
 
 def summary_table(results: TuningResults) -> str:
-    """Per layer: chosen params, accuracy and speed of its best trial, weights kept, outcome."""
+    """Per layer: chosen params, accuracy and speed of its selected trial, weights kept, outcome."""
     header = ("layer", "params", "accuracy", "speed", "weights", "outcome")
     lines: List[Tuple[str, ...]] = [header]
     for group, layers in results.groups.items():
-        record = results.best_record(group)
+        record = results.selected_record(group) or results.best_record(group)
         if record is None:
             outcome = "dense (no trial met the threshold)"
             cells: Sequence[str] = ("-", "-", "-", "-")
         else:
-            outcome = "reverted to dense" if group in results.reverted else "sketched"
+            outcome = ("reverted to dense" if group in results.reverted
+                       else "sketched (stepped up for the composed model)" if group in results.chosen
+                       else "sketched")
             ratio = record.weight_ratio
             weights = f"{record.weights}/{record.dense_weights} ({_fmt(ratio, '.1%')})"
             params = ", ".join(f"{k}={v}" for k, v in record.params.items())

@@ -15,7 +15,8 @@ How a run goes (:meth:`SKAutoTuner.tune`):
    every feasible score, yet ordered by accuracy so the search still learns where to go.
 4. With a threshold, the winners are checked together (each was tuned with the others dense);
    while the composed model misses the threshold, the group that costs most accuracy per weight
-   saved is reverted to dense (``tuner.reverted_layers``, the log and the results say which).
+   saved steps up to its next more accurate feasible trial, or, when it has none, is reverted to
+   dense (``tuner.reverted_layers``, the log and the results say which).
 
 Failures: a candidate that cannot be built or whose accuracy is NaN is a failed trial (recorded,
 the search is told it failed) and tuning goes on. An exception raised by the user's evaluation
@@ -488,7 +489,11 @@ class SKAutoTuner:
 
     # -- the composed model --------------------------------------------------------------------
     def _check_composed(self) -> None:
-        """Re-check all winners together; revert the worst trade-offs until the threshold holds."""
+        """Re-check all winners together; back off the worst trade-offs until the threshold holds.
+
+        Backing off a group first tries its more accurate feasible trials (e.g. a larger rank), so a
+        layer is only reverted to dense when nothing it was tried with is safer.
+        """
         baseline = self.results.baseline_accuracy
         kept = {g.name: r for g in self._groups if (r := self.results.best_record(g.name)) is not None}
         while kept:
@@ -501,11 +506,24 @@ class SKAutoTuner:
             if accuracy >= self.accuracy_threshold:  # type: ignore[operator]
                 return
             worst = max(kept, key=lambda g: self._cost_per_gain(kept[g], baseline))
+            safer = self._safer_record(worst, kept[worst])
+            if safer is not None:
+                kept[worst] = safer
+                self.results.chosen[worst] = safer.trial
+                logger.warning("composed accuracy %.4f < threshold %.4f: %s steps up to trial %d (%s)", accuracy,
+                               self.accuracy_threshold, worst, safer.trial, describe(safer.params))
+                continue
             del kept[worst]
+            self.results.chosen.pop(worst, None)
             self.results.reverted.append(worst)
             logger.warning("composed accuracy %.4f < threshold %.4f: reverting %s to dense", accuracy,
                            self.accuracy_threshold, worst)
-        self.results.composed_accuracy = baseline
+
+    def _safer_record(self, group: str, current: TrialRecord) -> Optional[TrialRecord]:
+        """The best-scoring feasible trial of ``group`` measured more accurate than ``current``."""
+        safer = [r for r in self.results.records if r.group == group and r.feasible and r.status != "failed"
+                 and r.accuracy is not None and r.accuracy > current.accuracy]  # type: ignore[operator]
+        return min(safer, key=lambda r: (-(r.score or 0.0), r.weights or 0, r.trial), default=None)
 
     @staticmethod
     def _cost_per_gain(record: TrialRecord, baseline: Optional[float]) -> float:
@@ -555,11 +573,11 @@ class SKAutoTuner:
 
     # -- results -------------------------------------------------------------------------------
     def get_best_params(self) -> Dict[str, Dict[str, Any]]:
-        """``{layer: params}`` of the best feasible trial per layer, minus layers reverted to dense."""
+        """``{layer: params}`` of the selected trial per layer (see the composed check), minus reverted ones."""
         best: Dict[str, Dict[str, Any]] = {}
         for group, layers in self.results.groups.items():
-            record = self.results.best_record(group)
-            if record is not None and group not in self.results.reverted:
+            record = self.results.selected_record(group)
+            if record is not None:
                 best.update({name: dict(record.params) for name in layers})
         return best
 

@@ -166,3 +166,13 @@ def test_coerce_and_dict_round_trip():
 def test_repr_lists_configs():
     text = repr(TuningConfigs([make("a"), make("b")]))
     assert text.startswith("TuningConfigs([") and "layer_names='a'" in text and "layer_names='b'" in text
+
+
+def test_original_panther_import_paths():
+    from panther.tuner.SkAutoTuner import LayerConfig as LegacyLayerConfig
+    from panther.tuner.SkAutoTuner.Configs import LayerNameResolver, ParamsResolver
+    from panther.tuner.auto import ParamsResolver as CurrentParamsResolver
+    from panther.tuner.selectors import LayerNameResolver as CurrentResolver
+
+    assert ParamsResolver is CurrentParamsResolver and LayerNameResolver is CurrentResolver
+    assert LegacyLayerConfig is LayerConfig

@@ -416,3 +416,14 @@ def test_signature_matches_spec():
         ("n_trials", 100), ("sampler", None), ("direction", "maximize"), ("study_name", None),
         ("storage", None), ("load_if_exists", False), ("seed", None),
     ]
+
+
+def test_a_proposal_beyond_the_budget_is_failed_not_handed_out(monkeypatch):
+    # Simulates losing the race for the last slot: the budget check passed, but by the time the
+    # trial was created the study already held n_trials.
+    search = OptunaSearch(n_trials=2, seed=0)
+    drive(search, "g", SPACE, peak)
+    monkeypatch.setattr(search, "is_finished", lambda: False)
+    assert search.get_next_params() is None and search.pending_trial is None
+    extra = search.study.trials[-1]
+    assert extra.number == 2 and extra.state == TrialState.FAIL and extra.user_attrs["panther_surplus"]

@@ -53,6 +53,27 @@ def test_composed_model_is_checked_and_worst_tradeoff_reverted(digits_model, acc
     assert "reverted to dense" in tuner.summary()
 
 
+def test_composed_check_steps_up_to_a_safer_rank_before_reverting(digits_model, accuracy_fn):
+    small, large = {"fc1": 6, "fc2": 4, "fc3": 4}, {"fc1": 48, "fc2": 48, "fc3": 8}
+    alone = {name: accuracy_fn(with_sketches(digits_model, {name: rank})) for name, rank in small.items()}
+    together = accuracy_fn(with_sketches(digits_model, small))
+    assert together < min(alone.values())  # premise, as above
+    threshold = (together + min(alone.values())) / 2
+    configs = TuningConfigs([LayerConfig([name], {"num_terms": [1], "low_rank": [small[name], large[name]]})
+                             for name in small])
+    tuner = SKAutoTuner(digits_model, configs, accuracy_fn, accuracy_threshold=threshold,
+                        search_algorithm=OptunaSearch(n_trials=2, seed=0))
+    best = tuner.tune()
+    # Large ranks reproduce the dense layers closely, so nothing needs to go back to dense ...
+    assert tuner.reverted_layers == [] and set(best) == set(small)
+    chosen = {name: params["low_rank"] for name, params in best.items()}
+    assert any(chosen[name] == large[name] for name in small)  # ... but something had to step up
+    # Independent check of the promise on a model built without the tuner.
+    assert accuracy_fn(with_sketches(digits_model, chosen)) >= threshold
+    assert "stepped up" in tuner.summary()
+    assert accuracy_fn(tuner.apply_best_params()) >= threshold
+
+
 # 2. infeasible trials keep their accuracy, are never timed, and still guide the search --------------
 def test_infeasible_trials_keep_accuracy_skip_speed_and_rank_below_feasible(
         digits_model, accuracy_fn, dense_accuracy, scripted_search):

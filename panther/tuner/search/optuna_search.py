@@ -37,7 +37,7 @@ import json
 import math
 import os
 import warnings
-from typing import Any, Dict, Iterator, List, Optional, Union
+from typing import Any, Dict, Iterator, Optional, Union
 
 import optuna
 from optuna.distributions import distribution_to_json, json_to_distribution

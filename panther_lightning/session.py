@@ -197,7 +197,7 @@ class SketchTuneSession:
         """Keep dense the groups whose best sketch was not measured faster than the dense model."""
         results = self.tuner.results
         for group, layers in results.groups.items():
-            record = results.best_record(group)
+            record = results.selected_record(group)
             if record is not None and record.speed is not None and record.speed <= 1.0:
                 for name in layers:
                     replace_module(self.pl_module, name, self.dense_layers[name])

@@ -102,7 +102,7 @@ def markdown(rows: Sequence[Row]) -> str:
         keys.setdefault((row.workload, row.rank, row.fine_tuned), {})[row.init] = row
     for (workload, rank, tuned), by_init in keys.items():
         first = next(iter(by_init.values()))
-        metric = first.metric + (f" after distillation" if tuned else "")
+        metric = first.metric + (" after distillation" if tuned else "")
         values = " | ".join(f"{by_init[i].value:.3f}" if i in by_init else "-" for i in INITS)
         lines.append(f"| {workload} | {metric} | {rank} | {first.layer_ratio:.2f} | {first.dense_value:.3f} "
                      f"| {values} |")

@@ -57,22 +57,13 @@ class DigitsDataModule(pl.LightningDataModule):
         return DataLoader(self.val_set, batch_size=self.batch_size)
 
 
-class DigitsClassifier(pl.LightningModule):
-    """A 64 -> hidden -> hidden -> 10 MLP logging ``train_loss``, ``val_loss`` and ``val_acc``.
+class DigitsModule(pl.LightningModule):
+    """Steps shared by the digits models: ``self.net`` maps flat 64-pixel rows to 10 logits.
 
-    Args:
-        hidden: width of the two hidden layers (wide enough for a low-rank layer to be cheaper).
-        lr: Adam learning rate.
+    Logs ``train_loss``, ``val_loss`` and ``val_acc``; ``hparams.lr`` is the Adam learning rate.
     """
 
-    def __init__(self, hidden: int = 256, lr: float = 3e-3) -> None:
-        super().__init__()
-        self.save_hyperparameters()
-        self.net = nn.Sequential(
-            nn.Linear(64, hidden), nn.ReLU(),
-            nn.Linear(hidden, hidden), nn.ReLU(),
-            nn.Linear(hidden, 10),
-        )
+    net: nn.Module
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
@@ -91,3 +82,47 @@ class DigitsClassifier(pl.LightningModule):
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.Adam(self.parameters(), lr=self.hparams.lr)
+
+
+class DigitsClassifier(DigitsModule):
+    """A 64 -> hidden -> hidden -> 10 MLP.
+
+    Args:
+        hidden: width of the two hidden layers (wide enough for a low-rank layer to be cheaper).
+        lr: Adam learning rate.
+    """
+
+    def __init__(self, hidden: int = 256, lr: float = 3e-3) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.net = nn.Sequential(
+            nn.Linear(64, hidden), nn.ReLU(),
+            nn.Linear(hidden, hidden), nn.ReLU(),
+            nn.Linear(hidden, 10),
+        )
+
+
+class DigitsCNN(DigitsModule):
+    """Two 3x3 convolutions, 2x2 max-pooling and a two-layer head on the 1x8x8 digit images.
+
+    Same steps and logs as the MLP. The second convolution (``channels -> 2*channels``) and the
+    first Linear (``2*channels*16`` inputs) dominate the cost, so both a sketched ``Conv2d`` and a
+    sketched ``Linear`` have room to be cheaper than the dense layer.
+
+    Args:
+        channels: output channels of the first convolution (the second has twice as many).
+        hidden: width of the hidden fully connected layer.
+        lr: Adam learning rate.
+    """
+
+    def __init__(self, channels: int = 32, hidden: int = 128, lr: float = 3e-3) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.net = nn.Sequential(
+            nn.Unflatten(1, (1, 8, 8)),
+            nn.Conv2d(1, channels, 3, padding=1), nn.ReLU(),
+            nn.Conv2d(channels, 2 * channels, 3, padding=1), nn.ReLU(),
+            nn.MaxPool2d(2), nn.Flatten(),
+            nn.Linear(2 * channels * 16, hidden), nn.ReLU(),
+            nn.Linear(hidden, 10),
+        )

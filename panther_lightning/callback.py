@@ -27,6 +27,10 @@ def check_trainer_can_tune(trainer: "pl.Trainer", pl_module: "pl.LightningModule
                          "trials and wait for each other forever; use max_total_trials instead")
     if options.finetune_epochs and not pl_module.automatic_optimization:
         raise ValueError("finetune_epochs needs automatic optimization (training_step returning the loss)")
+    if options.calibration_batches and not (is_overridden("training_step", pl_module)
+                                            and pl_module.automatic_optimization):
+        raise ValueError("calibration_batches runs training_step on training batches; it needs a training_step "
+                         "with automatic optimization (a manual-optimization step would update the weights)")
 
 
 class SketchTuneCallback(Callback):
@@ -64,6 +68,11 @@ class SketchTuneCallback(Callback):
         max_total_trials: whole-model trial budget shared by all layer groups.
         time_budget_s: stop starting new trials after this many seconds.
         finetune_epochs: epochs of recovery training after the sketches are applied (0: none).
+        calibration_batches: data-aware initialisation: run the first N batches of the training
+            dataloader through ``training_step`` (no gradients, eval mode, logs discarded) to measure
+            each tuned layer's input covariance, and build candidates with ``init="data_svd"``
+            (``params="auto"`` then proposes it), which keeps the directions the real inputs use.
+            Under DDP all ranks use rank 0's batches. 0 (default): weight-only ``"svd"`` init.
         plan_path: where to write the applied plan as JSON (default ``<log_dir>/sketch_plan.json``).
         verbose: print one line per trial (rank 0).
     """
@@ -87,6 +96,7 @@ class SketchTuneCallback(Callback):
         max_total_trials: Optional[int] = None,
         time_budget_s: Optional[float] = None,
         finetune_epochs: int = 0,
+        calibration_batches: int = 0,
         plan_path: Optional[str] = None,
         verbose: bool = True,
     ) -> None:
@@ -96,7 +106,7 @@ class SketchTuneCallback(Callback):
             objective=objective, speed_mode=speed_mode, n_trials=n_trials, search_algorithm=search_algorithm,
             seed=seed, screen_batches=screen_batches, speed_batches=speed_batches, timing_repeats=timing_repeats,
             tie_tolerance=tie_tolerance, max_total_trials=max_total_trials, time_budget_s=time_budget_s,
-            finetune_epochs=finetune_epochs, plan_path=plan_path, verbose=verbose)
+            finetune_epochs=finetune_epochs, calibration_batches=calibration_batches, plan_path=plan_path, verbose=verbose)
         self.tuner: Any = None
         self.report: Optional[SketchTuneReport] = None
         self.plan_file: Optional[str] = None

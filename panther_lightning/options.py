@@ -43,6 +43,7 @@ class SketchTuneOptions:
     max_total_trials: Optional[int] = None
     time_budget_s: Optional[float] = None
     finetune_epochs: int = 0
+    calibration_batches: int = 0
     plan_path: Optional[str] = None
     verbose: bool = True
 
@@ -69,6 +70,7 @@ class SketchTuneOptions:
         for name in ("speed_batches", "timing_repeats"):
             _integer(name, getattr(self, name), minimum=1, optional=False)
         _integer("finetune_epochs", self.finetune_epochs, minimum=0, optional=False)
+        _integer("calibration_batches", self.calibration_batches, minimum=0, optional=False)
         _integer("seed", self.seed, minimum=None, optional=False)
         if self.search_algorithm is not None and self.n_trials is not None:
             raise ValueError("give n_trials or search_algorithm, not both (set n_trials on the search algorithm)")

@@ -23,6 +23,7 @@ from torch import nn
 
 from panther.nn.rebuild import replace_module, save_plan, sketch_plan
 from panther.tuner.layers import layer_weights
+from panther_lightning.calibration import calibration_batches, training_step_forward
 from panther_lightning.finetune import finetune
 from panther_lightning.isolation import detached_trainer, read_metric, run_validation
 from panther_lightning.options import DEFAULT_N_TRIALS, SketchTuneOptions
@@ -98,7 +99,7 @@ class SketchTuneSession:
         trainer: a trainer inside ``fit`` (``on_train_end``) or ``validate`` (``on_validation_end``).
         pl_module: the LightningModule; its layers are replaced in place.
         options: validated options.
-        train_batches: source of training batches for the optional fine-tune.
+        train_batches: source of training batches for the optional fine-tune and calibration.
     """
 
     def __init__(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", options: SketchTuneOptions,
@@ -156,11 +157,16 @@ class SketchTuneSession:
         search = opts.search_algorithm
         if search is None:
             search = OptunaSearch(n_trials=opts.n_trials or DEFAULT_N_TRIALS, seed=opts.seed)
+        calibration: Dict[str, Any] = {}
+        if opts.calibration_batches:
+            calibration = {"calibration_data": calibration_batches(self.trainer, self._train_batches(),
+                                                                   opts.calibration_batches),
+                           "calibration_forward": training_step_forward(self.trainer)}
         return SKAutoTuner(
             self.pl_module, opts.configs, self._accuracy, search_algorithm=search,
             verbose=opts.verbose and self.trainer.is_global_zero, accuracy_threshold=self._threshold,
             optmization_eval_func=self._speedup if opts.objective == "speed" else None,
-            max_total_trials=opts.max_total_trials, time_budget_s=opts.time_budget_s)
+            max_total_trials=opts.max_total_trials, time_budget_s=opts.time_budget_s, **calibration)
 
     def _apply(self, report: SketchTuneReport) -> None:
         tuner, model = self.tuner, self.pl_module
@@ -286,7 +292,8 @@ class SketchTuneSession:
 
     def _train_batches(self) -> Iterable[Any]:
         if self.train_batches is None:
-            raise ValueError("finetune_epochs needs training data: pass train_dataloaders or a datamodule")
+            raise ValueError("finetune_epochs and calibration_batches need training data: "
+                             "pass train_dataloaders or a datamodule")
         return self.train_batches()
 
 

@@ -57,7 +57,8 @@ class SketchTuner(Tuner):
         Runs one ``trainer.validate`` pass (logged as usual) and tunes at its end, so candidates
         are scored by the trainer's validation loop on its device and precision. ``options`` are
         those of :class:`~panther_lightning.SketchTuneCallback`; training data
-        (``train_dataloaders`` or the datamodule) is only needed for ``finetune_epochs``.
+        (``train_dataloaders`` or the datamodule) is only needed for ``finetune_epochs`` and
+        ``calibration_batches``.
         The report and the plan file are available as ``self.report`` and ``self.plan_file``.
         """
         if datamodule is not None and (train_dataloaders is not None or val_dataloaders is not None):
@@ -67,7 +68,11 @@ class SketchTuner(Tuner):
         opts = SketchTuneOptions.build(options.pop("configs", None), **options)
         trainer = self._trainer
         check_trainer_can_tune(trainer, model, opts)
-        hook = _TuneAtValidationEnd(opts, _train_source(datamodule, train_dataloaders))
+        train_source = _train_source(datamodule, train_dataloaders)
+        if train_source is None and (opts.calibration_batches or opts.finetune_epochs):
+            raise ValueError("calibration_batches and finetune_epochs need training data: "
+                             "pass train_dataloaders or a datamodule")
+        hook = _TuneAtValidationEnd(opts, train_source)
         install_sketch_loading(model)
         trainer.callbacks.append(hook)
         try:

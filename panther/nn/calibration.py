@@ -72,7 +72,7 @@ def collect_input_covariances(
     """Second moments of the inputs of ``layer_names`` over ``batches``.
 
     ``forward(model, batch)`` runs one batch (default: ``model(batch)``, or ``model(batch[0])``
-    for ``(inputs, targets)`` tuples). The model's train/eval mode is restored afterwards and the
+    for ``(inputs, targets)`` tuples). Every submodule's train/eval mode is restored afterwards and the
     hooks are removed even if a batch fails.
     """
     layers = {name: model.get_submodule(name) for name in layer_names}
@@ -82,7 +82,7 @@ def collect_input_covariances(
         layer.register_forward_pre_hook(lambda mod, args, name=name: moments[name].update(layer_input_rows(mod, args[0])))
         for name, layer in layers.items()
     ]
-    was_training = model.training
+    modes = [(module, module.training) for module in model.modules()]
     model.eval()
     try:
         for index, batch in enumerate(batches):
@@ -92,7 +92,8 @@ def collect_input_covariances(
     finally:
         for handle in handles:
             handle.remove()
-        model.train(was_training)
+        for module, training in modes:  # each submodule's own mode (a frozen BatchNorm stays frozen)
+            module.training = training
     return {name: moment.value() for name, moment in moments.items()}
 
 

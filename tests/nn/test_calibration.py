@@ -64,3 +64,10 @@ def test_grouped_conv_covariance_feeds_data_aware_sketch():
     plain = SKConv2d.from_dense(conv, 1, 2, init="svd")
     x = torch.cat(images)
     assert F.mse_loss(aware(x), conv(x)) < F.mse_loss(plain(x), conv(x))
+
+
+def test_each_submodules_mode_is_restored():
+    model = nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4)).train()
+    model[1].eval()  # deliberately frozen statistics
+    collect_input_covariances(model, ["0"], [torch.randn(3, 4)])
+    assert model.training and model[0].training and not model[1].training

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import sys
 from pathlib import Path
 
@@ -17,7 +18,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "examples"))
 from compression import sketched_copy  # noqa: E402
 from minilm_model import (ATTENTION_PATTERN, FFN_PATTERN, embed, embedding_cosine, input_covariances,  # noqa: E402
                           linear_names, load_minilm, make_batches)
+from minilm_compress import calibrated_tuner, ranks  # noqa: E402
 from text_data import load_text_split, split_sentences  # noqa: E402
+
+from panther.nn.rebuild import apply_plan  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -72,3 +76,21 @@ def test_data_aware_init_beats_plain_svd_at_the_same_rank(minilm, text):
     plain = embedding_cosine(sketched_copy(minilm, ranks, "svd"), held_out, reference)
     data_aware = embedding_cosine(sketched_copy(minilm, ranks, "data_svd", covs), held_out, reference)
     assert data_aware > plain + 0.05
+
+
+def test_calibrated_tuner_searches_data_svd_and_its_sketches_match_our_covariances(minilm, text):
+    tuning, calibration = make_batches(minilm, text.tuning), make_batches(minilm, text.calibration)
+    reference = embed(minilm, tuning)
+    names = linear_names(minilm, FFN_PATTERN)[:2]  # the first block: its output layer tolerates low ranks
+    tuner = calibrated_tuner(copy.deepcopy(minilm), names, calibration, tuning, reference, threshold=0.95,
+                             trials=6, seed=0, verbose=False)
+    tuner.tune()
+    assert tuner.get_best_params(), "nothing met the threshold: the test would check nothing"
+    assert {p["init"] for p in tuner.get_best_params().values()} == {"data_svd"}
+    assert all(rank < 307 for rank in ranks(tuner).values())  # params="auto": cheaper than 384x1536 dense
+    tuned = embed(tuner.apply_best_params(), tuning)
+    # the same plan rebuilt from covariances measured independently by the example's helper
+    covs = input_covariances(minilm, list(tuner.best_plan()), calibration)
+    rebuilt = embed(apply_plan(copy.deepcopy(minilm), tuner.best_plan(), input_covs=covs), tuning)
+    torch.testing.assert_close(tuned, rebuilt, rtol=1e-4, atol=1e-5)
+    assert torch.nn.functional.cosine_similarity(tuned, reference, dim=-1).mean().item() >= 0.95

@@ -73,6 +73,8 @@ class SketchTuneCallback(Callback):
             each tuned layer's input covariance, and build candidates with ``init="data_svd"``
             (``params="auto"`` then proposes it), which keeps the directions the real inputs use.
             Under DDP all ranks use rank 0's batches. 0 (default): weight-only ``"svd"`` init.
+        share_accuracy_drop: hold each layer group to its share (by weight) of the allowed drop, so
+            the tuned layers meet the bound together; ``False``: each group may use the whole margin.
         plan_path: where to write the applied plan as JSON (default ``<log_dir>/sketch_plan.json``).
         verbose: print one line per trial (rank 0).
     """
@@ -97,6 +99,7 @@ class SketchTuneCallback(Callback):
         time_budget_s: Optional[float] = None,
         finetune_epochs: int = 0,
         calibration_batches: int = 0,
+        share_accuracy_drop: bool = True,
         plan_path: Optional[str] = None,
         verbose: bool = True,
     ) -> None:
@@ -106,7 +109,8 @@ class SketchTuneCallback(Callback):
             objective=objective, speed_mode=speed_mode, n_trials=n_trials, search_algorithm=search_algorithm,
             seed=seed, screen_batches=screen_batches, speed_batches=speed_batches, timing_repeats=timing_repeats,
             tie_tolerance=tie_tolerance, max_total_trials=max_total_trials, time_budget_s=time_budget_s,
-            finetune_epochs=finetune_epochs, calibration_batches=calibration_batches, plan_path=plan_path, verbose=verbose)
+            finetune_epochs=finetune_epochs, calibration_batches=calibration_batches,
+            share_accuracy_drop=share_accuracy_drop, plan_path=plan_path, verbose=verbose)
         self.tuner: Any = None
         self.report: Optional[SketchTuneReport] = None
         self.plan_file: Optional[str] = None

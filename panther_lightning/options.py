@@ -44,6 +44,7 @@ class SketchTuneOptions:
     time_budget_s: Optional[float] = None
     finetune_epochs: int = 0
     calibration_batches: int = 0
+    share_accuracy_drop: bool = True
     plan_path: Optional[str] = None
     verbose: bool = True
 
@@ -76,8 +77,9 @@ class SketchTuneOptions:
             raise ValueError("give n_trials or search_algorithm, not both (set n_trials on the search algorithm)")
         if self.plan_path is not None and (not isinstance(self.plan_path, str) or not self.plan_path):
             raise ValueError(f"plan_path must be a file path or None, got {self.plan_path!r}")
-        if not isinstance(self.verbose, bool):
-            raise TypeError(f"verbose must be True or False, got {self.verbose!r}")
+        for name in ("verbose", "share_accuracy_drop"):
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(f"{name} must be True or False, got {getattr(self, name)!r}")
 
     # -- thresholds in "score" space (higher is better, whatever the mode) ---------------------
     def score(self, metric: float) -> float:

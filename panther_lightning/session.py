@@ -166,7 +166,8 @@ class SketchTuneSession:
             self.pl_module, opts.configs, self._accuracy, search_algorithm=search,
             verbose=opts.verbose and self.trainer.is_global_zero, accuracy_threshold=self._threshold,
             optmization_eval_func=self._speedup if opts.objective == "speed" else None,
-            max_total_trials=opts.max_total_trials, time_budget_s=opts.time_budget_s, **calibration)
+            max_total_trials=opts.max_total_trials, time_budget_s=opts.time_budget_s,
+            share_accuracy_drop=opts.share_accuracy_drop, **calibration)
 
     def _apply(self, report: SketchTuneReport) -> None:
         tuner, model = self.tuner, self.pl_module

@@ -75,6 +75,7 @@ class TuningResults:
     baseline_accuracy: Optional[float] = None
     composed_accuracy: Optional[float] = None  # accuracy of the model with every kept winner installed
     reused_trials: Dict[str, int] = field(default_factory=dict)
+    group_thresholds: Dict[str, float] = field(default_factory=dict)  # group -> accuracy its trials had to reach
 
     def best_record(self, group: str) -> Optional[TrialRecord]:
         """The feasible record with the highest score (fewest weights, then earliest, on ties)."""
@@ -103,6 +104,7 @@ class TuningResults:
             "baseline_accuracy": self.baseline_accuracy,
             "composed_accuracy": self.composed_accuracy,
             "reused_trials": self.reused_trials,
+            "group_thresholds": self.group_thresholds,
         }
         _check_plain(data, "results")
         return data
@@ -120,6 +122,7 @@ class TuningResults:
                 baseline_accuracy=data["baseline_accuracy"],
                 composed_accuracy=data["composed_accuracy"],
                 reused_trials={str(k): int(v) for k, v in data["reused_trials"].items()},
+                group_thresholds={str(k): float(v) for k, v in data.get("group_thresholds", {}).items()},
             )
         except (KeyError, TypeError, AttributeError) as exc:
             raise ValueError(f"malformed results file: {exc}") from None
@@ -201,19 +204,25 @@ def _fmt(value: Optional[float], spec: str = ".4f") -> str:
     return format(value, spec)
 
 
+def _is_cheaper(record: TrialRecord, best: Optional[TrialRecord]) -> bool:
+    return best is None or (record.weights or 0) < (best.weights or 0)
+
+
 def summary_table(results: TuningResults) -> str:
     """Per layer: chosen params, accuracy and speed of its selected trial, weights kept, outcome."""
     header = ("layer", "params", "accuracy", "speed", "weights", "outcome")
     lines: List[Tuple[str, ...]] = [header]
     for group, layers in results.groups.items():
-        record = results.selected_record(group) or results.best_record(group)
+        best = results.best_record(group)
+        record = results.selected_record(group) or best
         if record is None:
             outcome = "dense (no trial met the threshold)"
             cells: Sequence[str] = ("-", "-", "-", "-")
         else:
             outcome = ("reverted to dense" if group in results.reverted
-                       else "sketched (stepped up for the composed model)" if group in results.chosen
-                       else "sketched")
+                       else "sketched" if group not in results.chosen
+                       else "sketched (spends the composed model's spare margin)" if _is_cheaper(record, best)
+                       else "sketched (stepped up for the composed model)")
             ratio = record.weight_ratio
             weights = f"{record.weights}/{record.dense_weights} ({_fmt(ratio, '.1%')})"
             params = ", ".join(f"{k}={v}" for k, v in record.params.items())

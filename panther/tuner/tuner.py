@@ -13,6 +13,10 @@ How a run goes (:meth:`SKAutoTuner.tune`):
    saved. A trial below the threshold keeps its measured accuracy in the results, its speed is
    never measured, and the search is told ``INFEASIBLE_SCORE + (accuracy - threshold)``: below
    every feasible score, yet ordered by accuracy so the search still learns where to go.
+   With several groups, each group is held to its share of the allowed accuracy drop
+   (``share_accuracy_drop``, see :func:`group_thresholds`): a group tuned against the whole
+   model's threshold would spend the entire margin on its own, and the winners together would miss
+   it by the sum of their drops.
 4. With a threshold, the winners are checked together (each was tuned with the others dense);
    while the composed model misses the threshold, the group that costs most accuracy per weight
    saved steps up to its next more accurate feasible trial, or, when it has none, is reverted to
@@ -61,6 +65,20 @@ _ATTR = "panther."
 _RECORD_FIELDS = ("status", "accuracy", "accuracy_std", "speed", "speed_std", "feasible", "weights", "error")
 _WORKER_ATTR = _ATTR + "worker"
 _SEARCH_METHODS = ("get_next_params", "update", "is_finished", "initialize")
+
+
+def group_thresholds(baseline: float, threshold: float, dense_weights: Mapping[str, int]) -> Dict[str, float]:
+    """Per-group accuracy thresholds that share the allowed drop ``baseline - threshold`` by weight.
+
+    Drops of separately sketched layers roughly add up, so groups that each lose no more than their
+    share should meet ``threshold`` together; the share follows the dense weights because that is
+    where the savings are. Without a margin to share (a NaN baseline, or one already below the
+    threshold) every group gets ``threshold`` itself.
+    """
+    total = sum(dense_weights.values())
+    if not math.isfinite(baseline) or baseline <= threshold or total <= 0:
+        return {name: threshold for name in dense_weights}
+    return {name: baseline - (baseline - threshold) * weights / total for name, weights in dense_weights.items()}
 
 
 def _params_key(params: Mapping[str, Any]) -> tuple:
@@ -127,6 +145,11 @@ class SKAutoTuner:
             trial and reused by every ``init="data_svd"`` candidate, which ``params="auto"`` then uses.
         calibration_forward: ``f(model, batch)`` running one calibration batch (default:
             ``model(batch)``, or ``model(batch[0])`` for ``(inputs, targets)`` pairs).
+        share_accuracy_drop: hold each group to a share of the allowed drop
+            ``baseline - accuracy_threshold``, in proportion to its dense weights, instead of the
+            whole margin (``False``: every group is tuned against ``accuracy_threshold`` itself, as
+            in the original design). The composed model is checked against ``accuracy_threshold``
+            either way.
     """
 
     def __init__(
@@ -146,6 +169,7 @@ class SKAutoTuner:
         tune_tied: bool = False,
         calibration_data: Optional[Iterable[Any]] = None,
         calibration_forward: Optional[Callable[[nn.Module, Any], Any]] = None,
+        share_accuracy_drop: bool = True,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
@@ -168,7 +192,8 @@ class SKAutoTuner:
         _positive_number("num_runs_per_param", num_runs_per_param, integer=True, optional=False)
         _positive_number("max_total_trials", max_total_trials, integer=True)
         _positive_number("time_budget_s", time_budget_s, integer=False)
-        for name, flag in (("verbose", verbose), ("tune_tied", tune_tied)):
+        for name, flag in (("verbose", verbose), ("tune_tied", tune_tied),
+                           ("share_accuracy_drop", share_accuracy_drop)):
             if not isinstance(flag, bool):
                 raise TypeError(f"{name} must be True or False, got {flag!r}")
         if search_algorithm is None:
@@ -191,6 +216,7 @@ class SKAutoTuner:
         self.max_total_trials = max_total_trials
         self.time_budget_s = time_budget_s
         self.tune_tied = tune_tied
+        self.share_accuracy_drop = share_accuracy_drop
         self.calibration_data = calibration_data
         self.calibration_forward = calibration_forward
         self._input_covs: Dict[str, torch.Tensor] = {}
@@ -274,6 +300,18 @@ class SKAutoTuner:
         if accuracy < self.accuracy_threshold:  # type: ignore[operator]
             warnings.warn(f"the dense model's accuracy {accuracy:.4f} is already below accuracy_threshold "
                           f"{self.accuracy_threshold}; no sketch is likely to meet it", stacklevel=3)
+        if self.share_accuracy_drop:
+            dense_weights = {g.name: self._dense_weights(g) for g in self._groups}
+            self.results.group_thresholds = group_thresholds(accuracy, self.accuracy_threshold,  # type: ignore[arg-type]
+                                                             dense_weights)
+            if len(self._groups) > 1:
+                logger.info("allowed drop %.4g shared by weight: group thresholds %.4f to %.4f",
+                            accuracy - self.accuracy_threshold, min(self.results.group_thresholds.values()),
+                            max(self.results.group_thresholds.values()))
+
+    def _threshold_of(self, group: str) -> float:
+        """The accuracy a trial of ``group`` must reach (its share of the drop, or the global threshold)."""
+        return self.results.group_thresholds.get(group, self.accuracy_threshold)  # type: ignore[arg-type]
 
     def _tune_with_budget(self, budget: Budget) -> None:
         probes: Dict[str, List[TrialRecord]] = {}
@@ -284,7 +322,8 @@ class SKAutoTuner:
                     break
                 probes[group.name].append(self._evaluate_new(group, params, phase="probe"))
                 budget.spend()
-        weights = {g.name: potential(probes[g.name], self._dense_weights(g), self.accuracy_threshold)
+        weights = {g.name: potential(probes[g.name], self._dense_weights(g),
+                                     None if self.accuracy_threshold is None else self._threshold_of(g.name))
                    for g in self._groups}
         order = sorted(self._groups, key=lambda g: -weights[g.name])
         remaining = sum(weights.values())
@@ -364,7 +403,7 @@ class SKAutoTuner:
         if math.isnan(accuracy):
             record.status, record.error = "failed", "accuracy is NaN"
             return
-        threshold = self.accuracy_threshold
+        threshold = None if self.accuracy_threshold is None else self._threshold_of(record.group)
         if threshold is None:
             record.feasible, record.score = True, accuracy
         elif accuracy < threshold:
@@ -492,18 +531,16 @@ class SKAutoTuner:
         """Re-check all winners together; back off the worst trade-offs until the threshold holds.
 
         Backing off a group first tries its more accurate feasible trials (e.g. a larger rank), so a
-        layer is only reverted to dense when nothing it was tried with is safer.
+        layer is only reverted to dense when nothing it was tried with is safer. With margin left
+        over (shared drops rarely add up exactly), :meth:`_spend_margin` then tries cheaper trials.
         """
         baseline = self.results.baseline_accuracy
         kept = {g.name: r for g in self._groups if (r := self.results.best_record(g.name)) is not None}
         while kept:
-            candidates = {name: self._build(name, record.params, self._group(gname).copy_weights)
-                          for gname, record in kept.items() for name in self._group(gname).layers}
-            with self._swapped(candidates):
-                accuracy, _ = measure(self.accuracy_eval_func, self.model, self.num_runs_per_param, self._resource)
-            self.results.composed_accuracy = accuracy
-            logger.info("all %d tuned groups together: accuracy %.4f", len(kept), accuracy)
+            accuracy = self._composed_accuracy(kept)
             if accuracy >= self.accuracy_threshold:  # type: ignore[operator]
+                if self.share_accuracy_drop:
+                    self._spend_margin(kept, accuracy)
                 return
             worst = max(kept, key=lambda g: self._cost_per_gain(kept[g], baseline))
             safer = self._safer_record(worst, kept[worst])
@@ -518,6 +555,61 @@ class SKAutoTuner:
             self.results.reverted.append(worst)
             logger.warning("composed accuracy %.4f < threshold %.4f: reverting %s to dense", accuracy,
                            self.accuracy_threshold, worst)
+
+    def _composed_accuracy(self, kept: Mapping[str, TrialRecord]) -> float:
+        """Accuracy of the model with every group in ``kept`` sketched as its record says."""
+        candidates = {name: self._build(name, record.params, self._group(gname).copy_weights)
+                      for gname, record in kept.items() for name in self._group(gname).layers}
+        with self._swapped(candidates):
+            accuracy, _ = measure(self.accuracy_eval_func, self.model, self.num_runs_per_param, self._resource)
+        self.results.composed_accuracy = accuracy
+        logger.info("all %d tuned groups together: accuracy %.4f", len(kept), accuracy)
+        return accuracy
+
+    def _spend_margin(self, kept: Dict[str, TrialRecord], accuracy: float) -> None:
+        """Use what the composed model has above the threshold for cheaper trials, one check each.
+
+        A candidate is a measured trial that met the whole-model threshold alone and stores fewer
+        weights than the group's current choice, with an extra drop (measured alone) that fits the
+        margin; the most weights saved per unit of drop goes first. At most one composed check per
+        group, so this costs little next to the search.
+        """
+        threshold = self.accuracy_threshold
+        baseline = self.results.baseline_accuracy
+        floor: Dict[str, int] = {}  # group -> weights at which a composed check failed (fewer won't do)
+        for _ in range(len(self._groups)):
+            margin = accuracy - threshold  # type: ignore[operator]
+            options = []
+            for group in self._groups:
+                if group.name in self.results.reverted:
+                    continue
+                current = kept.get(group.name)
+                current_weights = current.weights if current is not None else self._dense_weights(group)
+                current_accuracy = current.accuracy if current is not None else baseline
+                for r in self.results.records:
+                    if (r.group != group.name or r.status == "failed" or r.accuracy is None or r.weights is None
+                            or r.accuracy < threshold or r.weights >= current_weights  # type: ignore[operator]
+                            or r.weights <= floor.get(group.name, -1)):
+                        continue
+                    if current is not None and current.speed is not None and r.speed is not None \
+                            and r.speed < current.speed:
+                        continue  # measured slower: not cheaper where it counts
+                    drop = max(current_accuracy - r.accuracy, 0.0)  # type: ignore[operator]
+                    if drop <= margin:
+                        options.append(((current_weights - r.weights) / (drop + 1e-12), group.name, r))  # type: ignore[operator]
+            if not options:
+                return
+            _, name, record = max(options, key=lambda o: (o[0], -o[2].trial))
+            trial_kept = {**kept, name: record}
+            trial_accuracy = self._composed_accuracy(trial_kept)
+            if trial_accuracy >= threshold:  # type: ignore[operator]
+                kept[name], accuracy = record, trial_accuracy
+                self.results.chosen[name] = record.trial
+                logger.info("spare margin: %s takes trial %d (%s), composed accuracy %.4f", name, record.trial,
+                            describe(record.params), accuracy)
+            else:
+                floor[name] = record.weights  # type: ignore[assignment]
+                self.results.composed_accuracy = accuracy
 
     def _safer_record(self, group: str, current: TrialRecord) -> Optional[TrialRecord]:
         """The best-scoring feasible trial of ``group`` measured more accurate than ``current``."""

@@ -61,6 +61,13 @@ def test_callback_tunes_applies_and_leaves_the_trainer_as_without_it(tmp_path):
     assert final_acc == pytest.approx(callback.report.tuned_metric, abs=1e-6)
     assert final_acc >= dense_acc - 0.02 - 1e-6
     assert callback.report.tuned_weights < callback.report.dense_weights
+    # each layer was held to its share of the 0.02 drop, by weight
+    results = callback.tuner.results
+    dense_weights = {g: r.dense_weights for r in results.records for g in [r.group]}
+    assert set(results.group_thresholds) == set(dense_weights) and len(dense_weights) > 1
+    for group, threshold in results.group_thresholds.items():
+        share = dense_weights[group] / sum(dense_weights.values())
+        assert threshold == pytest.approx(dense_acc - 0.02 * share, abs=1e-6)
 
     # the trainer: same logs (apart from the summary row), metrics, checkpoints and counters
     plain_rows, rows = _rows(str(tmp_path / "plain")), _rows(str(tmp_path / "tuned"))
@@ -146,6 +153,7 @@ def test_finetune_trains_the_sketched_model_outside_the_fit_loop(tmp_path):
     ({"configs": [{"layer_names": "net", "params": "auto", "bogus": 1}]}, "unknown LayerConfig keys"),
     ({"configs": 42}, "tuning configs must be"),
     ({"n_trials": 5, "search_algorithm": object()}, "not both"),
+    ({"share_accuracy_drop": "no"}, "share_accuracy_drop must be True or False"),
 ])
 def test_bad_arguments_fail_in_init(kwargs, message):
     with pytest.raises((ValueError, TypeError), match=message):

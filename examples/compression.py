@@ -4,6 +4,9 @@ count what the layers store, and time CPU inference the same way everywhere."""
 from __future__ import annotations
 
 import copy
+import math
+import statistics
+import time
 from typing import Callable, Mapping, Optional, Sequence, Tuple
 
 import torch
@@ -48,25 +51,45 @@ def rank_for_ratio(layer: nn.Linear, ratio: float) -> int:
     return max(2, 2 * round(ratio * layer.in_features * layer.out_features / per_rank / 2))
 
 
-def median_latency(forward: Callable[[], object], threads: int, min_run_time: float = 1.0) -> float:
-    """Median seconds of ``forward()`` on ``threads`` CPU threads (torch.utils.benchmark, after a warm-up)."""
-    from torch.utils import benchmark
-
-    with torch.no_grad():
-        forward()  # warm-up: sketched layers pack their factors once
-        timer = benchmark.Timer(stmt="forward()", globals={"forward": forward}, num_threads=threads)
-        return timer.blocked_autorange(min_run_time=min_run_time).median
-
-
 def speedup(dense_forward: Callable[[], object], forward: Callable[[], object], threads: int,
-            rounds: int = 3, min_run_time: float = 0.5) -> Tuple[float, float, float]:
-    """``(dense_s, model_s, dense_s / model_s)``: interleaved rounds, smallest median of each kept.
+            pairs: int = 20, min_pair_s: float = 0.2) -> Tuple[float, float, float]:
+    """``(dense_s, model_s, dense_s / model_s)`` from back-to-back pairs (ABBA order), medians.
 
-    Interleaving and keeping the least-disturbed round damp the noise of a shared CPU, which a
-    single measurement of each would turn into a fake speed-up or slow-down.
+    On a shared CPU the speed of the machine drifts by more than the effect being measured;
+    timing the two models right after each other and taking the median of the per-pair ratios
+    cancels the drift (a dense-vs-dense run of this measures within a few percent of 1.0, where
+    separate medians were off by up to 15 %). Each side of a pair repeats its forward until it
+    has run for ``min_pair_s``, so short forwards are not dominated by clock resolution.
     """
-    dense_s, model_s = float("inf"), float("inf")
-    for _ in range(rounds):
-        dense_s = min(dense_s, median_latency(dense_forward, threads, min_run_time))
-        model_s = min(model_s, median_latency(forward, threads, min_run_time))
-    return dense_s, model_s, dense_s / model_s
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        return _paired_speedup(dense_forward, forward, pairs, min_pair_s)
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def _paired_speedup(dense_forward: Callable[[], object], forward: Callable[[], object], pairs: int,
+                    min_pair_s: float) -> Tuple[float, float, float]:
+    with torch.no_grad():
+        dense_forward(), forward()  # warm-up: sketched layers pack their factors once
+        start = time.perf_counter()
+        forward()
+        repeats = max(1, math.ceil(min_pair_s / max(time.perf_counter() - start, 1e-9)))
+
+        def seconds(run: Callable[[], object]) -> float:
+            start = time.perf_counter()
+            for _ in range(repeats):
+                run()
+            return (time.perf_counter() - start) / repeats
+
+        dense_times, model_times, ratios = [], [], []
+        for i in range(pairs):
+            if i % 2:
+                model_s, dense_s = seconds(forward), seconds(dense_forward)
+            else:
+                dense_s, model_s = seconds(dense_forward), seconds(forward)
+            dense_times.append(dense_s)
+            model_times.append(model_s)
+            ratios.append(dense_s / model_s)
+    return statistics.median(dense_times), statistics.median(model_times), statistics.median(ratios)

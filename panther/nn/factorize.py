@@ -9,9 +9,13 @@ covariance of the layer's inputs is known, as the minimiser of the expected outp
 
 from __future__ import annotations
 
-from typing import Optional, Tuple
+import hashlib
+from collections import OrderedDict
+from typing import Callable, Optional, Tuple
 
 import torch
+
+Decomposition = Tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 
 
 def random_signs(shape: Tuple[int, ...], scale: float, *, dtype: torch.dtype, device: torch.device,
@@ -46,6 +50,56 @@ def whitening(input_cov: torch.Tensor, rel_eps: float = 1e-6) -> Tuple[torch.Ten
     return root[:, None] * evecs.T, evecs / root[None, :]
 
 
+def _digest(tensor: torch.Tensor) -> bytes:
+    return hashlib.blake2b(tensor.contiguous().numpy().tobytes(), digest_size=16).digest()
+
+
+class _DecompositionCache:
+    """The last few full decompositions, keyed by the content of their inputs.
+
+    A tuner builds many candidates of one layer at different ranks; the (whitened) SVD behind
+    them does not depend on the rank, and an eigendecomposition plus SVD of a wide layer costs far
+    more than hashing its weight. Keyed by content, a hit is always the right answer.
+    """
+
+    def __init__(self, max_bytes: int = 256 << 20) -> None:
+        self.max_bytes = max_bytes
+        self._entries: "OrderedDict[tuple, Decomposition]" = OrderedDict()
+
+    def get(self, key: tuple, compute: Callable[[], Decomposition]) -> Decomposition:
+        if key in self._entries:
+            self._entries.move_to_end(key)
+            return self._entries[key]
+        value = compute()
+        self._entries[key] = value
+        while len(self._entries) > 1 and self._bytes() > self.max_bytes:
+            self._entries.popitem(last=False)
+        return value
+
+    def clear(self) -> None:
+        self._entries.clear()
+
+    def _bytes(self) -> int:
+        return sum(t.numel() * t.element_size() for value in self._entries.values() for t in value)
+
+
+_decompositions = _DecompositionCache()
+
+
+def _full_decomposition(work: torch.Tensor, cov: Optional[torch.Tensor]) -> Decomposition:
+    """``(u, s, vh)`` with ``work ≈ u @ diag(s) @ vh``, in the metric of ``cov`` when given (cached)."""
+    key = (tuple(work.shape), work.dtype, _digest(work), None if cov is None else _digest(cov))
+
+    def compute() -> Decomposition:
+        if cov is None:
+            return torch.linalg.svd(work, full_matrices=False)
+        lt, lt_inv = whitening(cov)
+        u, s, vh = torch.linalg.svd(lt @ work, full_matrices=False)
+        return lt_inv @ u, s, vh
+
+    return _decompositions.get(key, compute)
+
+
 def low_rank_basis(
     matrix: torch.Tensor,
     rank: int,
@@ -59,20 +113,19 @@ def low_rank_basis(
     sorted by decreasing ``sigma``. If ``rank`` exceeds ``min(m, n)`` the extra components have
     ``sigma = 0`` and unit-norm bases, so the approximation is exact. Computed in float64 on the CPU
     for small layers and float32 above that; returned in ``matrix.dtype`` on ``matrix.device``.
+    The full decomposition is cached by content, so other ranks of the same layer come cheap.
     """
     if rank < 1:
         raise ValueError(f"rank must be >= 1, got {rank}")
     m, n = matrix.shape
     work_dtype = torch.float64 if m * n <= 1 << 22 else torch.float32
     work = matrix.detach().to(device="cpu", dtype=work_dtype)
-    if input_cov is None:
-        u, s, vh = torch.linalg.svd(work, full_matrices=False)
-    else:
+    cov = None
+    if input_cov is not None:
         if input_cov.shape != (m, m):
             raise ValueError(f"input_cov must be {m}x{m}, got {tuple(input_cov.shape)}")
-        lt, lt_inv = whitening(input_cov.detach().to(device="cpu", dtype=work_dtype))
-        u, s, vh = torch.linalg.svd(lt @ work, full_matrices=False)
-        u = lt_inv @ u
+        cov = input_cov.detach().to(device="cpu", dtype=work_dtype)
+    u, s, vh = _full_decomposition(work, cov)
     keep = min(rank, s.numel())
     left, sigma, right = u[:, :keep], s[:keep], vh[:keep]
     if keep < rank:
@@ -81,4 +134,5 @@ def low_rank_basis(
         right = torch.cat([right, _orthonormal_fill(right.T, extra, n, generator).T], dim=0)
         sigma = torch.cat([sigma, sigma.new_zeros(extra)])
     out = dict(device=matrix.device, dtype=matrix.dtype)
-    return left.to(**out), sigma.to(**out), right.to(**out)
+    # copies: the cached decomposition must never alias what callers may modify
+    return left.to(**out, copy=True), sigma.to(**out, copy=True), right.to(**out, copy=True)

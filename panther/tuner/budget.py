@@ -2,15 +2,23 @@
 
 Without a budget every group runs until its search is finished (``n_trials`` each), so a model
 with many layers costs ``layers × n_trials`` validations. With ``max_total_trials`` (and/or
-``time_budget_s``) the tuner first probes every group cheaply (its cheapest and a middle
-configuration: a sensitivity pass), then hands the remaining trials out in proportion to what a
-group can still gain: its dense size, weighted by how open the question is.
+``time_budget_s``) the tuner first probes every group, one probe per group per round so that a
+tight budget still reaches every layer:
+
+* a group whose only open choice is a cost-increasing size (``low_rank``, ``num_terms``,
+  ``num_random_features``: the ``params="auto"`` spaces) is bisected for the smallest value that
+  meets its accuracy threshold (:class:`Bisection`; accuracy grows with the size, so about
+  ``log2(#values)`` probes settle it);
+* any other group gets its cheapest and a middle configuration (:class:`FixedProbes`).
+
+The remaining trials go to the search, in proportion to what a group can still gain: its dense
+size, weighted by how open the question is (nothing, for a settled bisection).
 """
 
 from __future__ import annotations
 
 import time
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 from panther.tuner.params import ParamSpec
 from panther.tuner.results import TrialRecord
@@ -36,8 +44,84 @@ def probe_params(space: Dict[str, ParamSpec]) -> List[Dict[str, Any]]:
     return [cheapest] if middle == cheapest else [cheapest, middle]
 
 
-def potential(probes: Sequence[TrialRecord], dense_weights: int, threshold: Optional[float]) -> float:
+#: Parameters whose larger values cost more and (for a trained layer) approximate it better.
+COST_INCREASING = ("low_rank", "num_terms", "num_random_features")
+
+
+def ordered_axis(space: Dict[str, ParamSpec]) -> Optional[Tuple[str, List[Any]]]:
+    """``(name, ascending values)`` if the only open choice in ``space`` is a cost-increasing size."""
+    open_specs = [(name, spec.values()) for name, spec in space.items()
+                  if spec.values() is None or len(spec.values()) > 1]  # type: ignore[arg-type]
+    if len(open_specs) != 1:
+        return None
+    name, values = open_specs[0]
+    if name not in COST_INCREASING or values is None or values != sorted(values):
+        return None
+    return name, values
+
+
+class FixedProbes:
+    """The cheapest configuration and a middle one, in that order."""
+
+    def __init__(self, space: Dict[str, ParamSpec]) -> None:
+        self._queue = probe_params(space)
+
+    def next_params(self) -> Optional[Dict[str, Any]]:
+        return self._queue[0] if self._queue else None
+
+    def tell(self, record: TrialRecord) -> None:
+        self._queue.pop(0)
+
+    @property
+    def settled(self) -> bool:
+        return False
+
+
+class Bisection:
+    """The smallest value of an ordered axis meeting the threshold, assuming accuracy grows with it."""
+
+    def __init__(self, space: Dict[str, ParamSpec], name: str, values: List[Any]) -> None:
+        self._base = {key: spec.default() for key, spec in space.items()}
+        self._name, self._values = name, values
+        self._infeasible = -1  # largest index known to miss the threshold
+        self._feasible = len(values)  # smallest index known to meet it (len: none yet)
+
+    def next_params(self) -> Optional[Dict[str, Any]]:
+        if self.settled:
+            return None
+        return {**self._base, self._name: self._values[self._middle]}
+
+    def tell(self, record: TrialRecord) -> None:
+        if record.status != "failed" and record.feasible:
+            self._feasible = self._middle
+        else:  # too inaccurate, or could not be built: look at larger values
+            self._infeasible = self._middle
+
+    @property
+    def _middle(self) -> int:
+        return (self._infeasible + self._feasible) // 2
+
+    @property
+    def settled(self) -> bool:
+        return self._feasible - self._infeasible <= 1
+
+
+Prober = Union[FixedProbes, Bisection]
+
+
+def prober_for(space: Dict[str, ParamSpec], threshold: Optional[float]) -> Prober:
+    """Bisection where it applies (an ordered space and an accuracy threshold), else fixed probes."""
+    axis = ordered_axis(space)
+    if threshold is None or axis is None:
+        return FixedProbes(space)
+    return Bisection(space, *axis)
+
+
+def potential(probes: Sequence[TrialRecord], dense_weights: int, threshold: Optional[float],
+              settled: bool = False) -> float:
     """How many trials a group deserves, relative to the others (0: nothing left to learn)."""
+    if settled:
+        return 0.0
     if threshold is None:
         return float(dense_weights)
     ok = [r for r in probes if r.status != "failed"]

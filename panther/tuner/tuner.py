@@ -41,14 +41,14 @@ import sys
 import time
 import uuid
 import warnings
-from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Union
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
 
 from panther.nn.calibration import collect_input_covariances
 from panther.nn.rebuild import replace_module
-from panther.tuner.budget import Budget, potential, probe_params
+from panther.tuner.budget import Budget, Prober, potential, prober_for
 from panther.tuner.configs import TuningConfigs
 from panther.tuner.evaluation import describe, measure, resource_getter
 from panther.tuner.groups import GroupBuilder, TuningGroup
@@ -314,17 +314,9 @@ class SKAutoTuner:
         return self.results.group_thresholds.get(group, self.accuracy_threshold)  # type: ignore[arg-type]
 
     def _tune_with_budget(self, budget: Budget) -> None:
-        probes: Dict[str, List[TrialRecord]] = {}
-        for group in self._groups:
-            probes[group.name] = []
-            for params in probe_params(group.space):
-                if budget.exhausted():
-                    break
-                probes[group.name].append(self._evaluate_new(group, params, phase="probe"))
-                budget.spend()
-        weights = {g.name: potential(probes[g.name], self._dense_weights(g),
-                                     None if self.accuracy_threshold is None else self._threshold_of(g.name))
-                   for g in self._groups}
+        probes = self._probe_rounds(budget)
+        weights = {g.name: potential(probes[g.name][1], self._dense_weights(g), self._threshold_or_none(g.name),
+                                     settled=probes[g.name][0].settled) for g in self._groups}
         order = sorted(self._groups, key=lambda g: -weights[g.name])
         remaining = sum(weights.values())
         for group in order:
@@ -333,7 +325,31 @@ class SKAutoTuner:
             logger.info("[%s] sensitivity weight %.3g: %s more trials", group.name, weights[group.name],
                         "unlimited" if share is None else share)
             if share != 0 and not budget.exhausted():
-                self._tune_group(group, budget, max_trials=share, known=probes[group.name])
+                self._tune_group(group, budget, max_trials=share, known=probes[group.name][1])
+
+    def _probe_rounds(self, budget: Budget) -> Dict[str, Tuple[Prober, List[TrialRecord]]]:
+        """Probe every group, one trial per group per round, until all are done or the budget is."""
+        probes = {g.name: (prober_for(g.space, self._threshold_or_none(g.name)), []) for g in self._groups}
+        pending = list(self._groups)
+        while pending and not budget.exhausted():
+            for group in list(pending):
+                prober, records = probes[group.name]
+                params = prober.next_params()
+                if params is None:
+                    pending.remove(group)
+                    continue
+                if budget.exhausted():
+                    break
+                record = self._cache[group.name].get(_params_key(params))
+                if record is None:
+                    record = self._evaluate_new(group, params, phase="probe")
+                    records.append(record)
+                    budget.spend()
+                prober.tell(record)
+        return probes
+
+    def _threshold_or_none(self, group: str) -> Optional[float]:
+        return None if self.accuracy_threshold is None else self._threshold_of(group)
 
     def _tune_group(self, group: TuningGroup, budget: Budget, max_trials: Optional[int] = None,
                     known: Sequence[TrialRecord] = ()) -> None:
@@ -403,7 +419,7 @@ class SKAutoTuner:
         if math.isnan(accuracy):
             record.status, record.error = "failed", "accuracy is NaN"
             return
-        threshold = None if self.accuracy_threshold is None else self._threshold_of(record.group)
+        threshold = self._threshold_or_none(record.group)
         if threshold is None:
             record.feasible, record.score = True, accuracy
         elif accuracy < threshold:

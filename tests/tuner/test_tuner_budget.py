@@ -1,11 +1,13 @@
 """Whole-model trial budget, and reuse of results for duplicate proposals."""
 
+import copy
 import logging
 
 import pytest
 
 from panther.tuner import Categorical, Int, LayerConfig, OptunaSearch, SKAutoTuner, TuningConfigs
-from panther.tuner.budget import Budget, potential, probe_params
+from panther.nn import SKLinear
+from panther.tuner.budget import Bisection, Budget, FixedProbes, ordered_axis, potential, probe_params, prober_for
 from panther.tuner.results import TrialRecord
 
 
@@ -13,6 +15,33 @@ def test_probes_are_the_cheapest_and_a_middle_configuration():
     space = {"num_terms": Categorical([1]), "low_rank": Categorical([1, 2, 4, 8, 16]), "k": Int(2, 10, step=2)}
     assert probe_params(space) == [{"num_terms": 1, "low_rank": 1, "k": 2}, {"num_terms": 1, "low_rank": 4, "k": 6}]
     assert probe_params({"low_rank": Categorical([3])}) == [{"low_rank": 3}]
+
+
+def test_ordered_axis_is_the_single_open_cost_increasing_size():
+    auto_like = {"num_terms": Categorical([1]), "low_rank": Categorical([1, 2, 4, 8]), "init": Categorical(["svd"])}
+    assert ordered_axis(auto_like) == ("low_rank", [1, 2, 4, 8])
+    assert ordered_axis({"low_rank": Int(2, 8, step=2)}) == ("low_rank", [2, 4, 6, 8])
+    assert ordered_axis({**auto_like, "num_terms": Categorical([1, 2])}) is None  # two open choices
+    assert ordered_axis({"low_rank": Categorical([8, 4])}) is None  # not ascending
+    assert ordered_axis({"kernel": Categorical([1, 2])}) is None  # not known to cost more when larger
+    assert isinstance(prober_for(auto_like, threshold=0.9), Bisection)
+    assert isinstance(prober_for(auto_like, threshold=None), FixedProbes)  # nothing to bisect against
+
+
+@pytest.mark.parametrize("smallest_ok", [None, 1, 2, 3, 7, 12, 13])
+def test_bisection_finds_the_smallest_feasible_value_in_log_steps(smallest_ok):
+    values = list(range(1, 14))  # 13 values
+    bisection = Bisection({"low_rank": Categorical(values), "num_terms": Categorical([1])}, "low_rank", values)
+    asked = []
+    while (params := bisection.next_params()) is not None:
+        assert params["num_terms"] == 1
+        asked.append(params["low_rank"])
+        ok = smallest_ok is not None and params["low_rank"] >= smallest_ok
+        bisection.tell(TrialRecord("g", ["g"], len(asked), params, feasible=ok))
+    assert len(asked) <= 4 and len(set(asked)) == len(asked)  # ceil(log2(14)) probes, never one twice
+    feasible = [v for v in asked if smallest_ok is not None and v >= smallest_ok]
+    assert (min(feasible) if feasible else None) == smallest_ok
+    assert bisection.settled
 
 
 def test_potential_favours_open_questions_on_big_layers():
@@ -23,6 +52,7 @@ def test_potential_favours_open_questions_on_big_layers():
     assert potential(probes(False, True), 1000, 0.9) > potential(probes(False, False), 1000, 0.9) > 0
     assert potential(probes(False, True), 4000, 0.9) == 4 * potential(probes(False, True), 1000, 0.9)
     assert potential(probes(True, True), 1000, threshold=None) == 1000
+    assert potential(probes(False, True), 1000, 0.9, settled=True) == 0  # a finished bisection
 
 
 def test_budget_shares_the_remaining_trials():
@@ -33,18 +63,41 @@ def test_budget_shares_the_remaining_trials():
     assert Budget(None, None).share(1.0, 2.0) is None
 
 
-def test_budgeted_auto_tuning_spends_at_most_the_budget(digits_model, accuracy_fn, dense_accuracy):
+def test_budgeted_auto_tuning_bisects_every_layer_within_the_budget(digits_model, accuracy_fn, dense_accuracy):
     threshold = dense_accuracy - 0.01
     tuner = SKAutoTuner(digits_model, TuningConfigs([LayerConfig({"type": "Linear"}, "auto")]), accuracy_fn,
                         accuracy_threshold=threshold, search_algorithm=OptunaSearch(n_trials=40, seed=0),
-                        max_total_trials=12)
+                        max_total_trials=14)
     tuner.tune()
     evaluated = [r for r in tuner.results.records if r.phase in ("probe", "search")]
-    assert len(evaluated) <= 12
+    assert len(evaluated) <= 14
     probes = [r for r in evaluated if r.phase == "probe"]
-    assert sorted({r.group for r in probes}) == ["fc1", "fc2", "fc3"] and len(probes) == 6
+    assert sorted({r.group for r in probes}) == ["fc1", "fc2", "fc3"]
+    assert [r.group for r in probes[:3]] == ["fc1", "fc2", "fc3"]  # round-robin: each layer is reached first
+    # Independent check of each layer's bisection: its best rank meets the layer's threshold, the
+    # largest smaller rank it tried does not (measured here, on a fresh copy of the dense model).
+    dense = copy.deepcopy(digits_model)
+    checked = 0
+    for group in ("fc1", "fc2", "fc3"):
+        best = tuner.results.best_record(group)
+        if best is None:
+            continue
+        tried_below = sorted(r.params["low_rank"] for r in tuner.results.records
+                             if r.group == group and r.params["low_rank"] < best.params["low_rank"])
+        limit = tuner.results.group_thresholds[group]
+        assert accuracy_fn(with_layer(dense, group, best.params["low_rank"])) >= limit
+        if tried_below:
+            assert accuracy_fn(with_layer(dense, group, tried_below[-1])) < limit
+            checked += 1
+    assert checked >= 1
     model = tuner.apply_best_params()
     assert accuracy_fn(model) >= threshold
+
+
+def with_layer(model, name, low_rank):
+    sketched = copy.deepcopy(model)
+    setattr(sketched, name, SKLinear.from_dense(getattr(model, name), num_terms=1, low_rank=low_rank))
+    return sketched
 
 
 def test_spent_time_budget_evaluates_nothing_and_leaves_the_model(digits_model, accuracy_fn):

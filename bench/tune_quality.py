@@ -12,8 +12,9 @@ Per workload the same trained model, layers, accuracy threshold and budget of fu
   layer over ``num_terms`` x ``low_rank``, the budget split evenly), and the per-layer winners
   combined without checking the combination.
 * ``SKAutoTuner``: the tuner's defaults (``params="auto"``: ``svd`` init, only ranks cheaper than
-  the dense layer; a whole-model trial budget; the composed model re-checked and the worst
-  trade-offs stepped up or reverted).
+  the dense layer; the allowed drop shared between layers by weight; a whole-model trial budget,
+  each layer's rank bisected against its share; the composed model re-checked, the worst
+  trade-offs stepped up or reverted, and any margin left spent on cheaper ranks).
 * ``SKAutoTuner + calibration``: the same, given calibration batches of training inputs, so its
   candidates use ``init="data_svd"`` (input covariances measured once, reused by every trial).
 
@@ -147,7 +148,9 @@ def autotuner_procedure(work: Workload, budget: int, seed: int, calibrated: bool
     """
     start = time.perf_counter()
     metric = CountingMetric(work.tune_metric)
-    reserve = 1 + len(work.layers)  # the baseline evaluation and, at worst, one composed check per layer
+    # the baseline evaluation, and composed checks: typically one per layer when backing off,
+    # and at most one per layer when spending spare margin
+    reserve = 1 + 2 * len(work.layers)
     tuner = SKAutoTuner(
         model=work.model,
         configs=TuningConfigs([LayerConfig(layer_names=list(work.layers), params="auto", separate=True)]),

@@ -1,4 +1,4 @@
-"""Run by test_ddp.py as ``python ddp_run.py OUT_DIR``: 2 CPU processes (gloo) tune together.
+"""Run by test_ddp.py as ``python ddp_run.py OUT_DIR [CALIBRATION_BATCHES]``: 2 CPU processes (gloo) tune together.
 
 Lightning's DDP launcher starts this script a second time for rank 1; each rank writes what it
 ended with to ``OUT_DIR/rank<k>.json`` so the test can compare them.
@@ -20,9 +20,10 @@ from digits_lightning import DigitsClassifier, DigitsDataModule  # noqa: E402
 from panther_lightning import SketchTuneCallback  # noqa: E402
 
 
-def main(out_dir: str) -> None:
+def main(out_dir: str, calibration_batches: int) -> None:
     pl.seed_everything(0, verbose=False)
     callback = SketchTuneCallback(max_drop=0.03, objective="size", n_trials=3, verbose=False,
+                                  calibration_batches=calibration_batches,
                                   plan_path=os.path.join(out_dir, "plan.json"))
     trainer = pl.Trainer(max_epochs=2, accelerator="cpu", devices=2, strategy="ddp", logger=False,
                          enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
@@ -41,4 +42,4 @@ def main(out_dir: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(sys.argv[1], int(sys.argv[2]) if len(sys.argv) > 2 else 0)

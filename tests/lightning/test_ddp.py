@@ -13,10 +13,11 @@ SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "ddp_run.py")
 
 
 @pytest.mark.slow
-def test_two_process_ddp_tuning_agrees_across_ranks(tmp_path):
+@pytest.mark.parametrize("calibration_batches", [0, 2])
+def test_two_process_ddp_tuning_agrees_across_ranks(tmp_path, calibration_batches):
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
     env.pop("LOCAL_RANK", None)
-    completed = subprocess.run([sys.executable, SCRIPT, str(tmp_path)], env=env, capture_output=True, text=True,
+    completed = subprocess.run([sys.executable, SCRIPT, str(tmp_path), str(calibration_batches)], env=env, capture_output=True, text=True,
                                timeout=240)
     assert completed.returncode == 0, completed.stderr[-4000:]
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
@@ -27,3 +28,6 @@ def test_two_process_ddp_tuning_agrees_across_ranks(tmp_path):
     assert ranks[0]["dense_metric"] == pytest.approx(ranks[0]["final_val_acc"], abs=1e-6)
     assert ranks[0]["tuned_metric"] >= ranks[0]["dense_metric"] - 0.03 - 1e-6
     assert json.loads((tmp_path / "plan.json").read_text()) == ranks[0]["plan"]
+    # with calibration both ranks build data-aware sketches from rank 0's batches: same weights
+    inits = {layer["params"]["init"] for layer in ranks[0]["plan"].values()}
+    assert inits == ({"data_svd"} if calibration_batches else {"svd"})

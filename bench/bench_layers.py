@@ -7,7 +7,8 @@ two-GEMM PyTorch/cuBLAS path, beside the FLOP roofline ratio ``d_inÂ·d_out / (2Â
     python bench/bench_layers.py --overhead                    # small-batch CPU dispatch overhead
 
 Times are medians of ``torch.utils.benchmark`` after a warm-up; the variants of a point are measured
-in interleaved rounds and the smallest median is kept, which damps noise from shared CPUs. The CUDA forward also prints the
+in interleaved rounds and the smallest median is kept, which damps noise from shared CPUs.
+The CUDA forward also prints the
 fraction of the HBM roofline reached (bytes of x, A, B, bias and y over measured time and peak).
 """
 

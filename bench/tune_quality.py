@@ -2,7 +2,7 @@
 
     python bench/tune_quality.py --workload digits                 # ~1 min
     python bench/tune_quality.py --workload minilm --budget 60     # needs [transformers] + gensim, ~10 min
-    python bench/tune_quality.py --json tune_quality.json --plot tune_history.png
+    python bench/tune_quality.py --json tune_quality.json --plot docs/tune_digits.png   # needs [plots]
 
 Per workload the same trained model, layers, accuracy threshold and budget of full evaluations
 (one evaluation = the whole model on the validation/tuning data) go to:
@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import math
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -91,7 +92,8 @@ class SearchResult:
     plan: Dict[str, Dict[str, Any]]  # panther.nn.rebuild plan
     evaluations: int  # full evaluations spent
     wall_s: float
-    study: Optional[optuna.Study] = None  # the last Optuna study, for plots
+    study: Optional[optuna.Study] = None  # the last Optuna study
+    tuner: Optional[SKAutoTuner] = None  # SKAutoTuner procedures: its records, for the plot
 
 
 class CountingMetric:
@@ -162,7 +164,8 @@ def autotuner_procedure(work: Workload, budget: int, seed: int, calibrated: bool
         calibration_forward=work.calibration_forward,
     )
     tuner.tune()
-    return SearchResult(tuner.best_plan(), metric.calls, time.perf_counter() - start, tuner.search_algorithm.study)
+    return SearchResult(tuner.best_plan(), metric.calls, time.perf_counter() - start, tuner.search_algorithm.study,
+                        tuner)
 
 
 def outcome(work: Workload, procedure: str, search: SearchResult, threads: int,
@@ -176,8 +179,8 @@ def outcome(work: Workload, procedure: str, search: SearchResult, threads: int,
                    ratio, search.evaluations, search.wall_s, search.plan)
 
 
-def compare(work: Workload, budget: int, seed: int, threads: int) -> Tuple[List[Outcome], Optional[optuna.Study]]:
-    """The three rows of one workload, and the tuner's last study (for the plot)."""
+def compare(work: Workload, budget: int, seed: int, threads: int) -> Tuple[List[Outcome], SearchResult]:
+    """The three rows of one workload, and the calibrated tuner's search (for the plot)."""
     original = original_procedure(work, budget, seed)
     rows = [outcome(work, "original (sketch init, per layer, unchecked)", original, threads)]
     ours = autotuner_procedure(work, budget, seed)
@@ -185,7 +188,7 @@ def compare(work: Workload, budget: int, seed: int, threads: int) -> Tuple[List[
     calibrated = autotuner_procedure(work, budget, seed, calibrated=True)
     covs = collect_input_covariances(work.model, list(calibrated.plan), work.calibration, work.calibration_forward)
     rows.append(outcome(work, "SKAutoTuner + calibration (data_svd init)", calibrated, threads, input_covs=covs))
-    return rows, calibrated.study
+    return rows, calibrated
 
 
 # -- workloads ------------------------------------------------------------------------------------
@@ -229,26 +232,56 @@ def minilm_workload(threshold: float = 0.95) -> Workload:
 
 # -- reporting ------------------------------------------------------------------------------------
 def markdown(rows: Sequence[Outcome]) -> str:
-    lines = ["| workload | procedure | final metric | threshold | met | layers sketched | tuned-layer weights | whole-model weights "
+    lines = ["| workload | procedure | final metric | threshold | met | layers sketched | tuned-layer weights "
+             "| whole-model weights "
              "| CPU speed-up | evaluations | wall (s) |", "|" + "---|" * 11]
     for r in rows:
         lines.append(f"| {r.workload} | {r.procedure} | {r.final_metric:.4f} | {r.threshold:.4f} "
-                     f"| {'yes' if r.threshold_met else 'NO'} | {r.layers_sketched}/{r.layers_tuned} | {r.layer_ratio:.3f} | {r.model_ratio:.3f} "
+                     f"| {'yes' if r.threshold_met else 'NO'} | {r.layers_sketched}/{r.layers_tuned} "
+                     f"| {r.layer_ratio:.3f} | {r.model_ratio:.3f} "
                      f"| {r.speedup:.2f}x | {r.evaluations} | {r.wall_s:.1f} |")
     return "\n".join(lines)
 
 
-def save_history_plot(study: Optional[optuna.Study], path: Path) -> None:
-    """Optuna's optimisation history of the tuner's last study, if matplotlib is installed."""
-    try:
-        from optuna.visualization.matplotlib import plot_optimization_history
+def save_rank_plot(search: Optional[SearchResult], metric_name: str, whole_threshold: float, path: Path) -> None:
+    """Every trial of the tuner, per layer: rank against the tuning metric, with the thresholds.
 
-        axes = plot_optimization_history(study)
-    except (ImportError, ValueError) as error:
-        print(f"(no plot: {error})")
+    Shows each layer's rank bisection closing in on its share of the allowed drop (dotted), and
+    the rank finally installed (star), which may be cheaper when the composed model had margin.
+    """
+    if search is None or search.tuner is None:
         return
-    axes.figure.savefig(path, bbox_inches="tight")
-    print(f"optimisation history written to {path}")
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        from matplotlib import pyplot as plt
+    except ImportError:
+        print("(no plot: pip install -e '.[plots]')")
+        return
+    results, best = search.tuner.results, search.tuner.get_best_params()
+    figure, axes = plt.subplots(figsize=(7, 4.5))
+    for index, (group, layers) in enumerate(results.groups.items()):
+        color = plt.cm.tab20(index % 20)
+        trials = sorted((r for r in results.records if r.group == group and r.accuracy is not None),
+                        key=lambda r: r.params["num_terms"] * r.params["low_rank"])
+        ranks = [2 * r.params["num_terms"] * r.params["low_rank"] for r in trials]
+        axes.plot(ranks, [r.accuracy for r in trials], "o-", color=color, alpha=0.7, markersize=4, label=group)
+        if group in results.group_thresholds:
+            axes.axhline(results.group_thresholds[group], color=color, linestyle=":", linewidth=1)
+        if layers[0] in best:
+            chosen = best[layers[0]]
+            rank = 2 * chosen["num_terms"] * chosen["low_rank"]
+            accuracy = next(r.accuracy for r in trials if r.params == chosen)
+            axes.plot([rank], [accuracy], "*", color=color, markersize=14, markeredgecolor="black")
+    axes.axhline(whole_threshold, color="black", linestyle="--", label="whole-model threshold")
+    axes.set_xscale("log", base=2)
+    axes.set_xlabel("rank 2·num_terms·low_rank (log scale)")
+    axes.set_ylabel(metric_name)
+    axes.set_title("SKAutoTuner + calibration: every trial (star: installed)")
+    axes.legend(fontsize=6, ncol=2, loc="lower right")
+    figure.savefig(path, bbox_inches="tight", dpi=110)
+    print(f"plot saved to {path}")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
@@ -259,24 +292,29 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     parser.add_argument("--threads", type=int, default=1, help="CPU threads for the speed measurement")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, default=None, help="also write the rows here")
-    parser.add_argument("--plot", type=Path, default=None, help="save the tuner's last Optuna history plot")
+    parser.add_argument("--plot", type=Path, default=None,
+                        help="save a plot of every trial of the last workload (needs the [plots] extra)")
     args = parser.parse_args(argv)
     if args.budget < 2:
         parser.error("--budget must be at least 2")
     torch.set_num_threads(args.threads)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     rows: List[Outcome] = []
-    study = None
+    search: Optional[SearchResult] = None
+    metric_name, whole_threshold = "metric", math.nan
     workloads = {"digits": lambda: digits_workload(args.seed), "minilm": lambda: minilm_workload(args.minilm_threshold)}
     for name, make in workloads.items():
         if args.workload in (name, "both"):
-            new_rows, study = compare(make(), args.budget, args.seed, args.threads)
+            work = make()
+            new_rows, search = compare(work, args.budget, args.seed, args.threads)
+            metric_name = f"validation {work.metric}" if work.metric == "accuracy" else f"tuning {work.metric}"
+            whole_threshold = work.threshold
             rows += new_rows
     print(markdown(rows))
     if args.json:
         args.json.write_text(json.dumps([asdict(r) for r in rows], indent=2))
     if args.plot:
-        save_history_plot(study, args.plot)
+        save_rank_plot(search, metric_name, whole_threshold, args.plot)
 
 
 if __name__ == "__main__":

@@ -88,7 +88,8 @@ class SketchTuneReport:
             t = self.tuned_timing or {}
             lines.append(f"speed-up x{self.speedup:.3f} ({t.get('mode')}, {t.get('device')}, {t.get('precision')}, "
                          f"{t.get('threads')} threads, median of {t.get('repeats')})")
-        lines.append(f"sketched layers: {len(self.plan)}" + (f" (kept dense: {self.rejected})" if self.rejected else ""))
+        kept_dense = f" (kept dense: {self.rejected})" if self.rejected else ""
+        lines.append(f"sketched layers: {len(self.plan)}{kept_dense}")
         return "\n".join(lines)
 
 

@@ -79,7 +79,8 @@ def collect_input_covariances(
     moments = {name: SecondMoment(input_dimension(layer)) for name, layer in layers.items()}
     run = forward or _default_forward
     handles = [
-        layer.register_forward_pre_hook(lambda mod, args, name=name: moments[name].update(layer_input_rows(mod, args[0])))
+        layer.register_forward_pre_hook(
+            lambda mod, args, name=name: moments[name].update(layer_input_rows(mod, args[0])))
         for name, layer in layers.items()
     ]
     modes = [(module, module.training) for module in model.modules()]

@@ -54,7 +54,8 @@ def sketched_linear_backward(grad_y: Tensor, x: Tensor, hidden: Tensor, A: Tenso
 
 @sketched_linear_backward.register_kernel("cuda")
 def _backward_cuda(grad_y: Tensor, x: Tensor, hidden: Tensor, A: Tensor, B: Tensor, scale: float, rank: int,
-                   need_x: bool, need_s1: bool, need_s2: bool, need_bias: bool) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+                   need_x: bool, need_s1: bool, need_s2: bool, need_bias: bool
+                   ) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
     ext = cuda_extension()
     if ext is None or x.dtype not in KERNEL_DTYPES:
         grads = torch_backward(grad_y.contiguous(), x, hidden, A, B, scale, rank, need_x, need_s1, need_s2,

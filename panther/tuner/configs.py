@@ -77,7 +77,8 @@ class LayerConfig:
             raise TypeError(f"LayerConfig.from_dict needs a dict, got {type(data).__name__}: {data!r}")
         unknown = set(data) - set(_LAYER_CONFIG_KEYS)
         if unknown:
-            raise ValueError(f"unknown LayerConfig keys {sorted(map(str, unknown))}; allowed: {list(_LAYER_CONFIG_KEYS)}")
+            raise ValueError(f"unknown LayerConfig keys {sorted(map(str, unknown))}; "
+                             f"allowed: {list(_LAYER_CONFIG_KEYS)}")
         missing = [key for key in ("layer_names", "params") if key not in data]
         if missing:
             raise ValueError(f"LayerConfig dict is missing {missing}: {dict(data)!r}")

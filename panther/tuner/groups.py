@@ -131,7 +131,8 @@ class GroupBuilder:
                 raise ValueError(f"configs[{index}]: parameter(s) {continuous} are continuous, but the search "
                                  "algorithm only takes finite value lists; give Float a step or use OptunaSearch")
 
-    def _auto_groups(self, index: int, config: LayerConfig, names: List[str]) -> tuple[List[TuningGroup], List[LayerConfig]]:
+    def _auto_groups(self, index: int, config: LayerConfig,
+                     names: List[str]) -> tuple[List[TuningGroup], List[LayerConfig]]:
         params_resolver = ParamsResolver(self.resolver)
         spaces = params_resolver.resolve_modules({n: self.dense_of(n) for n in names}, config.copy_weights,
                                                  self.data_aware)

@@ -169,7 +169,8 @@ class Int(ParamSpec):
         if self.log and self.low <= 0:
             raise ValueError(f"Int: log=True needs low >= 1, got low={self.low}")
         if self.log and self.step != 1:
-            raise ValueError(f"Int: log=True requires step=1 (Optuna cannot sample a stepped log range), got step={self.step}")
+            raise ValueError("Int: log=True requires step=1 (Optuna cannot sample a stepped log range), "
+                             f"got step={self.step}")
         span = self.high - self.low
         if span % self.step:
             below = self.low + span // self.step * self.step

@@ -67,7 +67,8 @@ def validate_selector(selector: Any) -> None:
 def _validate_dict(selector: Dict[str, Any]) -> None:
     unknown = set(selector) - set(_FILTER_KEYS + _PICK_KEYS)
     if unknown:
-        raise ValueError(f"unknown layer-selector keys {sorted(map(str, unknown))}; allowed: {list(_FILTER_KEYS + _PICK_KEYS)}")
+        raise ValueError(f"unknown layer-selector keys {sorted(map(str, unknown))}; "
+                         f"allowed: {list(_FILTER_KEYS + _PICK_KEYS)}")
     if not any(key in selector for key in _FILTER_KEYS):
         raise ValueError(f"a dict layer selector needs at least one of {list(_FILTER_KEYS)}: {selector!r}")
     if all(key in selector for key in _PICK_KEYS):

@@ -324,8 +324,8 @@ class SKAutoTuner:
             remaining -= weights[group.name]
             logger.info("[%s] sensitivity weight %.3g: %s more trials", group.name, weights[group.name],
                         "unlimited" if share is None else share)
-            if share != 0 and not budget.exhausted():
-                self._tune_group(group, budget, max_trials=share, known=probes[group.name][1])
+            # even with no trial left, the search hears the probes (its study then holds them all)
+            self._tune_group(group, budget, max_trials=share, known=probes[group.name][1])
 
     def _probe_rounds(self, budget: Budget) -> Dict[str, Tuple[Prober, List[TrialRecord]]]:
         """Probe every group, one trial per group per round, until all are done or the budget is."""
@@ -360,8 +360,14 @@ class SKAutoTuner:
         else:  # a duck-typed search without the group hook
             search.initialize(space)
         self._import_stored(group)
+        add_known = getattr(search, "add_known", None)
         for record in known:  # probe results: let the search learn from them too
-            if record.status != "failed":
+            if record.status == "failed":
+                continue
+            if callable(add_known):
+                add_known(dict(record.params), record.score,
+                          {_ATTR + f: getattr(record, f) for f in _RECORD_FIELDS})
+            else:
                 search.update(dict(record.params), record.score)
         evaluated = 0
         while not search.is_finished() and (max_trials is None or evaluated < max_trials) and not budget.exhausted():
@@ -585,40 +591,18 @@ class SKAutoTuner:
     def _spend_margin(self, kept: Dict[str, TrialRecord], accuracy: float) -> None:
         """Use what the composed model has above the threshold for cheaper trials, one check each.
 
-        A candidate is a measured trial that met the whole-model threshold alone and stores fewer
-        weights than the group's current choice, with an extra drop (measured alone) that fits the
-        margin; the most weights saved per unit of drop goes first. At most one composed check per
-        group, so this costs little next to the search.
+        The candidate saving the most weights per unit of extra drop goes first; a failed check
+        rules out that group's trials at or below the failed size. At most one check per group, so
+        this costs little next to the search.
         """
-        threshold = self.accuracy_threshold
-        baseline = self.results.baseline_accuracy
-        floor: Dict[str, int] = {}  # group -> weights at which a composed check failed (fewer won't do)
+        floor: Dict[str, int] = {}  # group -> weights at which a composed check failed
         for _ in range(len(self._groups)):
-            margin = accuracy - threshold  # type: ignore[operator]
-            options = []
-            for group in self._groups:
-                if group.name in self.results.reverted:
-                    continue
-                current = kept.get(group.name)
-                current_weights = current.weights if current is not None else self._dense_weights(group)
-                current_accuracy = current.accuracy if current is not None else baseline
-                for r in self.results.records:
-                    if (r.group != group.name or r.status == "failed" or r.accuracy is None or r.weights is None
-                            or r.accuracy < threshold or r.weights >= current_weights  # type: ignore[operator]
-                            or r.weights <= floor.get(group.name, -1)):
-                        continue
-                    if current is not None and current.speed is not None and r.speed is not None \
-                            and r.speed < current.speed:
-                        continue  # measured slower: not cheaper where it counts
-                    drop = max(current_accuracy - r.accuracy, 0.0)  # type: ignore[operator]
-                    if drop <= margin:
-                        options.append(((current_weights - r.weights) / (drop + 1e-12), group.name, r))  # type: ignore[operator]
+            options = self._cheaper_options(kept, accuracy - self.accuracy_threshold, floor)  # type: ignore[operator]
             if not options:
                 return
-            _, name, record = max(options, key=lambda o: (o[0], -o[2].trial))
-            trial_kept = {**kept, name: record}
-            trial_accuracy = self._composed_accuracy(trial_kept)
-            if trial_accuracy >= threshold:  # type: ignore[operator]
+            name, record = max(options, key=lambda o: (o[0], -o[2].trial))[1:]
+            trial_accuracy = self._composed_accuracy({**kept, name: record})
+            if trial_accuracy >= self.accuracy_threshold:  # type: ignore[operator]
                 kept[name], accuracy = record, trial_accuracy
                 self.results.chosen[name] = record.trial
                 logger.info("spare margin: %s takes trial %d (%s), composed accuracy %.4f", name, record.trial,
@@ -626,6 +610,33 @@ class SKAutoTuner:
             else:
                 floor[name] = record.weights  # type: ignore[assignment]
                 self.results.composed_accuracy = accuracy
+
+    def _cheaper_options(self, kept: Mapping[str, TrialRecord], margin: float,
+                         floor: Mapping[str, int]) -> List[Tuple[float, str, TrialRecord]]:
+        """``(weights saved per unit of drop, group, trial)`` for trials cheaper than each group's choice.
+
+        A trial qualifies if it met the whole-model threshold alone, stores fewer weights than the
+        group's current choice (dense if none) and more than ``floor``, is not measured slower, and
+        its extra drop (measured alone) fits ``margin``.
+        """
+        options = []
+        for group in self._groups:
+            if group.name in self.results.reverted:
+                continue
+            current = kept.get(group.name)
+            current_weights = current.weights if current is not None else self._dense_weights(group)
+            current_accuracy = current.accuracy if current is not None else self.results.baseline_accuracy
+            for r in self.results.records:
+                if (r.group != group.name or r.status == "failed" or r.accuracy is None or r.weights is None
+                        or r.accuracy < self.accuracy_threshold  # type: ignore[operator]
+                        or not floor.get(group.name, -1) < r.weights < current_weights):  # type: ignore[operator]
+                    continue
+                if current is not None and None not in (current.speed, r.speed) and r.speed < current.speed:  # type: ignore[operator]
+                    continue  # measured slower: not cheaper where it counts
+                drop = max(current_accuracy - r.accuracy, 0.0)  # type: ignore[operator]
+                if drop <= margin:
+                    options.append(((current_weights - r.weights) / (drop + 1e-12), group.name, r))  # type: ignore[operator]
+        return options
 
     def _safer_record(self, group: str, current: TrialRecord) -> Optional[TrialRecord]:
         """The best-scoring feasible trial of ``group`` measured more accurate than ``current``."""

@@ -63,9 +63,9 @@ def test_outcome_reports_the_weight_ratio_of_the_plan(work):
     search = tune_quality.SearchResult(plan, evaluations=3, wall_s=0.0)
     row = tune_quality.outcome(work, "fixed", search, threads=1)
     layers = {name: work.model.get_submodule(name) for name in work.layers}
-    dense = sum(l.weight.numel() + l.bias.numel() for l in layers.values())
+    dense = sum(layer.weight.numel() + layer.bias.numel() for layer in layers.values())
     sketched = _expected_weights(layers["0"], 1, 4) + sum(
-        l.weight.numel() + l.bias.numel() for name, l in layers.items() if name != "0")
+        layer.weight.numel() + layer.bias.numel() for name, layer in layers.items() if name != "0")
     assert row.layer_ratio == pytest.approx(sketched / dense)
     assert row.evaluations == 3 and row.threshold_met == (row.final_metric >= work.threshold)
     assert "| fixed |" in tune_quality.markdown([row])

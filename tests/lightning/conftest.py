@@ -25,7 +25,8 @@ warnings.filterwarnings("ignore", message=".*litlogger.*|.*litmodels.*")
 def make_trainer(root: str, callbacks: List[pl.Callback] = (), **kwargs: Any) -> pl.Trainer:
     """A small, quiet, deterministic CPU trainer logging to ``root`` with a CSVLogger."""
     options: Dict[str, Any] = dict(max_epochs=2, accelerator="cpu", devices=1, logger=CSVLogger(root),
-                                   enable_progress_bar=False, enable_model_summary=False, deterministic=True, log_every_n_steps=5,
+                                   enable_progress_bar=False, enable_model_summary=False, deterministic=True,
+                                   log_every_n_steps=5,
                                    default_root_dir=root)
     options.update(kwargs)
     return pl.Trainer(callbacks=list(callbacks), **options)

@@ -104,7 +104,7 @@ def test_min_mode_bounds_the_loss_from_above(tmp_path):
     with torch.no_grad():
         losses = [torch.nn.functional.cross_entropy(model(x), y) for x, y in dm.val_dataloader()]
     sizes = [len(y) for _, y in dm.val_dataloader()]
-    manual = sum(l.item() * n for l, n in zip(losses, sizes)) / sum(sizes)
+    manual = sum(loss.item() * n for loss, n in zip(losses, sizes)) / sum(sizes)
     assert manual == pytest.approx(report.tuned_metric, abs=1e-5)
 
 

@@ -17,7 +17,8 @@ SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "ddp_run.py")
 def test_two_process_ddp_tuning_agrees_across_ranks(tmp_path, calibration_batches):
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
     env.pop("LOCAL_RANK", None)
-    completed = subprocess.run([sys.executable, SCRIPT, str(tmp_path), str(calibration_batches)], env=env, capture_output=True, text=True,
+    completed = subprocess.run([sys.executable, SCRIPT, str(tmp_path), str(calibration_batches)], env=env,
+                               capture_output=True, text=True,
                                timeout=240)
     assert completed.returncode == 0, completed.stderr[-4000:]
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]

@@ -1,7 +1,6 @@
 """SKLinear against independent references: the defining formula, the SVD optimum, nn.Linear."""
 
 import copy
-import math
 
 import pytest
 import torch

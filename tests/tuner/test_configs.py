@@ -83,7 +83,8 @@ def test_layer_config_dict_round_trip_through_json():
 
 def test_layer_config_from_plain_dict_accepts_lists_spec_dicts_and_auto():
     config = LayerConfig.from_dict(
-        {"layer_names": ["fc1"], "params": {"num_terms": [1, 2], "low_rank": {"type": "int", "low": 8, "high": 16, "step": 8}}}
+        {"layer_names": ["fc1"],
+         "params": {"num_terms": [1, 2], "low_rank": {"type": "int", "low": 8, "high": 16, "step": 8}}}
     )
     assert config.params == {"num_terms": Categorical([1, 2]), "low_rank": Int(8, 16, step=8)}
     assert LayerConfig.from_dict({"layer_names": "fc1", "params": "auto"}).is_auto

@@ -74,7 +74,8 @@ def test_string_matches_nested_prefixes():
     assert all(n.startswith("model.encoder") for n in names)
 
 
-@pytest.mark.parametrize("pattern", ["fc1", "fc.*", "blocks.1", "blocks\\.1\\d", "encoder", "layer[01]\\.fc", "fc|conv"])
+@pytest.mark.parametrize("pattern",
+                         ["fc1", "fc.*", "blocks.1", "blocks\\.1\\d", "encoder", "layer[01]\\.fc", "fc|conv"])
 def test_string_agrees_with_documented_rule(resolver, net, pattern):
     assert resolver.resolve(pattern) == reference(net, pattern)
 

@@ -3,6 +3,7 @@
 import copy
 import logging
 
+import optuna
 import pytest
 
 from panther.tuner import Categorical, Int, LayerConfig, OptunaSearch, SKAutoTuner, TuningConfigs
@@ -90,6 +91,11 @@ def test_budgeted_auto_tuning_bisects_every_layer_within_the_budget(digits_model
             assert accuracy_fn(with_layer(dense, group, tried_below[-1])) < limit
             checked += 1
     assert checked >= 1
+    # the probes live in each layer's Optuna study too, with the tuner's record attached
+    for group in ("fc1", "fc2", "fc3"):
+        trials = tuner.search_algorithm.studies[group].get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+        recorded = sorted(r.accuracy for r in tuner.results.records if r.group == group and r.status == "ok")
+        assert sorted(t.user_attrs["panther.accuracy"] for t in trials) == recorded
     model = tuner.apply_best_params()
     assert accuracy_fn(model) >= threshold
 

@@ -97,7 +97,8 @@ class OptunaSearch(SearchAlgorithm):
         if pruner is not None and not isinstance(pruner, BasePruner):
             raise TypeError(f"pruner must be an optuna pruner, got {type(pruner).__name__}")
         if sampler is not None and seed is not None:
-            warnings.warn("OptunaSearch: seed is ignored because a sampler was given; seed the sampler instead", stacklevel=2)
+            warnings.warn("OptunaSearch: seed is ignored because a sampler was given; seed the sampler instead",
+                          stacklevel=2)
         self.n_trials = n_trials
         self.direction = direction
         self.study_name = study_name or DEFAULT_STUDY_NAME
@@ -238,6 +239,21 @@ class OptunaSearch(SearchAlgorithm):
         else:
             self._tell(trial, value=value)
 
+    def add_known(self, params: Dict[str, Any], score: Optional[float], user_attrs: Dict[str, Any]) -> None:
+        """Add a configuration evaluated outside the search (e.g. a probe) as a finished trial.
+
+        ``user_attrs`` travel with it, so the study (plots, storage, a resumed run) has the whole
+        record. A configuration the study already holds as a finished trial is not added twice.
+        """
+        study = self._require_study()
+        value = None if score is None or math.isnan(float(score)) else float(score)
+        trial = self._external_trial(params, value)
+        if any(t.params == trial.params for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))):
+            return
+        for key, attr in user_attrs.items():
+            trial.set_user_attr(key, attr)
+        study.add_trial(trial)
+
     def record(self, key: str, value: Any) -> None:
         """Store ``key=value`` on the pending trial (warns and drops it when none is pending)."""
         if self._pending is None:
@@ -336,7 +352,8 @@ class OptunaSearch(SearchAlgorithm):
         if state.get("version") != _STATE_VERSION:
             raise ValueError(f"{filepath}: unsupported state version {state.get('version')!r}")
         if state["direction"] != self.direction:
-            raise ValueError(f"{filepath} was saved by a search to {state['direction']}, this one is to {self.direction}")
+            raise ValueError(f"{filepath} was saved by a search to {state['direction']}, "
+                             f"this one is to {self.direction}")
         self._abandon_pending()
         self._clear_group()
         for name, group in state["groups"].items():
@@ -361,7 +378,8 @@ class OptunaSearch(SearchAlgorithm):
     # -- internals ------------------------------------------------------------------------------
     def _require_study(self) -> optuna.Study:
         if self._current is None:
-            raise RuntimeError("OptunaSearch: call start_group() (or initialize()) before proposing or reporting trials")
+            raise RuntimeError("OptunaSearch: call start_group() (or initialize()) before proposing or reporting "
+                               "trials")
         return self._current
 
     def _require_pending(self, what: str) -> Trial:
@@ -397,7 +415,8 @@ class OptunaSearch(SearchAlgorithm):
     def _external_trial(self, params: Dict[str, Any], value: Optional[float]) -> FrozenTrial:
         space = self._spaces[self._group]  # type: ignore[index]
         if set(params) != set(space) or not all(space[k].contains(v) for k, v in params.items()):
-            raise ValueError(f"update() without a pending trial needs params inside the space {space!r}, got {params!r}")
+            raise ValueError(f"update() without a pending trial needs params inside the space {space!r}, "
+                             f"got {params!r}")
         return create_trial(
             state=TrialState.COMPLETE if value is not None else TrialState.FAIL,
             value=value,

@@ -76,8 +76,8 @@ def group_thresholds(baseline: float, threshold: float, dense_weights: Mapping[s
     threshold) every group gets ``threshold`` itself.
     """
     total = sum(dense_weights.values())
-    if not math.isfinite(baseline) or baseline <= threshold or total <= 0:
-        return {name: threshold for name in dense_weights}
+    if len(dense_weights) == 1 or not math.isfinite(baseline) or baseline <= threshold or total <= 0:
+        return {name: threshold for name in dense_weights}  # (one group: exactly the threshold)
     return {name: baseline - (baseline - threshold) * weights / total for name, weights in dense_weights.items()}
 
 

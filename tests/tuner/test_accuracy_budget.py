@@ -24,6 +24,11 @@ def test_group_thresholds_share_the_drop_by_weight():
     assert sum(0.9 - t for t in shares.values()) == pytest.approx(0.1)
 
 
+def test_a_single_group_gets_exactly_the_threshold():
+    # 0.97 - (0.97 - 0.1) * 1 is not 0.1 in floating point; a trial at exactly 0.1 must still pass
+    assert group_thresholds(0.97, 0.1, {"only": 7}) == {"only": 0.1}
+
+
 @pytest.mark.parametrize("baseline", [0.7, 0.8, float("nan")])
 def test_without_a_margin_every_group_gets_the_threshold(baseline):
     assert group_thresholds(baseline, 0.8, {"a": 1, "b": 5}) == {"a": 0.8, "b": 0.8}

@@ -580,30 +580,44 @@ class SKAutoTuner:
 
     def _composed_accuracy(self, kept: Mapping[str, TrialRecord]) -> float:
         """Accuracy of the model with every group in ``kept`` sketched as its record says."""
-        candidates = {name: self._build(name, record.params, self._group(gname).copy_weights)
-                      for gname, record in kept.items() for name in self._group(gname).layers}
-        with self._swapped(candidates):
-            accuracy, _ = measure(self.accuracy_eval_func, self.model, self.num_runs_per_param, self._resource)
+        accuracy = self._measure_composed(kept, self.accuracy_eval_func)
         self.results.composed_accuracy = accuracy
         logger.info("all %d tuned groups together: accuracy %.4f", len(kept), accuracy)
         return accuracy
+
+    def _measure_composed(self, kept: Mapping[str, TrialRecord], func: Callable[..., float]) -> float:
+        candidates = {name: self._build(name, record.params, self._group(gname).copy_weights)
+                      for gname, record in kept.items() for name in self._group(gname).layers}
+        with self._swapped(candidates):
+            value, _ = measure(func, self.model, self.num_runs_per_param, self._resource)
+        return value
 
     def _spend_margin(self, kept: Dict[str, TrialRecord], accuracy: float) -> None:
         """Use what the composed model has above the threshold for cheaper trials, one check each.
 
         The candidate saving the most weights per unit of extra drop goes first; a failed check
-        rules out that group's trials at or below the failed size. At most one check per group, so
-        this costs little next to the search.
+        rules out that group's trials at or below the failed size. With ``optmization_eval_func``
+        a candidate must also make the composed model score higher on it (measured), since fewer
+        weights need not mean faster. At most one check per group, so this costs little next to
+        the search.
         """
+        speed_func = self.optimization_eval_func
+        speed: Optional[float] = None  # the composed model's, measured once a candidate needs it
         floor: Dict[str, int] = {}  # group -> weights at which a composed check failed
         for _ in range(len(self._groups)):
             options = self._cheaper_options(kept, accuracy - self.accuracy_threshold, floor)  # type: ignore[operator]
             if not options:
                 return
+            if speed_func is not None and speed is None:
+                speed = self._measure_composed(kept, speed_func)
             name, record = max(options, key=lambda o: (o[0], -o[2].trial))[1:]
-            trial_accuracy = self._composed_accuracy({**kept, name: record})
-            if trial_accuracy >= self.accuracy_threshold:  # type: ignore[operator]
-                kept[name], accuracy = record, trial_accuracy
+            trial = {**kept, name: record}
+            trial_accuracy = self._composed_accuracy(trial)
+            trial_speed = None
+            if trial_accuracy >= self.accuracy_threshold and speed is not None:  # type: ignore[operator]
+                trial_speed = self._measure_composed(trial, speed_func)  # type: ignore[arg-type]
+            if trial_accuracy >= self.accuracy_threshold and (speed is None or trial_speed > speed):  # type: ignore[operator]
+                kept[name], accuracy, speed = record, trial_accuracy, trial_speed
                 self.results.chosen[name] = record.trial
                 logger.info("spare margin: %s takes trial %d (%s), composed accuracy %.4f", name, record.trial,
                             describe(record.params), accuracy)

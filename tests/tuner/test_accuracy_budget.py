@@ -70,3 +70,31 @@ def test_groups_are_held_to_their_share_and_the_spare_margin_is_spent(digits_mod
     assert accuracy_fn(with_sketches(digits_model, chosen)) >= threshold  # the promise, checked independently
     assert tuner.results.composed_accuracy == pytest.approx(accuracy_fn(installed))
     assert "spare margin" in tuner.summary()
+
+
+@pytest.mark.parametrize("fewer_weights_are_faster", [True, False])
+def test_with_a_speed_objective_the_margin_only_buys_measured_speed(digits_model, accuracy_fn,
+                                                                    fewer_weights_are_faster):
+    def stored(model):
+        return sum(layer_weights(getattr(model, name)) for name in ("fc1", "fc2"))
+
+    def speed(model):  # a stand-in for throughput that either rewards or punishes smaller layers
+        return 1e6 / stored(model) if fewer_weights_are_faster else float(stored(model))
+
+    small, large = 4, 16
+    threshold = accuracy_fn(with_sketches(digits_model, {"fc2": small})) - 1e-3
+    assert accuracy_fn(with_sketches(digits_model, {"fc1": large, "fc2": large})) >= threshold  # premise
+    configs = TuningConfigs([LayerConfig(["fc1"], {"num_terms": Categorical([1]), "low_rank": Categorical([large])}),
+                             LayerConfig(["fc2"], {"num_terms": Categorical([1]),
+                                                   "low_rank": Categorical([small, large])})])
+    tuner = SKAutoTuner(copy.deepcopy(digits_model), configs, accuracy_fn, accuracy_threshold=threshold,
+                        optmization_eval_func=speed, search_algorithm=OptunaSearch(n_trials=2, seed=0))
+    best = tuner.tune()
+    by_shares = {g: r.params for g in ("fc1", "fc2") if (r := tuner.results.best_record(g)) is not None}
+    installed = tuner.apply_best_params()
+    if fewer_weights_are_faster:
+        assert best != by_shares and speed(installed) > speed(with_sketches(
+            digits_model, {g: p["low_rank"] for g, p in by_shares.items()}))
+    else:
+        assert best == by_shares  # every cheaper candidate measured slower: nothing changes
+    assert accuracy_fn(installed) >= threshold

@@ -156,7 +156,12 @@ class Budget:
         return self.time_budget_s is not None and time.monotonic() - self._start >= self.time_budget_s
 
     def share(self, weight: float, remaining_weight: float) -> Optional[int]:
-        """Trials for a group of ``weight`` out of the groups still waiting (``None``: no trial limit)."""
+        """Trials for a group of ``weight`` out of the groups still waiting (``None``: no trial limit).
+
+        A group with nothing left to learn (weight 0) gets none, even under a time budget alone.
+        """
+        if weight <= 0:
+            return 0
         if self.max_total_trials is None:
             return None
         left = self.max_total_trials - self.used

@@ -62,6 +62,7 @@ def test_budget_shares_the_remaining_trials():
         budget.spend()
     assert budget.share(1.0, 3.0) == 2 and budget.share(0.0, 3.0) == 0 and not budget.exhausted()
     assert Budget(None, None).share(1.0, 2.0) is None
+    assert Budget(None, 60.0).share(0.0, 2.0) == 0  # a settled group gets no trials under a time budget either
 
 
 def test_budgeted_auto_tuning_bisects_every_layer_within_the_budget(digits_model, accuracy_fn, dense_accuracy):
@@ -139,3 +140,15 @@ def test_time_budget_must_be_positive(digits_model, accuracy_fn, bad):
     with pytest.raises(ValueError, match="time_budget_s"):
         SKAutoTuner(digits_model, TuningConfigs([LayerConfig("fc1", {"low_rank": [4]})]), accuracy_fn,
                     time_budget_s=bad)
+
+
+def test_time_budget_alone_stops_at_settled_bisections(digits_model, accuracy_fn, dense_accuracy):
+    tuner = SKAutoTuner(digits_model, TuningConfigs([LayerConfig({"type": "Linear"}, "auto")]), accuracy_fn,
+                        accuracy_threshold=dense_accuracy - 0.01, search_algorithm=OptunaSearch(n_trials=40, seed=0),
+                        time_budget_s=600)
+    tuner.tune()
+    records = tuner.results.records
+    assert {r.phase for r in records} == {"probe"}  # nothing left for the search to learn
+    for group in ("fc1", "fc2", "fc3"):
+        tried = [r for r in records if r.group == group]
+        assert 1 <= len(tried) <= 5  # log2 of the "auto" grid (at most 14 ranks for these layers), rounded up

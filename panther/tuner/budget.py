@@ -55,9 +55,13 @@ def ordered_axis(space: Dict[str, ParamSpec]) -> Optional[Tuple[str, List[Any]]]
     if len(open_specs) != 1:
         return None
     name, values = open_specs[0]
-    if name not in COST_INCREASING or values is None or values != sorted(values):
+    if name not in COST_INCREASING or values is None:
         return None
-    return name, values
+    try:
+        ascending = values == sorted(values)
+    except TypeError:  # values that do not compare (mixed types)
+        return None
+    return (name, values) if ascending else None
 
 
 class FixedProbes:

@@ -7,6 +7,7 @@ import pytest
 from panther.nn import SKLinear
 from panther.tuner import Categorical, LayerConfig, OptunaSearch, SKAutoTuner, TuningConfigs
 from panther.tuner.layers import layer_weights
+from panther.tuner.results import TuningResults
 from panther.tuner.tuner import group_thresholds
 
 
@@ -40,7 +41,8 @@ def test_share_accuracy_drop_must_be_a_bool(digits_model, accuracy_fn):
                     share_accuracy_drop="yes")
 
 
-def test_groups_are_held_to_their_share_and_the_spare_margin_is_spent(digits_model, accuracy_fn, dense_accuracy):
+def test_groups_are_held_to_their_share_and_the_spare_margin_is_spent(digits_model, accuracy_fn, dense_accuracy,
+                                                                     tmp_path):
     small, large = 4, 16
     fc2_small = accuracy_fn(with_sketches(digits_model, {"fc2": small}))
     threshold = fc2_small - 1e-3  # rank 4 in fc2 alone meets the whole-model threshold ...
@@ -70,6 +72,10 @@ def test_groups_are_held_to_their_share_and_the_spare_margin_is_spent(digits_mod
     assert accuracy_fn(with_sketches(digits_model, chosen)) >= threshold  # the promise, checked independently
     assert tuner.results.composed_accuracy == pytest.approx(accuracy_fn(installed))
     assert "spare margin" in tuner.summary()
+    # the shares and the choices survive a results file
+    tuner.save_tuning_results(tmp_path / "results.pkl")
+    restored = TuningResults.load(tmp_path / "results.pkl")
+    assert restored.group_thresholds == tuner.results.group_thresholds and restored.chosen == tuner.results.chosen
 
 
 @pytest.mark.parametrize("fewer_weights_are_faster", [True, False])

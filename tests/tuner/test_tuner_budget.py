@@ -25,6 +25,7 @@ def test_ordered_axis_is_the_single_open_cost_increasing_size():
     assert ordered_axis({**auto_like, "num_terms": Categorical([1, 2])}) is None  # two open choices
     assert ordered_axis({"low_rank": Categorical([8, 4])}) is None  # not ascending
     assert ordered_axis({"kernel": Categorical([1, 2])}) is None  # not known to cost more when larger
+    assert ordered_axis({"low_rank": Categorical([4, "8"])}) is None  # values that cannot be ordered
     assert isinstance(prober_for(auto_like, threshold=0.9), Bisection)
     assert isinstance(prober_for(auto_like, threshold=None), FixedProbes)  # nothing to bisect against
 

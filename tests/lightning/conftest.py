@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import glob
 import os
 import sys
 import warnings
@@ -30,6 +32,32 @@ def make_trainer(root: str, callbacks: List[pl.Callback] = (), **kwargs: Any) ->
                                    default_root_dir=root)
     options.update(kwargs)
     return pl.Trainer(callbacks=list(callbacks), **options)
+
+
+def fit_digits(root: str, callbacks: List[pl.Callback], hidden: int = 128, **trainer_kwargs: Any) -> tuple:
+    """``(trainer, model)`` after a seeded 2-epoch fit of a fresh ``DigitsClassifier(hidden)``."""
+    pl.seed_everything(0, verbose=False)
+    trainer = make_trainer(root, callbacks, **trainer_kwargs)
+    model = DigitsClassifier(hidden=hidden)
+    trainer.fit(model, DigitsDataModule())
+    return trainer, model
+
+
+def metrics_path(root: str) -> str:
+    """The CSVLogger's ``metrics.csv`` of the single run logged under ``root``."""
+    (path,) = glob.glob(os.path.join(root, "lightning_logs", "version_*", "metrics.csv"))
+    return path
+
+
+def metrics_rows(root: str) -> List[Dict[str, str]]:
+    with open(metrics_path(root), newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def without_sketch_columns(rows: List[Dict[str, str]]) -> List[Dict[str, str]]:
+    """Logged rows minus the tuning summary (its values depend on the sketches chosen)."""
+    kept = [{k: v for k, v in row.items() if not k.startswith("sketch/")} for row in rows]
+    return [row for row in kept if any(v for k, v in row.items() if k not in ("epoch", "step"))]
 
 
 def accuracy(model: torch.nn.Module, datamodule: DigitsDataModule, batches: int = -1) -> float:

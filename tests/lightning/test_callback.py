@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import glob
 import json
 import os
@@ -13,29 +12,15 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from conftest import DigitsClassifier, DigitsDataModule, accuracy, make_trainer
+from conftest import (DigitsClassifier, DigitsDataModule, accuracy, fit_digits, make_trainer, metrics_rows,
+                      without_sketch_columns)
 from panther.nn import SKLinear
 from panther_lightning import SketchTuneCallback
 
 
 def _fit(root: str, callbacks: List[pl.Callback], **trainer_kwargs) -> tuple:
-    pl.seed_everything(0, verbose=False)
     checkpoint = ModelCheckpoint(dirpath=os.path.join(root, "ckpt"), save_top_k=-1)
-    trainer = make_trainer(root, [*callbacks, checkpoint], **trainer_kwargs)
-    model = DigitsClassifier(hidden=128)
-    trainer.fit(model, DigitsDataModule())
-    return trainer, model
-
-
-def _rows(root: str) -> List[Dict[str, str]]:
-    (path,) = glob.glob(os.path.join(root, "lightning_logs", "version_*", "metrics.csv"))
-    with open(path, newline="") as handle:
-        return list(csv.DictReader(handle))
-
-
-def _without_sketch_columns(rows: List[Dict[str, str]]) -> List[Dict[str, str]]:
-    kept = [{k: v for k, v in row.items() if not k.startswith("sketch/")} for row in rows]
-    return [row for row in kept if any(v for k, v in row.items() if k not in ("epoch", "step"))]
+    return fit_digits(root, [*callbacks, checkpoint], **trainer_kwargs)
 
 
 def _checkpoint_weights(root: str) -> Dict[str, Dict[str, torch.Tensor]]:
@@ -70,8 +55,8 @@ def test_callback_tunes_applies_and_leaves_the_trainer_as_without_it(tmp_path):
         assert threshold == pytest.approx(dense_acc - 0.02 * share, abs=1e-6)
 
     # the trainer: same logs (apart from the summary row), metrics, checkpoints and counters
-    plain_rows, rows = _rows(str(tmp_path / "plain")), _rows(str(tmp_path / "tuned"))
-    assert _without_sketch_columns(rows) == _without_sketch_columns(plain_rows)
+    plain_rows, rows = metrics_rows(str(tmp_path / "plain")), metrics_rows(str(tmp_path / "tuned"))
+    assert without_sketch_columns(rows) == without_sketch_columns(plain_rows)
     summary = [r for r in rows if r.get("sketch/sketched_layers")]
     assert len(summary) == 1 and float(summary[0]["sketch/sketched_layers"]) == len(sketched)
     assert {k: float(v) for k, v in trainer.callback_metrics.items()} == \

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import glob
-import os
 
 import lightning.pytorch as pl
 import pytest
 import torch
 
-from conftest import DigitsClassifier, DigitsDataModule, accuracy, make_trainer
+from conftest import DigitsClassifier, DigitsDataModule, accuracy, fit_digits, make_trainer, metrics_path
 from panther_lightning.isolation import detached_trainer, read_metric, run_validation
 from panther_lightning.timing import StepTimer, capture_forward_inputs
 
@@ -29,16 +27,11 @@ class EvaluateAtTrainEnd(pl.Callback):
 
 
 def _fit(root: str, callbacks) -> tuple:
-    pl.seed_everything(0, verbose=False)
-    trainer = make_trainer(root, callbacks, max_epochs=2)
-    model = DigitsClassifier(hidden=64)
-    trainer.fit(model, DigitsDataModule())
-    return trainer, model
+    return fit_digits(root, callbacks, hidden=64)
 
 
 def _metrics_csv(root: str) -> str:
-    (path,) = glob.glob(os.path.join(root, "lightning_logs", "version_*", "metrics.csv"))
-    with open(path) as handle:
+    with open(metrics_path(root)) as handle:
         return handle.read()
 
 

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import copy
-import csv
-import glob
-import os
 from typing import Dict, List
 
 import lightning.pytorch as pl
@@ -13,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import DigitsClassifier, DigitsDataModule, make_trainer
+from conftest import DigitsClassifier, DigitsDataModule, fit_digits, make_trainer, metrics_rows, without_sketch_columns
 from panther.nn import SKLinear
 from panther_lightning import SketchTuneCallback, SketchTuner
 
@@ -28,22 +25,6 @@ class DenseSnapshot(pl.Callback):
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.net = copy.deepcopy(pl_module.net)
-
-
-def _fit(root: str, callbacks: List[pl.Callback]) -> tuple:
-    pl.seed_everything(0, verbose=False)
-    trainer = make_trainer(root, callbacks, max_epochs=2)
-    model = DigitsClassifier(hidden=128)
-    trainer.fit(model, DigitsDataModule())
-    return trainer, model
-
-
-def _logged_rows(root: str) -> List[Dict[str, str]]:
-    """metrics.csv without the tuning summary (its values depend on the sketches chosen)."""
-    (path,) = glob.glob(os.path.join(root, "lightning_logs", "version_*", "metrics.csv"))
-    with open(path, newline="") as handle:
-        rows = [{k: v for k, v in row.items() if not k.startswith("sketch/")} for row in csv.DictReader(handle)]
-    return [row for row in rows if any(v for k, v in row.items() if k not in ("epoch", "step"))]
 
 
 def _fit_loop_results(trainer: pl.Trainer) -> Dict[str, float]:
@@ -68,10 +49,10 @@ def _input_covariances(net: nn.Sequential, batches: List[torch.Tensor]) -> Dict[
 def test_calibrated_sketches_use_the_first_training_batches_and_leave_no_trace(tmp_path):
     tuning = dict(max_drop=0.05, objective="size", n_trials=3, verbose=False)
     plain = SketchTuneCallback(**tuning)
-    plain_trainer, _ = _fit(str(tmp_path / "plain"), [plain])
+    plain_trainer, _ = fit_digits(str(tmp_path / "plain"), [plain])
     snapshot = DenseSnapshot()
     callback = SketchTuneCallback(calibration_batches=CALIBRATION_BATCHES, **tuning)
-    trainer, model = _fit(str(tmp_path / "calibrated"), [snapshot, callback])
+    trainer, model = fit_digits(str(tmp_path / "calibrated"), [snapshot, callback])
 
     # "auto" proposed data-aware candidates, and only those were tried
     for config in callback.tuner.getConfigs():
@@ -98,7 +79,8 @@ def test_calibrated_sketches_use_the_first_training_batches_and_leave_no_trace(t
         assert not torch.allclose(weight_only.effective_weight(), expected.effective_weight(), atol=1e-3)
 
     # training_step ran on the calibration batches, yet logs and metrics are those of the uncalibrated run
-    assert _logged_rows(str(tmp_path / "calibrated")) == _logged_rows(str(tmp_path / "plain"))
+    assert without_sketch_columns(metrics_rows(str(tmp_path / "calibrated"))) == \
+        without_sketch_columns(metrics_rows(str(tmp_path / "plain")))
     assert {k: float(v) for k, v in trainer.callback_metrics.items()} == \
         {k: float(v) for k, v in plain_trainer.callback_metrics.items()}
     assert (trainer.global_step, trainer.current_epoch) == (plain_trainer.global_step, plain_trainer.current_epoch)

@@ -4,18 +4,11 @@ import copy
 
 import pytest
 
-from panther.nn import SKLinear
 from panther.tuner import Categorical, LayerConfig, OptunaSearch, SKAutoTuner, TuningConfigs
 from panther.tuner.layers import layer_weights
 from panther.tuner.results import TuningResults
 from panther.tuner.tuner import group_thresholds
-
-
-def with_sketches(model, ranks):
-    sketched = copy.deepcopy(model)
-    for name, rank in ranks.items():
-        setattr(sketched, name, SKLinear.from_dense(getattr(model, name), num_terms=1, low_rank=rank))
-    return sketched
+from sketch_copies import with_sketches
 
 
 def test_group_thresholds_share_the_drop_by_weight():

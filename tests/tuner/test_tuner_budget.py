@@ -7,9 +7,9 @@ import optuna
 import pytest
 
 from panther.tuner import Categorical, Int, LayerConfig, OptunaSearch, SKAutoTuner, TuningConfigs
-from panther.nn import SKLinear
 from panther.tuner.budget import Bisection, Budget, FixedProbes, ordered_axis, potential, probe_params, prober_for
 from panther.tuner.results import TrialRecord
+from sketch_copies import with_sketches
 
 
 def test_probes_are_the_cheapest_and_a_middle_configuration():
@@ -88,9 +88,9 @@ def test_budgeted_auto_tuning_bisects_every_layer_within_the_budget(digits_model
         tried_below = sorted(r.params["low_rank"] for r in tuner.results.records
                              if r.group == group and r.params["low_rank"] < best.params["low_rank"])
         limit = tuner.results.group_thresholds[group]
-        assert accuracy_fn(with_layer(dense, group, best.params["low_rank"])) >= limit
+        assert accuracy_fn(with_sketches(dense, {group: best.params["low_rank"]})) >= limit
         if tried_below:
-            assert accuracy_fn(with_layer(dense, group, tried_below[-1])) < limit
+            assert accuracy_fn(with_sketches(dense, {group: tried_below[-1]})) < limit
             checked += 1
     assert checked >= 1
     # the probes live in each layer's Optuna study too, with the tuner's record attached
@@ -100,12 +100,6 @@ def test_budgeted_auto_tuning_bisects_every_layer_within_the_budget(digits_model
         assert sorted(t.user_attrs["panther.accuracy"] for t in trials) == recorded
     model = tuner.apply_best_params()
     assert accuracy_fn(model) >= threshold
-
-
-def with_layer(model, name, low_rank):
-    sketched = copy.deepcopy(model)
-    setattr(sketched, name, SKLinear.from_dense(getattr(model, name), num_terms=1, low_rank=low_rank))
-    return sketched
 
 
 def test_spent_time_budget_evaluates_nothing_and_leaves_the_model(digits_model, accuracy_fn):

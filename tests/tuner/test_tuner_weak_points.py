@@ -1,6 +1,5 @@
 """Each test here fails on a known weakness of the original auto-tuner."""
 
-import copy
 import itertools
 import math
 import statistics
@@ -11,14 +10,7 @@ from torch import nn
 from panther.nn import SKLinear
 from panther.tuner import Categorical, Int, LayerConfig, OptunaSearch, SKAutoTuner, TuningConfigs
 from panther.tuner.layers import layer_weights
-
-
-def with_sketches(model, ranks):
-    """An independent copy of ``model`` with the given layers sketched (num_terms=1, svd)."""
-    sketched = copy.deepcopy(model)
-    for name, rank in ranks.items():
-        setattr(sketched, name, SKLinear.from_dense(getattr(model, name), num_terms=1, low_rank=rank))
-    return sketched
+from sketch_copies import with_sketches
 
 
 def fixed(rank):

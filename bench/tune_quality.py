@@ -92,7 +92,6 @@ class SearchResult:
     plan: Dict[str, Dict[str, Any]]  # panther.nn.rebuild plan
     evaluations: int  # full evaluations spent
     wall_s: float
-    study: Optional[optuna.Study] = None  # the last Optuna study
     tuner: Optional[SKAutoTuner] = None  # SKAutoTuner procedures: its records, for the plot
 
 
@@ -115,7 +114,6 @@ def original_procedure(work: Workload, budget: int, seed: int) -> SearchResult:
     per_layer = max(1, budget // len(work.layers))
     resolver = ParamsResolver(work.model)
     plan: Dict[str, Dict[str, Any]] = {}
-    study = None
     for index, name in enumerate(work.layers):
         dense = work.model.get_submodule(name)
         space = resolver.space_for(dense)
@@ -140,7 +138,7 @@ def original_procedure(work: Workload, budget: int, seed: int) -> SearchResult:
             study.tell(trial, 1.0 - weights / dense_weights if feasible else -1.0 + score)
         if study.best_value >= 0.0:  # infeasible trials score below 0
             plan[name] = {"type": "SKLinear", "params": study.best_trial.user_attrs["params"]}
-    return SearchResult(plan, metric.calls, time.perf_counter() - start, study)
+    return SearchResult(plan, metric.calls, time.perf_counter() - start)
 
 
 def autotuner_procedure(work: Workload, budget: int, seed: int, calibrated: bool = False) -> SearchResult:
@@ -164,8 +162,7 @@ def autotuner_procedure(work: Workload, budget: int, seed: int, calibrated: bool
         calibration_forward=work.calibration_forward,
     )
     tuner.tune()
-    return SearchResult(tuner.best_plan(), metric.calls, time.perf_counter() - start, tuner.search_algorithm.study,
-                        tuner)
+    return SearchResult(tuner.best_plan(), metric.calls, time.perf_counter() - start, tuner)
 
 
 def outcome(work: Workload, procedure: str, search: SearchResult, threads: int,

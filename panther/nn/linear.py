@@ -158,35 +158,30 @@ class SKLinear(SketchedModule):
         """The ``(out_features, in_features)`` matrix this layer multiplies by."""
         with torch.no_grad():
             A, B = self._packed_factors()
-            return (A @ B[:A.shape[1]]).T / (2 * self.num_terms)
+            return (A @ B).T / (2 * self.num_terms)
 
     # -- forward ---------------------------------------------------------------------------
     def _packed_factors(self) -> Tuple[torch.Tensor, torch.Tensor]:
-        """``A = [S1|U2]``, ``B = [U1;S2;bias]``; cached across calls that cannot change the weights.
-
-        Training packs on every call: ``param.data`` edits (clipping, EMA) bypass the version
-        counters a cache would rely on, and packing costs little next to the GEMMs.
-        """
-        sources = (self.S1s, self.S2s, self.U1s, self.U2s) + ((self.bias,) if self.bias is not None else ())
-        if torch.is_grad_enabled() and any(t.requires_grad for t in sources):
-            self._pack_cache = None
-            return self._pack()
+        """``A = [S1|U2]``, ``B = [U1;S2]``; cached across calls that cannot change the weights."""
+        sources = (self.S1s, self.S2s, self.U1s, self.U2s)
+        if torch.is_grad_enabled() and (self.S1s.requires_grad or self.S2s.requires_grad):
+            self._pack_cache = None  # training: weights change every step, packing is cheap
+            with torch.no_grad():
+                return pack_left(self.S1s, self.U2s), pack_right(self.U1s, self.S2s)
         try:
             versions = tuple(t._version for t in sources)
         except RuntimeError:  # built under torch.inference_mode: no version counter, so no safe cache
-            return self._pack()
+            with torch.no_grad():
+                return pack_left(self.S1s, self.U2s), pack_right(self.U1s, self.S2s)
         cache = self._pack_cache
         if cache is not None and versions == cache.versions and all(
             t.data_ptr() == c.data_ptr() for t, c in zip(sources, cache.sources)
         ):
             return cache.A, cache.B
-        A, B = self._pack()
+        with torch.no_grad():
+            A, B = pack_left(self.S1s, self.U2s), pack_right(self.U1s, self.S2s)
         self._pack_cache = _PackCache(tuple(t.detach() for t in sources), versions, A, B)
         return A, B
-
-    def _pack(self) -> Tuple[torch.Tensor, torch.Tensor]:
-        with torch.no_grad():
-            return pack_left(self.S1s, self.U2s), pack_right(self.U1s, self.S2s, self.bias)
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         if input.shape[-1] != self.in_features:

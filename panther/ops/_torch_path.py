@@ -1,11 +1,7 @@
 """The sketched-linear math in plain PyTorch: two GEMMs through the rank-2r bottleneck.
 
 Shared by the CPU autograd path and the custom op's default kernel, and the reference the CUDA
-kernels are tested against. The ``folded_*`` pair is the CPU fast path for layers with a bias:
-the bias rides along as the last row of ``B`` against a column of ones in the hidden, so the
-second GEMM adds it (instead of first broadcasting it into the output, a full extra pass over a
-freshly allocated ``batch x d_out`` block), and in the backward pass the GEMM that gives ``S2``'s
-gradient gives the bias gradient in its last row (instead of another pass over ``grad_y``).
+kernels are tested against.
 """
 
 from __future__ import annotations
@@ -49,35 +45,4 @@ def torch_backward(grad_y: Tensor, x: Tensor, hidden: Tensor, A: Tensor, B: Tens
         grad_s2 = torch.mm(hidden[:, rank:].T, grad_y).mul_(scale)
     if need_bias:
         grad_bias = grad_y.sum(0)
-    return grad_x, grad_s1, grad_s2, grad_bias
-
-
-def folded_forward(x: Tensor, A: Tensor, B_bias: Tensor, scale: float) -> Tuple[Tensor, Tensor]:
-    """``(y, [scale · x @ A | 1])`` for ``B_bias = [B; bias]``: ``y = scale · (x @ A) @ B + bias``."""
-    rank2 = A.shape[1]
-    hidden = x.new_empty(x.shape[0], rank2 + 1)
-    torch.mm(x, A, out=hidden[:, :rank2])  # a strided view BLAS writes in place (row stride rank2 + 1)
-    hidden[:, :rank2].mul_(scale)
-    hidden[:, rank2] = 1
-    return torch.mm(hidden, B_bias), hidden
-
-
-def folded_backward(grad_y: Tensor, x: Tensor, hidden: Tensor, A: Tensor, B_bias: Tensor, scale: float, rank: int,
-                    need_x: bool, need_s1: bool, need_s2: bool, need_bias: bool
-                    ) -> Tuple[Optional[Tensor], Optional[Tensor], Optional[Tensor], Optional[Tensor]]:
-    """:func:`torch_backward` for :func:`folded_forward` (``hidden`` is already scaled)."""
-    rank2 = A.shape[1]
-    grad_x = grad_s1 = grad_s2 = grad_bias = None
-    if need_s2:
-        s2_and_bias = torch.mm(hidden[:, rank:].T, grad_y)  # rows: S2's gradient, then the bias's
-        grad_s2, grad_bias = s2_and_bias[:rank], (s2_and_bias[rank] if need_bias else None)
-    elif need_bias:
-        grad_bias = grad_y.sum(0)
-    if need_x or need_s1:
-        B = B_bias[:rank2] if need_x else B_bias[:rank]
-        grad_hidden = torch.mm(grad_y, B.T).mul_(scale)
-        if need_s1:
-            grad_s1 = torch.mm(x.T, grad_hidden[:, :rank])
-        if need_x:
-            grad_x = torch.mm(grad_hidden, A.T)
     return grad_x, grad_s1, grad_s2, grad_bias

@@ -15,7 +15,7 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from panther.ops import _custom_ops  # noqa: F401  - registers the panther:: ops (never builds anything)
-from panther.ops._torch_path import folded_backward, folded_forward, torch_backward, torch_forward
+from panther.ops._torch_path import torch_backward, torch_forward
 
 _forward_op = torch.ops.panther.sketched_linear_forward.default
 
@@ -26,21 +26,10 @@ def pack_left(S1s: Tensor, U2s: Tensor) -> Tensor:
     return torch.cat([S1s.transpose(0, 1).reshape(d_in, T * k), U2s.transpose(0, 1).reshape(d_in, T * k)], dim=1)
 
 
-def pack_right(U1s: Tensor, S2s: Tensor, bias: Optional[Tensor] = None) -> Tensor:
-    """``B = [U1_0; …; U1_{T-1}; S2_0; …; S2_{T-1}]`` as one ``2Tk x d_out`` matrix.
-
-    With ``bias``, it is appended as a last row (``2Tk + 1`` rows): :func:`sketched_linear` then
-    adds it inside the second GEMM on the CPU.
-    """
+def pack_right(U1s: Tensor, S2s: Tensor) -> Tensor:
+    """``B = [U1_0; …; U1_{T-1}; S2_0; …; S2_{T-1}]`` as one ``2Tk x d_out`` matrix."""
     T, k, d_out = U1s.shape
-    rows = [U1s.reshape(T * k, d_out), S2s.reshape(T * k, d_out)]
-    if bias is not None:
-        rows.append(bias.reshape(1, d_out))
-    return torch.cat(rows, dim=0)
-
-
-def _has_bias_row(A: Tensor, B: Tensor) -> bool:
-    return B.shape[0] == A.shape[1] + 1
+    return torch.cat([U1s.reshape(T * k, d_out), S2s.reshape(T * k, d_out)], dim=0)
 
 
 class _SketchedLinearFunction(torch.autograd.Function):
@@ -52,8 +41,7 @@ class _SketchedLinearFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, S1s, S2s, A, B, bias, scale):  # type: ignore[override]
-        ctx.folded = _has_bias_row(A, B)
-        y, hidden = folded_forward(x, A, B, scale) if ctx.folded else torch_forward(x, A, B, bias, scale)
+        y, hidden = torch_forward(x, A, B, bias, scale)
         ctx.save_for_backward(x, hidden, A, B)
         ctx.scale = scale
         ctx.term_shape = S1s.shape  # (T, d_in, k)
@@ -66,8 +54,7 @@ class _SketchedLinearFunction(torch.autograd.Function):
         x, hidden, A, B = ctx.saved_tensors
         T, d_in, k = ctx.term_shape
         need_x, need_s1, need_s2, _, _, need_bias, _ = ctx.needs_input_grad
-        backward = folded_backward if ctx.folded else torch_backward
-        grad_x, grad_s1, grad_s2, grad_bias = backward(
+        grad_x, grad_s1, grad_s2, grad_bias = torch_backward(
             grad_y.contiguous(), x, hidden, A, B, ctx.scale, T * k, need_x, need_s1, need_s2,
             need_bias and ctx.has_bias)
         if grad_s1 is not None:
@@ -81,18 +68,12 @@ def sketched_linear(x: Tensor, S1s: Tensor, S2s: Tensor, A: Tensor, B: Tensor,
                     bias: Optional[Tensor], scale: float) -> Tensor:
     """``scale · (x @ A) @ B + bias`` for a 2-D ``x``, differentiable in ``x``, ``S1s``, ``S2s``, ``bias``.
 
-    ``A``/``B`` must be ``pack_left(S1s, U2s)``/``pack_right(U1s, S2s)`` (detached), or
-    ``pack_right(U1s, S2s, bias)``, the faster form on the CPU when there is a bias (``bias`` is
-    still passed, for its gradient).
+    ``A``/``B`` must be ``pack_left(S1s, U2s)``/``pack_right(U1s, S2s)`` (detached).
     """
-    if bias is None and _has_bias_row(A, B):
-        raise ValueError("B carries a bias row but bias is None")
     needs_grad = torch.is_grad_enabled() and (x.requires_grad or S1s.requires_grad or S2s.requires_grad
                                               or (bias is not None and bias.requires_grad))
     if x.is_cuda:
-        return _forward_op(x, S1s, S2s, A, B[:A.shape[1]], bias, scale, needs_grad)[0]
+        return _forward_op(x, S1s, S2s, A, B, bias, scale, needs_grad)[0]
     if needs_grad:
         return _SketchedLinearFunction.apply(x, S1s, S2s, A, B, bias, scale)
-    if _has_bias_row(A, B):
-        return folded_forward(x, A, B, scale)[0]
     return torch_forward(x, A, B, bias, scale)[0]

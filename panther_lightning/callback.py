@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, Dict, Optional
 
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.trainer.states import TrainerFn
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from lightning.pytorch.utilities.model_helpers import is_overridden
 
 from panther.tuner.search import SearchAlgorithm
@@ -33,6 +35,27 @@ def check_trainer_can_tune(trainer: "pl.Trainer", pl_module: "pl.LightningModule
                          "with automatic optimization (a manual-optimization step would update the weights)")
 
 
+def nothing_to_tune(pl_module: "pl.LightningModule", options: SketchTuneOptions) -> Optional[str]:
+    """Why none of ``pl_module``'s layers can be tuned with ``options.configs``, or ``None`` if some can.
+
+    Runs the tuner's own config resolution on the (dense) module, before any training, so that a
+    selector matching nothing sketchable is reported at ``setup`` and not after the last epoch. The
+    resolution's warnings (layers skipped, and why) are shown to the user here.
+    """
+    from panther.tuner import SKAutoTuner
+
+    calibration = [] if options.calibration_batches else None  # only whether data-aware init is on
+    try:
+        tuner = SKAutoTuner(pl_module, options.configs, lambda model: 0.0, calibration_data=calibration,
+                            search_algorithm=options.search_algorithm)
+    except ValueError as exc:
+        return str(exc)
+    if not tuner.results.groups:
+        skipped = "; ".join(f"{name}: {why}" for name, why in list(tuner.results.skipped.items())[:5])
+        return "the configs select no layer worth sketching" + (f" ({skipped})" if skipped else "")
+    return None
+
+
 class SketchTuneCallback(Callback):
     """Tune sketched replacements of the model's layers when training ends, and keep the best.
 
@@ -42,6 +65,11 @@ class SketchTuneCallback(Callback):
     validation inputs, and the best plan that keeps ``monitor`` within bounds is applied to the
     LightningModule. Afterwards ``callback.tuner`` is the ``SKAutoTuner`` used,
     ``callback.best_params`` the applied parameters and ``callback.report`` a summary.
+
+    Tuning never costs the finished training run: if the configs select nothing that can be
+    sketched, ``setup`` warns (before the first epoch) and tuning is skipped; if tuning fails, the
+    callback warns with the error, puts the trained dense layers back and ``fit`` ends normally
+    (``callback.failure`` holds the error). Only ``KeyboardInterrupt`` (model restored) propagates.
 
     Args:
         configs: which layers to tune and their search spaces: a ``TuningConfigs``, a list of
@@ -115,6 +143,10 @@ class SketchTuneCallback(Callback):
         self.report: Optional[SketchTuneReport] = None
         self.plan_file: Optional[str] = None
         self._restored_report: Optional[Dict[str, Any]] = None
+        #: Why tuning was skipped (found at setup) or failed; ``None`` when it ran.
+        self.failure: Optional[str] = None
+        self._nothing_to_tune: Optional[str] = None
+        self._monitor_checked = False
 
     @property
     def state_key(self) -> str:
@@ -138,6 +170,25 @@ class SketchTuneCallback(Callback):
         install_sketch_loading(pl_module)
         if stage == "fit":
             check_trainer_can_tune(trainer, pl_module, self.options)
+            if not self.done:
+                self._nothing_to_tune = nothing_to_tune(pl_module, self.options)
+            if self._nothing_to_tune is not None:
+                rank_zero_warn(f"SketchTuneCallback: nothing to tune, the model will stay dense: "
+                               f"{self._nothing_to_tune}")
+
+    def on_validation_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
+        """Check on the first validation of ``fit`` (the sanity check, if any) that ``monitor`` is logged.
+
+        As ``EarlyStopping`` does: a misnamed metric should stop the run before training, not be
+        found when the trained model is about to be tuned.
+        """
+        if self._monitor_checked or self.done or trainer.state.fn != TrainerFn.FITTING:
+            return
+        self._monitor_checked = True
+        if self.options.monitor not in trainer.callback_metrics:
+            available = ", ".join(sorted(trainer.callback_metrics)) or "none"
+            raise KeyError(f"validation did not log {self.options.monitor!r} (logged: {available}); "
+                           "set SketchTuneCallback(monitor=...) to a metric your validation_step logs")
 
     def on_train_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
         if self.done:
@@ -145,9 +196,24 @@ class SketchTuneCallback(Callback):
             return
         if trainer.interrupted:
             return
+        if self._nothing_to_tune is not None:
+            self.failure = self._nothing_to_tune
+            rank_zero_info("SketchTuneCallback: skipped (nothing to tune, see the warning at setup)")
+            return
         session = SketchTuneSession(trainer, pl_module, self.options, lambda: trainer.train_dataloader)
-        self.report = session.run()
-        self.tuner = session.tuner
+        try:
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=".*skipping ")  # shown at setup already
+                report = session.run()
+        except Exception as exc:
+            session.restore_dense()
+            self.tuner, self.failure = session.tuner, f"{type(exc).__name__}: {exc}"
+            rank_zero_warn(f"SketchTuneCallback: tuning failed ({self.failure}); the trained dense model is kept")
+            return
+        except BaseException:
+            session.restore_dense()
+            raise
+        self.report, self.tuner = report, session.tuner
         self.plan_file = write_plan(self.report, self.options.plan_path, trainer)
         publish(self.report, trainer)
 

@@ -16,8 +16,9 @@ from panther.tuner.configs import LayerConfig, TuningConfigs
 #: Plain-data forms come first so that a command line / YAML list of dicts stays a list of dicts.
 ConfigsLike = Union[List[Dict[str, Any]], Dict[str, Any], TuningConfigs, LayerConfig, List[LayerConfig]]
 
-#: Default: every ``nn.Linear``, each tuned on its own, parameter ranges from the layer's size.
-DEFAULT_CONFIGS = [{"layer_names": {"type": "Linear"}, "params": "auto", "separate": True}]
+#: Default: every ``nn.Linear`` (and Hugging Face ``Conv1D``, GPT-2's projections), each tuned on its
+#: own, parameter ranges from the layer's size. ``Conv1D`` is matched by class name: no import needed.
+DEFAULT_CONFIGS = [{"layer_names": {"type": ["Linear", "Conv1D"]}, "params": "auto", "separate": True}]
 
 DEFAULT_N_TRIALS = 20
 

@@ -273,6 +273,10 @@ class SketchTuneSession:
             for name, module in current.items():
                 replace_module(self.pl_module, name, module)
 
+    def restore_dense(self) -> None:
+        """Put every tuned layer's dense original back (after a failure, the trained model as it was)."""
+        self._restore_dense()
+
     def _restore_dense(self) -> None:
         for name, module in self.dense_layers.items():
             if self.pl_module.get_submodule(name) is not module:

@@ -8,7 +8,7 @@ import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.tuner import Tuner
 
-from panther_lightning.callback import check_trainer_can_tune
+from panther_lightning.callback import check_trainer_can_tune, nothing_to_tune
 from panther_lightning.checkpoint import install_sketch_loading
 from panther_lightning.options import SketchTuneOptions
 from panther_lightning.session import SketchTuneReport, SketchTuneSession, publish, write_plan
@@ -26,7 +26,11 @@ class _TuneAtValidationEnd(Callback):
         if trainer.sanity_checking or self.session is not None:
             return
         self.session = SketchTuneSession(trainer, pl_module, self.options, self.train_batches)
-        self.report = self.session.run()
+        try:
+            self.report = self.session.run()
+        except BaseException:
+            self.session.restore_dense()  # the trained model as it was, then the error
+            raise
 
 
 class SketchTuner(Tuner):
@@ -60,6 +64,8 @@ class SketchTuner(Tuner):
         (``train_dataloaders`` or the datamodule) is only needed for ``finetune_epochs`` and
         ``calibration_batches``.
         The report and the plan file are available as ``self.report`` and ``self.plan_file``.
+        Configs that select nothing sketchable raise ``ValueError`` before validation runs; if
+        tuning fails, the model's dense layers are put back before the error propagates.
         """
         if datamodule is not None and (train_dataloaders is not None or val_dataloaders is not None):
             raise ValueError("pass a datamodule or dataloaders, not both")
@@ -68,6 +74,9 @@ class SketchTuner(Tuner):
         opts = SketchTuneOptions.build(options.pop("configs", None), **options)
         trainer = self._trainer
         check_trainer_can_tune(trainer, model, opts)
+        reason = nothing_to_tune(model, opts)
+        if reason is not None:
+            raise ValueError(f"sketch_tune has nothing to tune: {reason}")
         train_source = _train_source(datamodule, train_dataloaders)
         if train_source is None and (opts.calibration_batches or opts.finetune_epochs):
             raise ValueError("calibration_batches and finetune_epochs need training data: "

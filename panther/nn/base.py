@@ -7,7 +7,7 @@ holding it can be rebuilt from a plain ``state_dict`` (see :mod:`panther.nn.rebu
 from __future__ import annotations
 
 import inspect
-from typing import Any, ClassVar, Dict, Type
+from typing import Any, ClassVar, Dict, NoReturn, Optional, Tuple, Type
 
 import torch
 from torch import nn
@@ -19,11 +19,60 @@ SKETCHED_LAYERS: Dict[str, Type["SketchedModule"]] = {}
 INIT_METHODS = ("sketch", "svd", "data_svd")
 
 
+class SketchedWeight:
+    """What a sketched layer answers for ``.weight``: the dense weight's metadata, never its values.
+
+    Parents of a dense layer often read ``child.weight`` directly. Some only read metadata
+    (Hugging Face T5 casts its input to ``self.wo.weight.dtype``); those keep working. Others pass
+    the weight to a fused dense kernel (torch's ``TransformerEncoderLayer`` inference fast path reads
+    ``linear1.weight``): that would bypass the sketch, so this object defines
+    ``__torch_function__``, which torch's fast paths treat as "not a plain tensor" and answer by
+    taking their slow, module-by-module path, where the sketch runs. Any attempt to compute with it
+    raises a ``TypeError`` that names the layer, so a parent that multiplies by its child's weight
+    fails loudly instead of being silently wrong.
+    """
+
+    __slots__ = ("shape", "dtype", "device", "requires_grad", "_owner")
+
+    def __init__(self, owner: str, shape: Tuple[int, ...], dtype: torch.dtype, device: torch.device,
+                 requires_grad: bool) -> None:
+        self._owner = owner
+        self.shape = torch.Size(shape)
+        self.dtype = dtype
+        self.device = device
+        self.requires_grad = requires_grad
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    def dim(self) -> int:
+        return len(self.shape)
+
+    def size(self, dim: Optional[int] = None) -> Any:
+        return self.shape if dim is None else self.shape[dim]
+
+    def __getattr__(self, name: str) -> NoReturn:
+        raise AttributeError(f"{self._owner}.weight is sketched: only shape, dtype, device and requires_grad are "
+                             f"available (not {name!r}); use effective_weight() for the dense matrix")
+
+    @classmethod
+    def __torch_function__(cls, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> NoReturn:
+        owners = sorted({a._owner for a in (*args, *(kwargs or {}).values()) if isinstance(a, SketchedWeight)})
+        raise TypeError(f"{getattr(func, '__name__', func)} was called with the weight of the sketched layer "
+                        f"{', '.join(owners)}: its parent computes with the child's dense weight directly, which "
+                        "a sketch does not have. Keep this layer dense (exclude it from the tuning configs).")
+
+    def __repr__(self) -> str:
+        return f"SketchedWeight(owner={self._owner}, shape={tuple(self.shape)}, dtype={self.dtype})"
+
+
 class SketchedModule(nn.Module):
     """Base class of the sketched layers.
 
     Subclasses set ``dense_type`` (the layer they replace) and implement ``hyperparameters``,
-    ``from_dense`` and ``to_dense``.
+    ``from_dense`` and ``to_dense``. Layers standing in for a dense layer with a ``weight``
+    expose a :class:`SketchedWeight` under that name (see :meth:`_sketched_weight`).
     """
 
     dense_type: ClassVar[Type[nn.Module]]
@@ -72,12 +121,27 @@ class SketchedModule(nn.Module):
 
     # -- conversion ------------------------------------------------------------------------
     @classmethod
+    def dense_types(cls) -> Tuple[Type[nn.Module], ...]:
+        """The dense classes :meth:`from_dense` accepts (subclasses may add types besides ``dense_type``)."""
+        return (cls.dense_type,)
+
+    @classmethod
+    def dense_type_of(cls, layer: nn.Module) -> Optional[Type[nn.Module]]:
+        """Which of :meth:`dense_types` ``layer`` is an instance of, or ``None``."""
+        return next((t for t in cls.dense_types() if isinstance(layer, t)), None)
+
+    @classmethod
     def from_dense(cls, layer: nn.Module, **params: Any) -> "SketchedModule":
         raise NotImplementedError
 
     def to_dense(self) -> nn.Module:
         """The dense layer this sketch computes (same outputs up to rounding)."""
         raise NotImplementedError
+
+    def _sketched_weight(self, shape: Tuple[int, ...], like: torch.Tensor) -> SketchedWeight:
+        """The :class:`SketchedWeight` of a dense weight of ``shape`` held in ``like``'s dtype and device."""
+        learned = any(p.requires_grad for p in self.parameters(recurse=False))
+        return SketchedWeight(type(self).__name__, shape, like.dtype, like.device, learned)
 
     def num_parameters(self) -> int:
         """Learnable parameter count (the fixed sketch buffers are not counted)."""

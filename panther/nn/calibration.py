@@ -16,6 +16,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from panther.nn.conv import explicit_padding
+from panther.nn.dense import is_linear_like, linear_dims
 
 
 class SecondMoment:
@@ -38,8 +39,8 @@ class SecondMoment:
 
 def layer_input_rows(layer: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
     """The vectors ``layer`` multiplies by its weight, one per row."""
-    if isinstance(layer, nn.Linear):
-        return inputs.reshape(-1, layer.in_features)
+    if is_linear_like(layer):
+        return inputs.reshape(-1, linear_dims(layer)[0])
     if isinstance(layer, nn.Conv2d):
         x = inputs if inputs.dim() == 4 else inputs.unsqueeze(0)
         padding = layer.padding
@@ -53,8 +54,8 @@ def layer_input_rows(layer: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
 
 
 def input_dimension(layer: nn.Module) -> int:
-    if isinstance(layer, nn.Linear):
-        return layer.in_features
+    if is_linear_like(layer):
+        return linear_dims(layer)[0]
     if isinstance(layer, nn.Conv2d):
         # All groups' patches: SKConv2d takes the per-group diagonal blocks of this matrix.
         return layer.in_channels * layer.kernel_size[0] * layer.kernel_size[1]

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from panther.nn.base import SketchedModule, check_init, check_positive_int, factory_kwargs
+from panther.nn.base import SketchedModule, SketchedWeight, check_init, check_positive_int, factory_kwargs
 from panther.nn.factorize import low_rank_basis, random_signs
 
 PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
@@ -264,6 +264,11 @@ class SKConv2d(SketchedModule):
             if self.bias is not None:
                 dense.bias.copy_(self.bias)
         return dense
+
+    @property
+    def weight(self) -> SketchedWeight:
+        """Metadata of the dense kernel, for parents that read it (see :class:`~panther.nn.base.SketchedWeight`)."""
+        return self._sketched_weight(self._dense_shape(), self.S1s)
 
     def effective_weight(self) -> torch.Tensor:
         """The ``(out_channels, in_channels/groups, kh, kw)`` kernel this layer convolves with."""

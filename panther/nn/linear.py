@@ -8,7 +8,8 @@ from typing import Any, Dict, NamedTuple, Optional, Tuple
 import torch
 from torch import nn
 
-from panther.nn.base import SketchedModule, check_init, check_positive_int, factory_kwargs
+from panther.nn.base import SketchedModule, SketchedWeight, check_init, check_positive_int
+from panther.nn.dense import linear_dims, linear_types, linear_weight
 from panther.nn.factorize import low_rank_basis, random_signs
 from panther.ops import pack_left, pack_right, sketched_linear
 
@@ -128,18 +129,26 @@ class SKLinear(SketchedModule):
 
     # -- conversion ------------------------------------------------------------------------
     @classmethod
+    def dense_types(cls) -> Tuple[type, ...]:
+        """``nn.Linear``, and Hugging Face's transposed-weight ``Conv1D`` once ``transformers`` is loaded."""
+        return linear_types()
+
+    @classmethod
     def from_dense(cls, layer: nn.Module, num_terms: int = 1, low_rank: int = 16, init: str = "svd",
                    input_cov: Optional[torch.Tensor] = None,
                    generator: Optional[torch.Generator] = None) -> "SKLinear":
-        """Sketch a (trained) ``nn.Linear``, copying its weight, bias, device and dtype.
+        """Sketch a (trained) ``nn.Linear`` or ``transformers`` ``Conv1D``, copying weight, bias, device, dtype.
 
         ``init="svd"`` (the default here) keeps as much of the trained layer as the rank allows.
         """
-        if not isinstance(layer, nn.Linear):
-            raise TypeError(f"SKLinear.from_dense expects an nn.Linear, got {type(layer).__name__}")
-        sketched = cls(layer.in_features, layer.out_features, num_terms, low_rank, W_init=layer.weight,
+        if cls.dense_type_of(layer) is None:
+            raise TypeError(f"SKLinear.from_dense expects an nn.Linear (or a transformers Conv1D), "
+                            f"got {type(layer).__name__}")
+        in_features, out_features = linear_dims(layer)
+        weight = linear_weight(layer)
+        sketched = cls(in_features, out_features, num_terms, low_rank, W_init=weight,
                        bias=layer.bias is not None, init=init, input_cov=input_cov, generator=generator,
-                       **factory_kwargs(layer))
+                       device=weight.device, dtype=weight.dtype)
         if layer.bias is not None:
             with torch.no_grad():
                 sketched.bias.copy_(layer.bias)
@@ -153,6 +162,11 @@ class SKLinear(SketchedModule):
             if self.bias is not None:
                 dense.bias.copy_(self.bias)
         return dense
+
+    @property
+    def weight(self) -> SketchedWeight:
+        """Metadata of the ``(out_features, in_features)`` weight for parents that read it (:class:`SketchedWeight`)."""
+        return self._sketched_weight((self.out_features, self.in_features), self.S1s)
 
     def effective_weight(self) -> torch.Tensor:
         """The ``(out_features, in_features)`` matrix this layer multiplies by."""
@@ -184,6 +198,9 @@ class SKLinear(SketchedModule):
         return A, B
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
+        if input.is_nested:  # e.g. inside torch's TransformerEncoder on padded batches
+            outputs = [self(component) for component in input.unbind()]
+            return torch.nested.as_nested_tensor(outputs, layout=input.layout)
         if input.shape[-1] != self.in_features:
             raise ValueError(f"SKLinear expected last dimension {self.in_features}, got shape {tuple(input.shape)}")
         A, B = self._packed_factors()

@@ -100,7 +100,7 @@ def apply_plan(model: nn.Module, plan: Plan, input_covs: Optional[Mapping[str, t
         cls = _sketched_class(entry["type"])
         if isinstance(layer, cls):
             continue
-        if not isinstance(layer, cls.dense_type):
+        if cls.dense_type_of(layer) is None:
             raise ValueError(f"plan maps {name!r} to {cls.__name__}, but it is a {type(layer).__name__}")
         todo.append((name, layer, cls, dict(entry["params"])))
     for name, layer, cls, params in todo:

@@ -6,7 +6,8 @@ cost grows with ``T`` (every term carries its own factors). So the generated spa
 1, 2, 3, 4, 6, 8, 12, ...) that stops strictly below the break-even rank, where the sketch would
 cost as much as the dense layer:
 
-* ``nn.Linear(d_in, d_out)``: ``2·T·k·(d_in + d_out) < d_in·d_out`` (weights and multiply-adds).
+* ``nn.Linear(d_in, d_out)`` (and ``transformers``' ``Conv1D``, the same product with a transposed
+  weight): ``2·T·k·(d_in + d_out) < d_in·d_out`` (weights and multiply-adds).
 * ``nn.Conv2d``: per output pixel ``2Tk·C_in·kh·kw + 2Tk·C_out < kh·kw·C_in/groups·C_out``
   (:func:`panther.nn.conv.conv_is_cheaper`).
 
@@ -22,6 +23,7 @@ from typing import Callable, Dict, Hashable, List, Mapping, Optional, Sequence, 
 
 from torch import nn
 
+from panther.nn.dense import is_linear_like, linear_dims, linear_types
 from panther.tuner.params import Categorical, ParamSpec
 
 LayerRef = Union[str, nn.Module]
@@ -53,19 +55,19 @@ def conv_is_cheaper(layer: nn.Conv2d, num_terms: int, low_rank: int) -> bool:
 
 def _shape_key(layer: nn.Module) -> Optional[Hashable]:
     """Type and shape: layers with equal keys get the same space. ``None``: unsupported by "auto"."""
-    if type(layer).forward is not nn.Linear.forward and type(layer).forward is not nn.Conv2d.forward:
-        return None
-    if isinstance(layer, nn.Linear):
-        return ("Linear", layer.in_features, layer.out_features)
-    if isinstance(layer, nn.Conv2d):
+    linear_type = next((t for t in linear_types() if isinstance(layer, t)), None)
+    if linear_type is not None:
+        # nn.Linear and transformers' Conv1D of one shape compute the same kind of product: one space
+        return ("Linear", *linear_dims(layer)) if type(layer).forward is linear_type.forward else None
+    if isinstance(layer, nn.Conv2d) and type(layer).forward is nn.Conv2d.forward:
         return ("Conv2d", layer.in_channels, layer.out_channels, tuple(layer.kernel_size), layer.groups)
     return None
 
 
 def _cheaper_check(layer: nn.Module) -> Tuple[Callable[[int], bool], int]:
-    if isinstance(layer, nn.Linear):
-        return (lambda k: linear_is_cheaper(layer.in_features, layer.out_features, 1, k),
-                min(layer.in_features, layer.out_features))
+    if is_linear_like(layer):
+        in_features, out_features = linear_dims(layer)
+        return (lambda k: linear_is_cheaper(in_features, out_features, 1, k), min(in_features, out_features))
     conv = layer
     assert isinstance(conv, nn.Conv2d)
     fan_in = conv.in_channels // conv.groups * conv.kernel_size[0] * conv.kernel_size[1]
@@ -90,6 +92,8 @@ class ParamsResolver:
         else:
             raise TypeError(f"ParamsResolver needs an nn.Module or a LayerNameResolver, got "
                             f"{type(model_or_resolver).__name__}")
+        #: Layers the last :meth:`resolve_modules` left out, with the reason.
+        self.skipped: Dict[str, str] = {}
 
     def space_for(self, layer: nn.Module, copy_weights: bool = True, data_aware: bool = False) -> Optional[Space]:
         """The space for one layer, or ``None`` when "auto" does not support it or no rank is cheaper.
@@ -123,17 +127,18 @@ class ParamsResolver:
         """:meth:`resolve` for layers given as ``{name: module}``."""
         spaces: Dict[str, Space] = {}
         shared: Dict[Hashable, Optional[Space]] = {}
+        self.skipped = {}
         for name, layer in layers.items():
             key = _shape_key(layer)
             if key is None:
-                warnings.warn(f"params='auto' does not support {name!r} ({type(layer).__name__}); skipping it",
-                              stacklevel=3)
+                self.skipped[name] = f"params='auto' does not support {type(layer).__name__}"
+                warnings.warn(f"{self.skipped[name]}: skipping {name!r}", stacklevel=3)
                 continue
             if key not in shared:
                 shared[key] = self.space_for(layer, copy_weights, data_aware)
             if shared[key] is None:
-                warnings.warn(f"params='auto': no sketch of {name!r} ({type(layer).__name__}) is cheaper than "
-                              "the dense layer; skipping it", stacklevel=3)
+                self.skipped[name] = f"no sketch of this {type(layer).__name__} is cheaper than the dense layer"
+                warnings.warn(f"params='auto': {self.skipped[name]}; skipping {name!r}", stacklevel=3)
                 continue
             spaces[name] = shared[key]  # type: ignore[assignment]
         return spaces

@@ -16,7 +16,13 @@ from torch import nn
 
 from panther.tuner.auto import ParamsResolver
 from panther.tuner.configs import LayerConfig, TuningConfigs
-from panther.tuner.layers import attention_internals, from_dense_arguments, sketched_class_for, tied_layers
+from panther.tuner.layers import (
+    attention_internals,
+    from_dense_arguments,
+    sketched_class_for,
+    tied_layers,
+    unsupported_reason,
+)
 from panther.tuner.params import ParamSpec
 from panther.tuner.selectors import LayerNameResolver
 
@@ -46,7 +52,11 @@ def _group_name(names: List[str]) -> str:
 
 
 class GroupBuilder:
-    """Resolves configs against a model; ``dense_of`` gives the dense layer the tuner remembers."""
+    """Resolves configs against a model; ``dense_of`` gives the dense layer the tuner remembers.
+
+    After :meth:`build`, ``skipped`` maps each selected layer that will not be tuned to the reason
+    (layers that merely matched a broad selector without being sketchable are left out of it).
+    """
 
     def __init__(self, model: nn.Module, resolver: LayerNameResolver, dense_of: Callable[[str], nn.Module],
                  accepts_param_specs: bool, tune_tied: bool, data_aware: bool = False) -> None:
@@ -56,6 +66,7 @@ class GroupBuilder:
         self.accepts_param_specs = accepts_param_specs
         self.tune_tied = tune_tied
         self.data_aware = data_aware
+        self.skipped: Dict[str, str] = {}
 
     def build(self, configs: TuningConfigs) -> tuple[List[TuningGroup], TuningConfigs]:
         """Groups to tune and the resolved configs (concrete names, concrete parameter specs)."""
@@ -99,17 +110,20 @@ class GroupBuilder:
                     warnings.warn(f"skipping {name!r}: {reasons[name]}; tune the attention block instead",
                                   stacklevel=4)
             elif sketched_class_for(module) is None:
-                reasons[name] = f"{type(module).__name__} has no sketched replacement"
-                if _explicitly_named(selector, name):
+                reasons[name] = unsupported_reason(module)
+                if _explicitly_named(selector, name) or "overrides" in reasons[name]:
                     warnings.warn(f"skipping {name!r}: {reasons[name]}", stacklevel=4)
                 else:
                     logger.debug("skipping %s: %s", name, reasons[name])
+                    continue  # a broad selector matching a container or norm layer is no news
             elif id(module) in tied and not self.tune_tied:
                 reasons[name] = f"its parameters are shared with {sorted(set(tied[id(module)]))}"
                 warnings.warn(f"skipping {name!r}: {reasons[name]}; pass tune_tied=True to sketch it anyway "
                               "(this unties the weights)", stacklevel=4)
             else:
                 kept.append(name)
+                continue
+            self.skipped[name] = reasons[name]
         if not kept:
             detail = "; ".join(f"{n}: {r}" for n, r in list(reasons.items())[:5])
             raise ValueError(f"configs[{index}]: layer selector {selector!r} matches no layer that can be sketched "
@@ -136,6 +150,7 @@ class GroupBuilder:
         params_resolver = ParamsResolver(self.resolver)
         spaces = params_resolver.resolve_modules({n: self.dense_of(n) for n in names}, config.copy_weights,
                                                  self.data_aware)
+        self.skipped.update(params_resolver.skipped)
         if not spaces:
             warnings.warn(f"configs[{index}]: params='auto' found nothing worth sketching in {names}", stacklevel=4)
             return [], []

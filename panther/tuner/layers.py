@@ -7,36 +7,45 @@ touched) are in one place and testable without tuning anything.
 from __future__ import annotations
 
 import inspect
-from typing import Any, Dict, List, Mapping, Optional, Set, Tuple, Type
+from typing import Any, Dict, List, Mapping, Optional, Set, Tuple
 
 from torch import nn
 
-#: Dense type -> name of the sketched class in :mod:`panther.nn` that replaces it.
-REPLACEMENTS: Tuple[Tuple[Type[nn.Module], str], ...] = (
-    (nn.MultiheadAttention, "RandMultiHeadAttention"),
-    (nn.Conv2d, "SKConv2d"),
-    (nn.Linear, "SKLinear"),
-)
+#: Names of the sketched classes in :mod:`panther.nn`, most specific dense type first.
+SKETCHED_CLASS_NAMES: Tuple[str, ...] = ("RandMultiHeadAttention", "SKConv2d", "SKLinear")
 
 
 def sketched_class_for(module: nn.Module) -> Optional[type]:
     """The sketched class replacing ``module``, or ``None`` if its type is not supported.
 
-    Subclasses of a supported type count (their ``forward`` is the dense one they inherit) except
-    ``nn.Module`` subclasses that override ``forward``: a sketch of the weight would silently
-    drop whatever the override does.
+    Each class says which dense types it replaces (``SKLinear``: ``nn.Linear`` and, once
+    ``transformers`` is loaded, its ``Conv1D``). Subclasses of a supported type count (their
+    ``forward`` is the dense one they inherit) except those that override ``forward``: a sketch of
+    the weight would silently drop whatever the override does.
     """
-    for dense_type, class_name in REPLACEMENTS:
-        if isinstance(module, dense_type):
-            if type(module).forward is not dense_type.forward:
-                return None
-            import panther.nn
+    import panther.nn
 
-            try:
-                return getattr(panther.nn, class_name)
-            except (ImportError, AttributeError):  # layer module missing from a partial install
-                return None
+    for class_name in SKETCHED_CLASS_NAMES:
+        try:
+            cls = getattr(panther.nn, class_name)
+        except (ImportError, AttributeError):  # layer module missing from a partial install
+            continue
+        dense_type = cls.dense_type_of(module)
+        if dense_type is not None:
+            return cls if type(module).forward is dense_type.forward else None
     return None
+
+
+def unsupported_reason(module: nn.Module) -> str:
+    """Why :func:`sketched_class_for` gives ``None`` for ``module`` (for warnings and the summary)."""
+    import panther.nn
+
+    for class_name in SKETCHED_CLASS_NAMES:
+        dense_type = getattr(panther.nn, class_name).dense_type_of(module)
+        if dense_type is not None:
+            return (f"{type(module).__name__} overrides {dense_type.__name__}.forward, which a sketch of the "
+                    "weight would silently drop")
+    return f"{type(module).__name__} has no sketched replacement"
 
 
 def layer_weights(module: nn.Module) -> int:

@@ -76,6 +76,7 @@ class TuningResults:
     composed_accuracy: Optional[float] = None  # accuracy of the model with every kept winner installed
     reused_trials: Dict[str, int] = field(default_factory=dict)
     group_thresholds: Dict[str, float] = field(default_factory=dict)  # group -> accuracy its trials had to reach
+    skipped: Dict[str, str] = field(default_factory=dict)  # selected layer -> why it is not tuned
 
     def best_record(self, group: str) -> Optional[TrialRecord]:
         """The feasible record with the highest score (fewest weights, then earliest, on ties)."""
@@ -105,6 +106,7 @@ class TuningResults:
             "composed_accuracy": self.composed_accuracy,
             "reused_trials": self.reused_trials,
             "group_thresholds": self.group_thresholds,
+            "skipped": self.skipped,
         }
         _check_plain(data, "results")
         return data
@@ -123,11 +125,14 @@ class TuningResults:
                 composed_accuracy=data["composed_accuracy"],
                 reused_trials={str(k): int(v) for k, v in data["reused_trials"].items()},
                 group_thresholds={str(k): float(v) for k, v in data.get("group_thresholds", {}).items()},
+                skipped={str(k): str(v) for k, v in data.get("skipped", {}).items()},
             )
         except (KeyError, TypeError, AttributeError) as exc:
             raise ValueError(f"malformed results file: {exc}") from None
 
     def save(self, path: Union[str, os.PathLike]) -> None:
+        """Write the results; missing parent folders are created (as the original Panther did)."""
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         with open(path, "wb") as handle:
             pickle.dump(self.to_dict(), handle, protocol=4)
 
@@ -216,7 +221,9 @@ def summary_table(results: TuningResults) -> str:
         best = results.best_record(group)
         record = results.selected_record(group) or best
         if record is None:
-            outcome = "dense (no trial met the threshold)"
+            tried = [r for r in results.records if r.group == group]
+            outcome = ("dense (no trial met the threshold)" if not tried or any(r.status != "failed" for r in tried)
+                       else f"dense (every trial failed; last: {tried[-1].error})")
             cells: Sequence[str] = ("-", "-", "-", "-")
         else:
             outcome = ("reverted to dense" if group in results.reverted
@@ -239,6 +246,9 @@ def summary_table(results: TuningResults) -> str:
         footer.append(f"tuned model accuracy (all kept layers sketched): {_fmt(results.composed_accuracy)}")
     if results.reverted:
         footer.append(f"reverted to dense to meet the threshold: {', '.join(results.reverted)}")
+    if results.skipped:
+        footer.append("skipped (kept dense):")
+        footer += [f"  {layer}: {reason}" for layer, reason in results.skipped.items()]
     reused = sum(results.reused_trials.values())
     if reused:
         footer.append(f"duplicate proposals answered from earlier results: {reused}")

@@ -22,9 +22,12 @@ How a run goes (:meth:`SKAutoTuner.tune`):
    saved steps up to its next more accurate feasible trial, or, when it has none, is reverted to
    dense (``tuner.reverted_layers``, the log and the results say which).
 
-Failures: a candidate that cannot be built or whose accuracy is NaN is a failed trial (recorded,
-the search is told it failed) and tuning goes on. An exception raised by the user's evaluation
-functions propagates (after the model is restored): a bug there should not look like a bad trial.
+Failures: a candidate that cannot be built, that raises while it is evaluated (e.g. a parent
+module that computes with its child's dense weight, see :class:`panther.nn.base.SketchedWeight`),
+or whose accuracy is NaN is a failed trial: its error is recorded in the results, the model is
+restored, the search is told it failed, and tuning goes on. If the evaluation functions also
+raise on the dense model, the error is the user's and propagates (after the model is restored).
+``KeyboardInterrupt`` always propagates, with the model restored.
 
 Resource-aware searches: if the search algorithm has ``get_resource()``, its value is passed as
 ``resource=`` to evaluation functions whose signature accepts that keyword.
@@ -255,11 +258,15 @@ class SKAutoTuner:
                                      "passed to SKAutoTuner")
         self._groups: List[TuningGroup] = groups
         self._resolved_configs = resolved
+        self._skipped = dict(builder.skipped)
         self._classes = {name: sketched_class_for(self._dense_of(name)) for g in groups for name in g.layers}
         for group in groups:
             for name in group.layers:
                 self._originals.setdefault(name, self._dense_of(name))
-        self.results = TuningResults(groups={g.name: list(g.layers) for g in groups})
+        self.results = self._new_results()
+
+    def _new_results(self) -> TuningResults:
+        return TuningResults(groups={g.name: list(g.layers) for g in self._groups}, skipped=dict(self._skipped))
 
     def _dense_of(self, name: str) -> nn.Module:
         """The dense layer at ``name``: the remembered one if a sketch of this tuner sits there now."""
@@ -271,7 +278,8 @@ class SKAutoTuner:
     # -- tuning --------------------------------------------------------------------------------
     def tune(self) -> Dict[str, Dict[str, Any]]:
         """Tune every group; the model is left exactly as it was. Returns :meth:`get_best_params`."""
-        self.results = TuningResults(groups={g.name: list(g.layers) for g in self._groups})
+        self.results = self._new_results()
+        self._dense_evaluates = False
         self._cache: Dict[str, Dict[tuple, TrialRecord]] = {g.name: {} for g in self._groups}
         self._trial_counter = 0
         budget = Budget(self.max_total_trials, self.time_budget_s)
@@ -296,6 +304,7 @@ class SKAutoTuner:
     def _measure_baseline(self) -> None:
         accuracy, _ = measure(self.accuracy_eval_func, self.model, self.num_runs_per_param, self._resource)
         self.results.baseline_accuracy = accuracy
+        self._dense_evaluates = True  # so a candidate that raises is the candidate's fault
         logger.info("dense model accuracy %.4f (threshold %.4f)", accuracy, self.accuracy_threshold)
         if accuracy < self.accuracy_threshold:  # type: ignore[operator]
             warnings.warn(f"the dense model's accuracy {accuracy:.4f} is already below accuracy_threshold "
@@ -386,6 +395,7 @@ class SKAutoTuner:
                 raise
             self._report(record)
             search.update(params, record.score if record.status != "failed" else math.nan)
+        self._import_stored(group)  # what other workers sharing the study found meanwhile
 
     def _search_space(self, group: TuningGroup) -> Dict[str, Any]:
         if getattr(self.search_algorithm, "accepts_param_specs", False):
@@ -411,13 +421,29 @@ class SKAutoTuner:
         try:
             with self._swapped(candidates):
                 self._measure_candidate(record)
-        except BaseException as exc:
+        except Exception as exc:
+            record.status, record.error = "failed", f"{type(exc).__name__}: {exc}"
+            logger.debug("[%s] trial %d raised", group.name, record.trial, exc_info=True)
+            self._check_dense_evaluates(exc)
+        except BaseException as exc:  # KeyboardInterrupt & co: the model is restored by _swapped
             record.status, record.error = "failed", f"{type(exc).__name__}: {exc}"
             raise
         finally:
             record.duration_s = time.perf_counter() - started
         self._log_trial(record)
         return record
+
+    def _check_dense_evaluates(self, candidate_error: Exception) -> None:
+        """Re-raise when the evaluation functions fail on the dense model too: the bug is not the candidate's."""
+        if self._dense_evaluates:
+            return
+        try:
+            measure(self.accuracy_eval_func, self.model, 1, self._resource)
+            if self.optimization_eval_func is not None and self.accuracy_threshold is not None:
+                measure(self.optimization_eval_func, self.model, 1, self._resource)
+        except Exception as dense_error:
+            raise dense_error from candidate_error
+        self._dense_evaluates = True
 
     def _measure_candidate(self, record: TrialRecord) -> None:
         accuracy, spread = measure(self.accuracy_eval_func, self.model, self.num_runs_per_param, self._resource)
@@ -586,10 +612,16 @@ class SKAutoTuner:
         return accuracy
 
     def _measure_composed(self, kept: Mapping[str, TrialRecord], func: Callable[..., float]) -> float:
+        """``func`` on the model with ``kept`` installed; NaN (never accepted) if that raises."""
         candidates = {name: self._build(name, record.params, self._group(gname).copy_weights)
                       for gname, record in kept.items() for name in self._group(gname).layers}
-        with self._swapped(candidates):
-            value, _ = measure(func, self.model, self.num_runs_per_param, self._resource)
+        try:
+            with self._swapped(candidates):
+                value, _ = measure(func, self.model, self.num_runs_per_param, self._resource)
+        except Exception as exc:
+            logger.warning("the composed model raised %s: %s; treating it as missing the threshold",
+                           type(exc).__name__, exc)
+            return math.nan
         return value
 
     def _spend_margin(self, kept: Dict[str, TrialRecord], accuracy: float) -> None:

@@ -107,9 +107,11 @@ def test_absolute_threshold_and_speed_objective_accept_only_faster_plans(tmp_pat
     # whatever this machine measured: a layer is kept only if its sketch was timed faster than dense,
     # and the whole plan only if the tuned model was timed faster than the dense one
     for group, layers in results.groups.items():
-        record = results.best_record(group)
+        record = results.selected_record(group)  # the installed trial (may be a spare-margin one, not the best)
         if set(layers) & sketched:
-            assert record.speed > 1.0 and record.accuracy >= 0.8
+            # a spare-margin trial (below its group's share, so never timed alone) is vetted by the
+            # composed model's timing instead, checked below
+            assert record.accuracy >= 0.8 and (record.speed is None or record.speed > 1.0)
     if sketched:
         assert report.speedup > 1.0 and report.tuned_metric >= 0.8
     else:
@@ -153,7 +155,7 @@ def test_configs_accept_objects_dicts_and_the_default():
     for given in (TuningConfigs([config]), [config], config, [as_dict], as_dict):
         assert list(SketchTuneCallback(configs=given).options.configs) == [config]
     (default,) = SketchTuneCallback().options.configs
-    assert default.layer_names == {"type": "Linear"} and default.is_auto and default.separate
+    assert default.layer_names == {"type": ["Linear", "Conv1D"]} and default.is_auto and default.separate
     search = OptunaSearch(n_trials=2, seed=3)
     assert SketchTuneCallback(search_algorithm=search).options.search_algorithm is search
 

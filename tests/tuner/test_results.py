@@ -45,7 +45,8 @@ def test_summary_lists_each_layer_with_its_outcome():
     lines = text.splitlines()
     fc1 = next(line for line in lines if line.startswith("fc1"))
     assert "low_rank=8" in fc1 and "0.9600" in fc1 and "200/1000 (20.0%)" in fc1 and "sketched" in fc1
-    assert sum("no trial met the threshold" in line for line in lines) == 2  # layers a and b
+    # layers a and b: their only trial failed, and the summary says with what
+    assert sum("dense (every trial failed; last: ValueError: x)" in line for line in lines) == 2
     assert "duplicate proposals answered from earlier results: 2" in text
 
 

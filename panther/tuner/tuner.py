@@ -1,5 +1,10 @@
 """``SKAutoTuner``: find sketching parameters per layer that keep accuracy and cut cost.
 
+A facade over private modules, each with one job: argument checks (:mod:`._arguments`), which
+module sits at each tuned name (:mod:`._installer`), one trial (:mod:`._trials`), the trial loop
+and budget (:mod:`._loop`), results shared through the search's storage (:mod:`._sharing`), the
+whole-model accuracy policy (:mod:`._policy`) and what ``verbose`` shows (:mod:`._progress`).
+
 How a run goes (:meth:`SKAutoTuner.tune`):
 
 1. The dense layers the tuner remembers are put in place (whatever was installed before is put
@@ -35,96 +40,30 @@ Resource-aware searches: if the search algorithm has ``get_resource()``, its val
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import math
 import os
-import socket
-import sys
-import time
-import uuid
 import warnings
-from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, List, Optional, Union
 
-import torch
 from torch import nn
 
-from panther.nn.calibration import collect_input_covariances
-from panther.nn.rebuild import replace_module
-from panther.tuner.budget import Budget, Prober, potential, prober_for
+from panther.tuner import _arguments as args
+from panther.tuner._installer import LayerInstaller
+from panther.tuner._loop import SearchLoop
+from panther.tuner._policy import ComposedCheck, group_thresholds
+from panther.tuner._progress import TuningProgress
+from panther.tuner._trials import INFEASIBLE_SCORE, TrialRunner
+from panther.tuner.budget import Budget
 from panther.tuner.configs import TuningConfigs
-from panther.tuner.evaluation import describe, measure, resource_getter
+from panther.tuner.evaluation import resource_getter
 from panther.tuner.groups import GroupBuilder, TuningGroup
-from panther.tuner.layers import build_candidate, layer_weights, sketched_class_for
+from panther.tuner.layers import sketched_class_for
 from panther.tuner.results import TrialRecord, TuningResults, results_dataframe, summary_table
 from panther.tuner.selectors import LayerNameResolver
 
-logger = logging.getLogger("panther.tuner")
+__all__ = ["INFEASIBLE_SCORE", "SKAutoTuner", "group_thresholds"]
 
-#: Score offset told to the search for trials below the accuracy threshold.
-INFEASIBLE_SCORE = -1.0e6
-#: User attributes the tuner stores on Optuna trials (read back on resume / by other workers).
-_ATTR = "panther."
-_RECORD_FIELDS = ("status", "accuracy", "accuracy_std", "speed", "speed_std", "feasible", "weights", "error")
-_WORKER_ATTR = _ATTR + "worker"
-_SEARCH_METHODS = ("get_next_params", "update", "is_finished", "initialize")
-
-
-def group_thresholds(baseline: float, threshold: float, dense_weights: Mapping[str, int]) -> Dict[str, float]:
-    """Per-group accuracy thresholds that share the allowed drop ``baseline - threshold`` by weight.
-
-    Drops of separately sketched layers roughly add up, so groups that each lose no more than their
-    share should meet ``threshold`` together; the share follows the dense weights because that is
-    where the savings are. Without a margin to share (a NaN baseline, or one already below the
-    threshold) every group gets ``threshold`` itself.
-    """
-    total = sum(dense_weights.values())
-    if len(dense_weights) == 1 or not math.isfinite(baseline) or baseline <= threshold or total <= 0:
-        return {name: threshold for name in dense_weights}  # (one group: exactly the threshold)
-    return {name: baseline - (baseline - threshold) * weights / total for name, weights in dense_weights.items()}
-
-
-def _params_key(params: Mapping[str, Any]) -> tuple:
-    return tuple(sorted((name, repr(value)) for name, value in params.items()))
-
-
-def _worker_token() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-
-
-def _worker_alive(worker: Optional[str], me: str) -> bool:
-    """Whether ``worker`` (another tuner's token on its running trial) may still finish that trial.
-
-    A worker on this host whose process is gone left the trial running when it died: not alive.
-    Workers on other hosts cannot be checked and count as alive.
-    """
-    if worker is None or worker == me:
-        return False
-    host, _, rest = worker.partition(":")
-    if host != socket.gethostname():
-        return True
-    try:
-        os.kill(int(rest.partition(":")[0]), 0)
-    except ProcessLookupError:
-        return False
-    except (ValueError, OSError):
-        return True
-    return True
-
-
-def _check_callable(name: str, func: Any, required: bool) -> None:
-    if func is None and not required:
-        return
-    if not callable(func):
-        raise TypeError(f"{name} must be a callable taking the model, got {type(func).__name__}: {func!r}")
-
-
-def _positive_number(name: str, value: Any, integer: bool, optional: bool = True) -> None:
-    kinds = (int,) if integer else (int, float)
-    if value is None and optional:
-        return
-    if isinstance(value, bool) or not isinstance(value, kinds) or not value > 0 or not math.isfinite(value):
-        raise ValueError(f"{name} must be a positive {'integer' if integer else 'number'}, got {value!r}")
+logger = logging.getLogger(__name__)
 
 
 class SKAutoTuner:
@@ -135,7 +74,7 @@ class SKAutoTuner:
         configs: what to tune (``TuningConfigs``, a ``LayerConfig``, or their dict/list forms).
         accuracy_eval_func: ``f(model) -> float``, higher is better.
         search_algorithm: default ``OptunaSearch()``; one group (study) per layer or joint group.
-        verbose: print the per-trial log lines and the final summary to stdout.
+        verbose: show progress (a bar on a terminal, one line per trial otherwise) and the summary.
         accuracy_threshold: minimum accepted accuracy (enables the constrained objective).
         optmization_eval_func: ``f(model) -> float`` to maximise among trials meeting the
             threshold (e.g. throughput). ``optimization_eval_func`` is accepted as well.
@@ -174,47 +113,26 @@ class SKAutoTuner:
         calibration_forward: Optional[Callable[[nn.Module, Any], Any]] = None,
         share_accuracy_drop: bool = True,
     ) -> None:
-        if not isinstance(model, nn.Module):
-            raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
-        if optmization_eval_func is not None and optimization_eval_func is not None \
-                and optmization_eval_func is not optimization_eval_func:
-            raise ValueError("give optmization_eval_func or optimization_eval_func, not two different functions")
-        speed_func = optimization_eval_func if optimization_eval_func is not None else optmization_eval_func
-        _check_callable("accuracy_eval_func", accuracy_eval_func, required=True)
-        _check_callable("optmization_eval_func", speed_func, required=False)
-        if accuracy_threshold is not None and (isinstance(accuracy_threshold, bool)
-                                               or not isinstance(accuracy_threshold, (int, float))
-                                               or not math.isfinite(accuracy_threshold)):
-            raise ValueError(f"accuracy_threshold must be a finite number or None, got {accuracy_threshold!r}")
-        if speed_func is not None and accuracy_threshold is None:
-            raise ValueError("optmization_eval_func needs accuracy_threshold: maximising speed alone would pick "
-                             "the smallest, least accurate sketch")
-        _check_callable("calibration_forward", calibration_forward, required=False)
-        if calibration_data is not None and not isinstance(calibration_data, Iterable):
-            raise TypeError(f"calibration_data must be an iterable of batches, got {type(calibration_data).__name__}")
-        _positive_number("num_runs_per_param", num_runs_per_param, integer=True, optional=False)
-        _positive_number("max_total_trials", max_total_trials, integer=True)
-        _positive_number("time_budget_s", time_budget_s, integer=False)
+        args.check_model(model)
+        speed_func = args.speed_function(optmization_eval_func, optimization_eval_func)
+        args.check_callable("accuracy_eval_func", accuracy_eval_func, required=True)
+        args.check_callable("optmization_eval_func", speed_func, required=False)
+        threshold = args.check_threshold(accuracy_threshold)
+        args.check_speed_needs_threshold(speed_func, threshold)
+        args.check_calibration(calibration_data, calibration_forward)
+        args.check_positive("num_runs_per_param", num_runs_per_param, integer=True, optional=False)
+        args.check_positive("max_total_trials", max_total_trials, integer=True)
+        args.check_positive("time_budget_s", time_budget_s, integer=False)
         for name, flag in (("verbose", verbose), ("tune_tied", tune_tied),
                            ("share_accuracy_drop", share_accuracy_drop)):
-            if not isinstance(flag, bool):
-                raise TypeError(f"{name} must be True or False, got {flag!r}")
-        if search_algorithm is None:
-            from panther.tuner.search import OptunaSearch
-
-            search_algorithm = OptunaSearch()
-        missing = [m for m in _SEARCH_METHODS if not callable(getattr(search_algorithm, m, None))]
-        if missing:
-            raise TypeError(f"search_algorithm lacks {missing}; implement panther.tuner.SearchAlgorithm")
-        if getattr(search_algorithm, "direction", "maximize") != "maximize":
-            raise ValueError("the tuner maximises its scores; create the search with direction='maximize'")
+            args.check_flag(name, flag)
 
         self.model = model
         self.accuracy_eval_func = accuracy_eval_func
         self.optimization_eval_func = speed_func
-        self.search_algorithm = search_algorithm
+        self.search_algorithm = args.search_or_default(search_algorithm)
         self.verbose = verbose
-        self.accuracy_threshold = None if accuracy_threshold is None else float(accuracy_threshold)
+        self.accuracy_threshold = threshold
         self.num_runs_per_param = num_runs_per_param
         self.max_total_trials = max_total_trials
         self.time_budget_s = time_budget_s
@@ -222,497 +140,75 @@ class SKAutoTuner:
         self.share_accuracy_drop = share_accuracy_drop
         self.calibration_data = calibration_data
         self.calibration_forward = calibration_forward
-        self._input_covs: Dict[str, torch.Tensor] = {}
         self.results = TuningResults()
         self._resolver = LayerNameResolver(model)
-        self._originals: Dict[str, nn.Module] = {}  # layer name -> the dense layer it had
-        self._installed: Dict[str, nn.Module] = {}  # layer name -> sketch installed by this tuner
-        self._worker = _worker_token()
-        self.setConfigs(configs)
-
-    @property
-    def optmization_eval_func(self) -> Optional[Callable[..., float]]:
-        """The spec's spelling of :attr:`optimization_eval_func`."""
-        return self.optimization_eval_func
-
-    # -- configuration -------------------------------------------------------------------------
-    def getResolver(self) -> LayerNameResolver:
-        return self._resolver
-
-    def getConfigs(self) -> TuningConfigs:
-        """The configs as resolved: concrete layer names and parameter specs ("auto" expanded)."""
-        return self._resolved_configs
-
-    def setConfigs(self, configs: Any) -> None:
-        """Resolve and validate ``configs`` against the model (nothing in the model changes)."""
-        configs = TuningConfigs.coerce(configs)
-        builder = GroupBuilder(self.model, self._resolver, self._dense_of,
-                               bool(getattr(self.search_algorithm, "accepts_param_specs", False)), self.tune_tied,
-                               data_aware=self.calibration_data is not None)
-        groups, resolved = builder.build(configs)
-        if self.calibration_data is None:
-            for group in groups:
-                init = group.space.get("init")
-                if init is not None and "data_svd" in (init.values() or []):
-                    raise ValueError(f"{group.name}: init='data_svd' needs calibration_data (batches of real inputs) "
-                                     "passed to SKAutoTuner")
-        self._groups: List[TuningGroup] = groups
-        self._resolved_configs = resolved
-        self._skipped = dict(builder.skipped)
-        self._classes = {name: sketched_class_for(self._dense_of(name)) for g in groups for name in g.layers}
-        for group in groups:
-            for name in group.layers:
-                self._originals.setdefault(name, self._dense_of(name))
-        self.results = self._new_results()
-
-    def _new_results(self) -> TuningResults:
-        return TuningResults(groups={g.name: list(g.layers) for g in self._groups}, skipped=dict(self._skipped))
-
-    def _dense_of(self, name: str) -> nn.Module:
-        """The dense layer at ``name``: the remembered one if a sketch of this tuner sits there now."""
-        current = self._resolver.module(name)
-        if name in self._installed and current is self._installed[name]:
-            return self._originals[name]
-        return current
+        self._layers = LayerInstaller(model, self._resolver, calibration_data, calibration_forward)
+        self._set_configs(configs)
 
     # -- tuning --------------------------------------------------------------------------------
     def tune(self) -> Dict[str, Dict[str, Any]]:
         """Tune every group; the model is left exactly as it was. Returns :meth:`get_best_params`."""
         self.results = self._new_results()
-        self._dense_evaluates = False
-        self._cache: Dict[str, Dict[tuple, TrialRecord]] = {g.name: {} for g in self._groups}
-        self._trial_counter = 0
+        runner = TrialRunner(self._layers, self.accuracy_eval_func, self.optimization_eval_func,
+                             self.num_runs_per_param, resource_getter(self.search_algorithm), self._threshold_of,
+                             self.results)
         budget = Budget(self.max_total_trials, self.time_budget_s)
-        before = {name: self.model.get_submodule(name) for name in self._originals}
-        with self._progress_output():
+        before = self._layers.current()
+        progress = TuningProgress(self.verbose, self.max_total_trials)
+        runner.on_trial = progress.trial_done
+        with progress.shown():
             try:
-                self._put(self._originals)
+                self._layers.put(self._layers.originals)
                 if self.accuracy_threshold is not None:
-                    self._measure_baseline()
-                if budget.active:
-                    self._tune_with_budget(budget)
-                else:
-                    for group in self._groups:
-                        self._tune_group(group, budget)
+                    self._measure_baseline(runner)
+                SearchLoop(self.search_algorithm, self._groups, runner, self._threshold_of).run(budget)
                 if self.accuracy_threshold is not None:
-                    self._check_composed()
+                    self._check_composed(runner)
             finally:
-                self._put(before)
+                self._layers.put(before)
+            progress.close_bar()
             logger.info("tuning summary\n%s", self.summary())
         return self.get_best_params()
 
-    def _measure_baseline(self) -> None:
-        accuracy, _ = measure(self.accuracy_eval_func, self.model, self.num_runs_per_param, self._resource)
+    def _measure_baseline(self, runner: TrialRunner) -> None:
+        accuracy = runner.measure_baseline()
         self.results.baseline_accuracy = accuracy
-        self._dense_evaluates = True  # so a candidate that raises is the candidate's fault
         logger.info("dense model accuracy %.4f (threshold %.4f)", accuracy, self.accuracy_threshold)
         if accuracy < self.accuracy_threshold:  # type: ignore[operator]
             warnings.warn(f"the dense model's accuracy {accuracy:.4f} is already below accuracy_threshold "
                           f"{self.accuracy_threshold}; no sketch is likely to meet it", stacklevel=3)
         if self.share_accuracy_drop:
-            dense_weights = {g.name: self._dense_weights(g) for g in self._groups}
             self.results.group_thresholds = group_thresholds(accuracy, self.accuracy_threshold,  # type: ignore[arg-type]
-                                                             dense_weights)
+                                                             self._dense_weights())
             if len(self._groups) > 1:
                 logger.info("allowed drop %.4g shared by weight: group thresholds %.4f to %.4f",
                             accuracy - self.accuracy_threshold, min(self.results.group_thresholds.values()),
                             max(self.results.group_thresholds.values()))
 
-    def _threshold_of(self, group: str) -> float:
+    def _check_composed(self, runner: TrialRunner) -> None:
+        groups = {g.name: g for g in self._groups}
+        speed = self.optimization_eval_func
+
+        def measure_accuracy(kept: Dict[str, TrialRecord]) -> float:
+            return runner.measure_composed(kept, groups, self.accuracy_eval_func)
+
+        def measure_speed(kept: Dict[str, TrialRecord]) -> float:
+            return runner.measure_composed(kept, groups, speed)  # type: ignore[arg-type]
+
+        check = ComposedCheck(self.results, self._dense_weights(), self.accuracy_threshold,  # type: ignore[arg-type]
+                              measure_accuracy, measure_speed if speed is not None else None)
+        check.run(spend_margin=self.share_accuracy_drop)
+
+    def _threshold_of(self, group: str) -> Optional[float]:
         """The accuracy a trial of ``group`` must reach (its share of the drop, or the global threshold)."""
-        return self.results.group_thresholds.get(group, self.accuracy_threshold)  # type: ignore[arg-type]
-
-    def _tune_with_budget(self, budget: Budget) -> None:
-        probes = self._probe_rounds(budget)
-        weights = {g.name: potential(probes[g.name][1], self._dense_weights(g), self._threshold_or_none(g.name),
-                                     settled=probes[g.name][0].settled) for g in self._groups}
-        order = sorted(self._groups, key=lambda g: -weights[g.name])
-        remaining = sum(weights.values())
-        for group in order:
-            share = budget.share(weights[group.name], remaining)
-            remaining -= weights[group.name]
-            logger.info("[%s] sensitivity weight %.3g: %s more trials", group.name, weights[group.name],
-                        "unlimited" if share is None else share)
-            # even with no trial left, the search hears the probes (its study then holds them all)
-            self._tune_group(group, budget, max_trials=share, known=probes[group.name][1])
-
-    def _probe_rounds(self, budget: Budget) -> Dict[str, Tuple[Prober, List[TrialRecord]]]:
-        """Probe every group, one trial per group per round, until all are done or the budget is."""
-        probes = {g.name: (prober_for(g.space, self._threshold_or_none(g.name)), []) for g in self._groups}
-        pending = list(self._groups)
-        while pending and not budget.exhausted():
-            for group in list(pending):
-                prober, records = probes[group.name]
-                params = prober.next_params()
-                if params is None:
-                    pending.remove(group)
-                    continue
-                if budget.exhausted():
-                    break
-                record = self._cache[group.name].get(_params_key(params))
-                if record is None:
-                    record = self._evaluate_new(group, params, phase="probe")
-                    records.append(record)
-                    budget.spend()
-                prober.tell(record)
-        return probes
-
-    def _threshold_or_none(self, group: str) -> Optional[float]:
-        return None if self.accuracy_threshold is None else self._threshold_of(group)
-
-    def _tune_group(self, group: TuningGroup, budget: Budget, max_trials: Optional[int] = None,
-                    known: Sequence[TrialRecord] = ()) -> None:
-        search = self.search_algorithm
-        space = self._search_space(group)
-        if callable(getattr(search, "start_group", None)):
-            search.start_group(group.name, space)
-        else:  # a duck-typed search without the group hook
-            search.initialize(space)
-        self._import_stored(group)
-        add_known = getattr(search, "add_known", None)
-        for record in known:  # probe results: let the search learn from them too
-            if record.status == "failed":
-                continue
-            if callable(add_known):
-                add_known(dict(record.params), record.score,
-                          {_ATTR + f: getattr(record, f) for f in _RECORD_FIELDS})
-            else:
-                search.update(dict(record.params), record.score)
-        evaluated = 0
-        while not search.is_finished() and (max_trials is None or evaluated < max_trials) and not budget.exhausted():
-            params = search.get_next_params()
-            if params is None:
-                break
-            try:
-                record = self._shared_result(group, params)
-                if record is None:
-                    record = self._evaluate_new(group, params, phase="search")
-                    evaluated += 1
-                    budget.spend()
-            except BaseException:
-                with contextlib.suppress(Exception):  # the pending trial must not stay "running" forever
-                    search.update(params, math.nan)
-                raise
-            self._report(record)
-            search.update(params, record.score if record.status != "failed" else math.nan)
-        self._import_stored(group)  # what other workers sharing the study found meanwhile
-
-    def _search_space(self, group: TuningGroup) -> Dict[str, Any]:
-        if getattr(self.search_algorithm, "accepts_param_specs", False):
-            return dict(group.space)
-        return {name: spec.values() for name, spec in group.space.items()}
-
-    # -- one trial -----------------------------------------------------------------------------
-    def _evaluate_new(self, group: TuningGroup, params: Dict[str, Any], phase: str) -> TrialRecord:
-        """Build, install, evaluate and remove the candidates for ``params``; record the outcome."""
-        self._trial_counter += 1
-        record = TrialRecord(group=group.name, layer_names=list(group.layers), trial=self._trial_counter,
-                             params=dict(params), phase=phase, dense_weights=self._dense_weights(group))
-        self.results.records.append(record)
-        self._cache[group.name][_params_key(params)] = record
-        started = time.perf_counter()
-        try:
-            candidates = {name: self._build(name, params, group.copy_weights) for name in group.layers}
-        except Exception as exc:  # a combination the layer rejects (e.g. a rank above its size)
-            record.status, record.error = "failed", f"{type(exc).__name__}: {exc}"
-            self._log_trial(record)
-            return record
-        record.weights = sum(layer_weights(c) for c in candidates.values())
-        try:
-            with self._swapped(candidates):
-                self._measure_candidate(record)
-        except Exception as exc:
-            record.status, record.error = "failed", f"{type(exc).__name__}: {exc}"
-            logger.debug("[%s] trial %d raised", group.name, record.trial, exc_info=True)
-            self._check_dense_evaluates(exc)
-        except BaseException as exc:  # KeyboardInterrupt & co: the model is restored by _swapped
-            record.status, record.error = "failed", f"{type(exc).__name__}: {exc}"
-            raise
-        finally:
-            record.duration_s = time.perf_counter() - started
-        self._log_trial(record)
-        return record
-
-    def _check_dense_evaluates(self, candidate_error: Exception) -> None:
-        """Re-raise when the evaluation functions fail on the dense model too: the bug is not the candidate's."""
-        if self._dense_evaluates:
-            return
-        try:
-            measure(self.accuracy_eval_func, self.model, 1, self._resource)
-            if self.optimization_eval_func is not None and self.accuracy_threshold is not None:
-                measure(self.optimization_eval_func, self.model, 1, self._resource)
-        except Exception as dense_error:
-            raise dense_error from candidate_error
-        self._dense_evaluates = True
-
-    def _measure_candidate(self, record: TrialRecord) -> None:
-        accuracy, spread = measure(self.accuracy_eval_func, self.model, self.num_runs_per_param, self._resource)
-        record.accuracy, record.accuracy_std = accuracy, spread
-        if math.isnan(accuracy):
-            record.status, record.error = "failed", "accuracy is NaN"
-            return
-        threshold = self._threshold_or_none(record.group)
-        if threshold is None:
-            record.feasible, record.score = True, accuracy
-        elif accuracy < threshold:
-            record.feasible, record.score = False, INFEASIBLE_SCORE + (accuracy - threshold)
-        elif self.optimization_eval_func is not None:
-            speed, speed_spread = measure(self.optimization_eval_func, self.model, self.num_runs_per_param,
-                                          self._resource)
-            record.speed, record.speed_std = speed, speed_spread
-            if math.isnan(speed):
-                record.status, record.error = "failed", "optimization score is NaN"
-                return
-            record.feasible, record.score = True, speed
-        else:
-            record.feasible, record.score = True, 1.0 - record.weights / record.dense_weights  # type: ignore[operator]
-
-    @property
-    def _resource(self) -> Optional[Callable[[], Any]]:
-        return resource_getter(self.search_algorithm)
-
-    def _calibrate(self) -> None:
-        """Measure the dense layers' input covariances once (data-aware init), with the dense layers in place."""
-        names = [name for name, cls in self._classes.items()
-                 if name not in self._input_covs and cls is not None and cls.__name__ in ("SKLinear", "SKConv2d")]
-        if self.calibration_data is None or not names:
-            return
-        before = {name: self.model.get_submodule(name) for name in self._originals}
-        self._put(self._originals)
-        try:
-            logger.info("calibrating %d layers on the calibration data", len(names))
-            self._input_covs.update(collect_input_covariances(self.model, names, self.calibration_data,
-                                                              self.calibration_forward))
-        finally:
-            self._put(before)
-
-    def _build(self, name: str, params: Mapping[str, Any], copy_weights: bool) -> nn.Module:
-        dense = self._originals[name]
-        if params.get("init") == "data_svd":
-            self._calibrate()
-            params = {**params, "input_cov": self._input_covs[name]}
-        candidate = build_candidate(dense, self._classes[name], params, copy_weights)  # type: ignore[arg-type]
-        candidate.train(dense.training)
-        return candidate
-
-    def _dense_weights(self, group: TuningGroup) -> int:
-        return sum(layer_weights(self._originals[name]) for name in group.layers)
-
-    # -- reuse of earlier results (this run, a resumed study, other workers) -------------------
-    def _shared_result(self, group: TuningGroup, params: Dict[str, Any]) -> Optional[TrialRecord]:
-        """An earlier result for identical ``params``, or ``None`` if they must be evaluated."""
-        key = _params_key(params)
-        record = self._cache[group.name].get(key)
-        if record is None:
-            self._claim_pending()
-            record = self._wait_for_other_worker(group, params)
-        if record is None:
+        if self.accuracy_threshold is None:
             return None
-        self.results.reused_trials[group.name] = self.results.reused_trials.get(group.name, 0) + 1
-        logger.info("[%s] %s: already evaluated (trial %d), reusing its result", group.name, describe(params),
-                    record.trial)
-        return record
+        return self.results.group_thresholds.get(group, self.accuracy_threshold)
 
-    def _claim_pending(self) -> None:
-        record_attr = getattr(self.search_algorithm, "record", None)
-        if callable(record_attr) and getattr(self.search_algorithm, "pending_trial", None) is not None:
-            record_attr(_WORKER_ATTR, self._worker)
-
-    def _wait_for_other_worker(self, group: TuningGroup, params: Dict[str, Any]) -> Optional[TrialRecord]:
-        """With a shared storage, adopt (or wait for) another worker's trial of the same params.
-
-        Only an earlier trial (lower number) is waited for, so two workers never wait on each other.
-        """
-        study, pending = getattr(self.search_algorithm, "study", None), getattr(self.search_algorithm,
-                                                                                "pending_trial", None)
-        if study is None or pending is None or getattr(study, "_storage", None) is None:
-            return None
-        from optuna.trial import TrialState
-
-        encoded = {name: group.space[name].encode(value) for name, value in params.items()}
-        deadline = time.monotonic() + 600
-        while time.monotonic() < deadline:
-            same = [t for t in study.get_trials(deepcopy=False) if t.number < pending.number and t.params == encoded]
-            done = [t for t in same if t.state == TrialState.COMPLETE and _ATTR + "status" in t.user_attrs]
-            if done:
-                return self._adopt(group, done[0], params)
-            running = [t for t in same if t.state == TrialState.RUNNING
-                       and _worker_alive(t.user_attrs.get(_WORKER_ATTR), self._worker)]
-            if not running:
-                return None
-            time.sleep(0.05)
-        return None
-
-    def _adopt(self, group: TuningGroup, trial: Any, params: Dict[str, Any]) -> TrialRecord:
-        attrs = {f: trial.user_attrs.get(_ATTR + f) for f in _RECORD_FIELDS}
-        self._trial_counter += 1
-        record = TrialRecord(group=group.name, layer_names=list(group.layers), trial=self._trial_counter,
-                             params=dict(params), score=trial.value, phase="storage",
-                             dense_weights=self._dense_weights(group), **attrs)
-        self.results.records.append(record)
-        self._cache[group.name][_params_key(params)] = record
-        return record
-
-    def _import_stored(self, group: TuningGroup) -> None:
-        """Results already in the group's study (a resumed run): known, and part of the best choice."""
-        study = getattr(self.search_algorithm, "study", None)
-        if study is None or not hasattr(study, "get_trials"):
-            return
-        from optuna.trial import TrialState
-
-        for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-            if _ATTR + "status" not in trial.user_attrs or set(trial.params) != set(group.space):
-                continue
-            params = {name: group.space[name].decode(value) for name, value in trial.params.items()}
-            if _params_key(params) not in self._cache[group.name]:
-                self._adopt(group, trial, params)
-
-    def _report(self, record: TrialRecord) -> None:
-        record_attr = getattr(self.search_algorithm, "record", None)
-        if not callable(record_attr) or getattr(self.search_algorithm, "pending_trial", True) is None:
-            return
-        for field_name in _RECORD_FIELDS:
-            record_attr(_ATTR + field_name, getattr(record, field_name))
-
-    # -- the composed model --------------------------------------------------------------------
-    def _check_composed(self) -> None:
-        """Re-check all winners together; back off the worst trade-offs until the threshold holds.
-
-        Backing off a group first tries its more accurate feasible trials (e.g. a larger rank), so a
-        layer is only reverted to dense when nothing it was tried with is safer. With margin left
-        over (shared drops rarely add up exactly), :meth:`_spend_margin` then tries cheaper trials.
-        """
-        baseline = self.results.baseline_accuracy
-        kept = {g.name: r for g in self._groups if (r := self.results.best_record(g.name)) is not None}
-        while kept:
-            accuracy = self._composed_accuracy(kept)
-            if accuracy >= self.accuracy_threshold:  # type: ignore[operator]
-                if self.share_accuracy_drop:
-                    self._spend_margin(kept, accuracy)
-                return
-            worst = max(kept, key=lambda g: self._cost_per_gain(kept[g], baseline))
-            safer = self._safer_record(worst, kept[worst])
-            if safer is not None:
-                kept[worst] = safer
-                self.results.chosen[worst] = safer.trial
-                logger.warning("composed accuracy %.4f < threshold %.4f: %s steps up to trial %d (%s)", accuracy,
-                               self.accuracy_threshold, worst, safer.trial, describe(safer.params))
-                continue
-            del kept[worst]
-            self.results.chosen.pop(worst, None)
-            self.results.reverted.append(worst)
-            logger.warning("composed accuracy %.4f < threshold %.4f: reverting %s to dense", accuracy,
-                           self.accuracy_threshold, worst)
-
-    def _composed_accuracy(self, kept: Mapping[str, TrialRecord]) -> float:
-        """Accuracy of the model with every group in ``kept`` sketched as its record says."""
-        accuracy = self._measure_composed(kept, self.accuracy_eval_func)
-        self.results.composed_accuracy = accuracy
-        logger.info("all %d tuned groups together: accuracy %.4f", len(kept), accuracy)
-        return accuracy
-
-    def _measure_composed(self, kept: Mapping[str, TrialRecord], func: Callable[..., float]) -> float:
-        """``func`` on the model with ``kept`` installed; NaN (never accepted) if that raises."""
-        candidates = {name: self._build(name, record.params, self._group(gname).copy_weights)
-                      for gname, record in kept.items() for name in self._group(gname).layers}
-        try:
-            with self._swapped(candidates):
-                value, _ = measure(func, self.model, self.num_runs_per_param, self._resource)
-        except Exception as exc:
-            logger.warning("the composed model raised %s: %s; treating it as missing the threshold",
-                           type(exc).__name__, exc)
-            return math.nan
-        return value
-
-    def _spend_margin(self, kept: Dict[str, TrialRecord], accuracy: float) -> None:
-        """Use what the composed model has above the threshold for cheaper trials, one check each.
-
-        The candidate saving the most weights per unit of extra drop goes first; a failed check
-        rules out that group's trials at or below the failed size. With ``optmization_eval_func``
-        a candidate must also make the composed model score higher on it (measured), since fewer
-        weights need not mean faster. At most one check per group, so this costs little next to
-        the search.
-        """
-        speed_func = self.optimization_eval_func
-        speed: Optional[float] = None  # the composed model's, measured once a candidate needs it
-        floor: Dict[str, int] = {}  # group -> weights at which a composed check failed
-        for _ in range(len(self._groups)):
-            options = self._cheaper_options(kept, accuracy - self.accuracy_threshold, floor)  # type: ignore[operator]
-            if not options:
-                return
-            if speed_func is not None and speed is None:
-                speed = self._measure_composed(kept, speed_func)
-            name, record = max(options, key=lambda o: (o[0], -o[2].trial))[1:]
-            trial = {**kept, name: record}
-            trial_accuracy = self._composed_accuracy(trial)
-            trial_speed = None
-            if trial_accuracy >= self.accuracy_threshold and speed is not None:  # type: ignore[operator]
-                trial_speed = self._measure_composed(trial, speed_func)  # type: ignore[arg-type]
-            if trial_accuracy >= self.accuracy_threshold and (speed is None or trial_speed > speed):  # type: ignore[operator]
-                kept[name], accuracy, speed = record, trial_accuracy, trial_speed
-                self.results.chosen[name] = record.trial
-                logger.info("spare margin: %s takes trial %d (%s), composed accuracy %.4f", name, record.trial,
-                            describe(record.params), accuracy)
-            else:
-                floor[name] = record.weights  # type: ignore[assignment]
-                self.results.composed_accuracy = accuracy
-
-    def _cheaper_options(self, kept: Mapping[str, TrialRecord], margin: float,
-                         floor: Mapping[str, int]) -> List[Tuple[float, str, TrialRecord]]:
-        """``(weights saved per unit of drop, group, trial)`` for trials cheaper than each group's choice.
-
-        A trial qualifies if it met the whole-model threshold alone, stores fewer weights than the
-        group's current choice (dense if none) and more than ``floor``, is not measured slower, and
-        its extra drop (measured alone) fits ``margin``.
-        """
-        options = []
-        for group in self._groups:
-            if group.name in self.results.reverted:
-                continue
-            current = kept.get(group.name)
-            current_weights = current.weights if current is not None else self._dense_weights(group)
-            current_accuracy = current.accuracy if current is not None else self.results.baseline_accuracy
-            for r in self.results.records:
-                if (r.group != group.name or r.status == "failed" or r.accuracy is None or r.weights is None
-                        or r.accuracy < self.accuracy_threshold  # type: ignore[operator]
-                        or not floor.get(group.name, -1) < r.weights < current_weights):  # type: ignore[operator]
-                    continue
-                if current is not None and None not in (current.speed, r.speed) and r.speed < current.speed:  # type: ignore[operator]
-                    continue  # measured slower: not cheaper where it counts
-                drop = max(current_accuracy - r.accuracy, 0.0)  # type: ignore[operator]
-                if drop <= margin:
-                    options.append(((current_weights - r.weights) / (drop + 1e-12), group.name, r))  # type: ignore[operator]
-        return options
-
-    def _safer_record(self, group: str, current: TrialRecord) -> Optional[TrialRecord]:
-        """The best-scoring feasible trial of ``group`` measured more accurate than ``current``."""
-        safer = [r for r in self.results.records if r.group == group and r.feasible and r.status != "failed"
-                 and r.accuracy is not None and r.accuracy > current.accuracy]  # type: ignore[operator]
-        return min(safer, key=lambda r: (-(r.score or 0.0), r.weights or 0, r.trial), default=None)
-
-    @staticmethod
-    def _cost_per_gain(record: TrialRecord, baseline: Optional[float]) -> float:
-        drop = max((baseline if baseline is not None else record.accuracy) - record.accuracy, 0.0)  # type: ignore[operator]
-        saved = max(record.dense_weights - record.weights, 1)  # type: ignore[operator]
-        return (drop + 1e-12) / saved
-
-    def _group(self, name: str) -> TuningGroup:
-        return next(g for g in self._groups if g.name == name)
+    def _dense_weights(self) -> Dict[str, int]:
+        return {g.name: self._layers.dense_weights(g.layers) for g in self._groups}
 
     # -- installing ----------------------------------------------------------------------------
-    def _put(self, modules: Mapping[str, nn.Module]) -> None:
-        for name, module in modules.items():
-            if self.model.get_submodule(name) is not module:
-                replace_module(self.model, name, module)
-
-    @contextlib.contextmanager
-    def _swapped(self, candidates: Mapping[str, nn.Module]) -> Iterator[None]:
-        self._put(candidates)
-        try:
-            yield
-        finally:
-            self._put({name: self._originals[name] for name in candidates})
-
     def apply_best_params(self) -> nn.Module:
         """Install the best sketch of every tuned layer (layers without one get their dense layer back)."""
         best = self.get_best_params()
@@ -721,9 +217,9 @@ class SKAutoTuner:
                           "the model keeps its dense layers", stacklevel=2)
         copy_weights = {name: g.copy_weights for g in self._groups for name in g.layers}
         for name in copy_weights:
-            module = self._build(name, best[name], copy_weights[name]) if name in best else self._originals[name]
-            self._put({name: module})
-            self._installed[name] = module
+            module = (self._layers.build(name, best[name], copy_weights[name]) if name in best
+                      else self._layers.originals[name])
+            self._layers.install(name, module)
         return self.model
 
     def replace_without_tuning(self) -> nn.Module:
@@ -731,9 +227,7 @@ class SKAutoTuner:
         for group in self._groups:
             params = {name: spec.default() for name, spec in group.space.items()}
             for name in group.layers:
-                module = self._build(name, params, group.copy_weights)
-                self._put({name: module})
-                self._installed[name] = module
+                self._layers.install(name, self._layers.build(name, params, group.copy_weights))
         return self.model
 
     # -- results -------------------------------------------------------------------------------
@@ -753,7 +247,7 @@ class SKAutoTuner:
 
     def best_plan(self) -> Dict[str, Dict[str, Any]]:
         """The best parameters as a :mod:`panther.nn.rebuild` plan ``{layer: {"type", "params"}}``."""
-        return {name: {"type": self._classes[name].__name__, "params": params}  # type: ignore[union-attr]
+        return {name: {"type": self._layers.classes[name].__name__, "params": params}  # type: ignore[union-attr]
                 for name, params in self.get_best_params().items()}
 
     def save_plan(self, path: Union[str, os.PathLike]) -> None:
@@ -777,37 +271,48 @@ class SKAutoTuner:
     def load_tuning_results(self, file_path: Union[str, os.PathLike]) -> None:
         """Load results saved by :meth:`save_tuning_results` for this model's tuned layers."""
         results = TuningResults.load(file_path)
-        unknown = {name for layers in results.groups.values() for name in layers} - set(self._originals)
+        unknown = {name for layers in results.groups.values() for name in layers} - set(self._layers.originals)
         if unknown:
             raise ValueError(f"results file tunes layers {sorted(unknown)} that this tuner does not tune")
         self.results = results
 
-    # -- progress ------------------------------------------------------------------------------
-    def _log_trial(self, record: TrialRecord) -> None:
-        if record.status == "failed":
-            logger.info("[%s] trial %d: %s -> failed (%s)", record.group, record.trial, describe(record.params),
-                        record.error)
-            return
-        speed = "" if record.speed is None else f", speed {record.speed:.4g}"
-        outcome = f"score {record.score:.4g}" if record.feasible else "below the accuracy threshold"
-        logger.info("[%s] trial %d: %s -> accuracy %.4f±%.4f%s, weights %d/%d, %s", record.group, record.trial,
-                    describe(record.params), record.accuracy, record.accuracy_std, speed, record.weights,
-                    record.dense_weights, outcome)
+    # -- configuration -------------------------------------------------------------------------
+    def _set_configs(self, configs: Any) -> None:
+        """Resolve and validate ``configs`` against the model (nothing in the model changes)."""
+        configs = TuningConfigs.coerce(configs)
+        builder = GroupBuilder(self.model, self._resolver, self._layers.dense_of,
+                               bool(getattr(self.search_algorithm, "accepts_param_specs", False)), self.tune_tied,
+                               data_aware=self.calibration_data is not None)
+        groups, resolved = builder.build(configs)
+        if self.calibration_data is None:
+            for group in groups:
+                init = group.space.get("init")
+                if init is not None and "data_svd" in (init.values() or []):
+                    raise ValueError(f"{group.name}: init='data_svd' needs calibration_data (batches of real inputs) "
+                                     "passed to SKAutoTuner")
+        self._groups: List[TuningGroup] = groups
+        self._resolved_configs = resolved
+        self._skipped = dict(builder.skipped)
+        self._layers.remember({name: sketched_class_for(self._layers.dense_of(name))
+                               for g in groups for name in g.layers})
+        self.results = self._new_results()
 
-    @contextlib.contextmanager
-    def _progress_output(self) -> Iterator[None]:
-        """With ``verbose``, show the tuner's INFO log lines on stdout for the duration of a run."""
-        if not self.verbose:
-            yield
-            return
-        handler = logging.StreamHandler(sys.stdout)
-        handler.setFormatter(logging.Formatter("%(message)s"))
-        level = logger.level
-        logger.addHandler(handler)
-        if not logger.isEnabledFor(logging.INFO):
-            logger.setLevel(logging.INFO)
-        try:
-            yield
-        finally:
-            logger.removeHandler(handler)
-            logger.setLevel(level)
+    def _new_results(self) -> TuningResults:
+        return TuningResults(groups={g.name: list(g.layers) for g in self._groups}, skipped=dict(self._skipped))
+
+    # -- the spec's names (camelCase and its spelling, kept as the API spec writes them) ----------
+    @property
+    def optmization_eval_func(self) -> Optional[Callable[..., float]]:  # noqa: N802 - spec spelling
+        """The spec's spelling of :attr:`optimization_eval_func`."""
+        return self.optimization_eval_func
+
+    def getResolver(self) -> LayerNameResolver:  # noqa: N802 - spec name
+        return self._resolver
+
+    def getConfigs(self) -> TuningConfigs:  # noqa: N802 - spec name
+        """The configs as resolved: concrete layer names and parameter specs ("auto" expanded)."""
+        return self._resolved_configs
+
+    def setConfigs(self, configs: Any) -> None:  # noqa: N802 - spec name
+        """Resolve and validate ``configs`` against the model (nothing in the model changes)."""
+        self._set_configs(configs)

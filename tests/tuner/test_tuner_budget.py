@@ -119,15 +119,26 @@ def test_duplicate_proposals_reuse_the_measured_result(digits_model, accuracy_fn
 
     proposal = {"num_terms": 1, "low_rank": 4}
     search = scripted_search([proposal, {"num_terms": 1, "low_rank": 8}, proposal, proposal])
-    tuner = SKAutoTuner(digits_model, TuningConfigs([LayerConfig("fc1", {"num_terms": [1], "low_rank": [4, 8]})]),
-                        counted, search_algorithm=search)
-    with caplog.at_level(logging.INFO, logger="panther.tuner"):
+    space = {"num_terms": [1], "low_rank": [4, 8, 16]}  # never fully evaluated here: every proposal is asked
+    tuner = SKAutoTuner(digits_model, TuningConfigs([LayerConfig("fc1", space)]), counted, search_algorithm=search)
+    with caplog.at_level(logging.DEBUG, logger="panther.tuner"):
         tuner.tune()
     assert calls == [4, 8]
     assert tuner.results.reused_trials == {"fc1": 2}
     assert [score for _, score in search.told][2:] == [search.told[0][1]] * 2
-    assert sum("reusing" in r.getMessage() for r in caplog.records) == 2
+    reuse_lines = [r for r in caplog.records if "reusing" in r.getMessage()]
+    assert len(reuse_lines) == 2 and all(r.levelno == logging.DEBUG for r in reuse_lines)  # not progress news
     assert "duplicate proposals answered from earlier results: 2" in tuner.summary()
+
+
+def test_a_fully_evaluated_finite_space_stops_asking_the_search(digits_model, accuracy_fn, scripted_search):
+    proposals = [{"num_terms": 1, "low_rank": k} for k in (4, 8, 4, 8, 4)]
+    search = scripted_search(proposals)
+    tuner = SKAutoTuner(digits_model, TuningConfigs([LayerConfig("fc1", {"num_terms": [1], "low_rank": [4, 8]})]),
+                        accuracy_fn, search_algorithm=search)
+    tuner.tune()
+    assert [params["low_rank"] for params, _ in search.told] == [4, 8]  # both values known: no third question
+    assert len(search._queue) == 3 and tuner.results.reused_trials == {}
 
 
 @pytest.mark.parametrize("bad", [0, -1.0, True])

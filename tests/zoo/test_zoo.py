@@ -17,10 +17,10 @@ from typing import Dict, List
 
 import pytest
 import torch
-from conftest import zoo_params
 from torch import nn
+from zoo_models import zoo_params
 
-from panther.nn import SketchedModule, SKConv2d, SKLinear, rebuild_sketched_layers
+from panther.nn import SKConv2d, SketchedModule, SKLinear, rebuild_sketched_layers
 from panther.nn.dense import is_linear_like, linear_dims
 from panther.tuner import LayerConfig, OptunaSearch, SKAutoTuner, TuningConfigs
 

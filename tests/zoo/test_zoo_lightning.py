@@ -19,10 +19,9 @@ from typing import Any, Dict, List
 import lightning.pytorch as pl
 import pytest
 import torch
-from conftest import HAS_TRANSFORMERS
-from models import VOCAB, TorchTransformer
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
+from zoo_models import HAS_TRANSFORMERS, VOCAB, ZOO, TorchTransformer
 
 from panther.nn import SketchedModule
 from panther_lightning import SketchTuneCallback, load_sketched_checkpoint
@@ -75,8 +74,6 @@ class GPT2Module(TokenModule):
     def __init__(self, lr: float = 3e-3) -> None:
         super().__init__(lr)
         self.save_hyperparameters()
-        from models import ZOO
-
         self.net = ZOO["gpt2"].build_model()
 
     def forward(self, tokens: torch.Tensor, padding: torch.Tensor) -> torch.Tensor:

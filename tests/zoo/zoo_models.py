@@ -7,9 +7,11 @@ download); torch's own ``nn.Transformer`` / ``nn.TransformerEncoder`` need nothi
 
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List
 
+import pytest
 import torch
 from torch import nn
 
@@ -200,3 +202,12 @@ ZOO: Dict[str, ZooModel] = {m.name: m for m in (
     ZooModel("torch_encoder_norm_first", lambda: TorchEncoder(norm_first=True), _padded_tokens(target=False),
              _itself),
 )}
+
+TORCH_ONLY = {"torch_transformer", "torch_encoder", "torch_encoder_norm_first"}
+HAS_TRANSFORMERS = importlib.util.find_spec("transformers") is not None
+
+
+def zoo_params() -> List[Any]:
+    """One ``pytest.param`` per zoo model; ``transformers`` models are skipped cleanly without it."""
+    needs = pytest.mark.skipif(not HAS_TRANSFORMERS, reason="needs transformers (pip install -e '.[test]')")
+    return [pytest.param(name, id=name, marks=() if name in TORCH_ONLY else needs) for name in ZOO]

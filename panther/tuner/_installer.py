@@ -1,0 +1,109 @@
+"""Which module sits at each tuned name: the dense originals, candidates swapped in, sketches installed.
+
+The tuner never modifies a dense layer: candidates are built from it (``from_dense``) and swapped in
+by name, and every swap is undone in a ``finally``, so the model is left as it was found whatever
+happens during a trial (errors, ``KeyboardInterrupt``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from typing import Any, Callable, Dict, Iterable, Iterator, Mapping, Optional, Sequence
+
+import torch
+from torch import nn
+
+from panther.nn.calibration import collect_input_covariances
+from panther.nn.rebuild import replace_module
+from panther.tuner.layers import build_candidate, layer_weights
+from panther.tuner.selectors import LayerNameResolver
+
+logger = logging.getLogger(__name__)
+
+#: Sketched classes whose ``init="data_svd"`` needs each layer's input covariance.
+DATA_AWARE_CLASSES = ("SKLinear", "SKConv2d")
+
+
+class LayerInstaller:
+    """Remembers the dense layer of every tuned name and swaps candidates in and out by name.
+
+    Args:
+        model: the model being tuned.
+        resolver: its name resolver.
+        calibration_data: batches of real inputs for data-aware init (read once, on first need).
+        calibration_forward: ``f(model, batch)`` running one calibration batch.
+    """
+
+    def __init__(self, model: nn.Module, resolver: LayerNameResolver, calibration_data: Optional[Iterable[Any]],
+                 calibration_forward: Optional[Callable[[nn.Module, Any], Any]]) -> None:
+        self.model, self.resolver = model, resolver
+        self.calibration_data, self.calibration_forward = calibration_data, calibration_forward
+        self.originals: Dict[str, nn.Module] = {}  # layer name -> the dense layer it had
+        self.installed: Dict[str, nn.Module] = {}  # layer name -> sketch installed by this tuner
+        self.classes: Dict[str, Optional[type]] = {}  # layer name -> its sketched class
+        self.input_covs: Dict[str, torch.Tensor] = {}
+
+    def dense_of(self, name: str) -> nn.Module:
+        """The dense layer at ``name``: the remembered one if a sketch of this tuner sits there now."""
+        current = self.resolver.module(name)
+        if name in self.installed and current is self.installed[name]:
+            return self.originals[name]
+        return current
+
+    def remember(self, classes: Mapping[str, Optional[type]]) -> None:
+        """Record the tuned layers (``name -> sketched class``) and their dense originals."""
+        self.classes = dict(classes)
+        for name in classes:
+            self.originals.setdefault(name, self.dense_of(name))
+
+    def current(self) -> Dict[str, nn.Module]:
+        """What sits at every remembered name now (to put back after a run)."""
+        return {name: self.model.get_submodule(name) for name in self.originals}
+
+    def put(self, modules: Mapping[str, nn.Module]) -> None:
+        for name, module in modules.items():
+            if self.model.get_submodule(name) is not module:
+                replace_module(self.model, name, module)
+
+    def install(self, name: str, module: nn.Module) -> None:
+        """Put ``module`` at ``name`` for good (``apply_best_params`` / ``replace_without_tuning``)."""
+        self.put({name: module})
+        self.installed[name] = module
+
+    @contextlib.contextmanager
+    def swapped(self, candidates: Mapping[str, nn.Module]) -> Iterator[None]:
+        """``candidates`` in place for the block, the dense originals afterwards (also on errors)."""
+        self.put(candidates)
+        try:
+            yield
+        finally:
+            self.put({name: self.originals[name] for name in candidates})
+
+    def build(self, name: str, params: Mapping[str, Any], copy_weights: bool) -> nn.Module:
+        """A candidate for ``name`` from its dense original, in the original's train/eval mode."""
+        dense = self.originals[name]
+        if params.get("init") == "data_svd":
+            self.calibrate()
+            params = {**params, "input_cov": self.input_covs[name]}
+        candidate = build_candidate(dense, self.classes[name], params, copy_weights)  # type: ignore[arg-type]
+        candidate.train(dense.training)
+        return candidate
+
+    def dense_weights(self, names: Sequence[str]) -> int:
+        return sum(layer_weights(self.originals[name]) for name in names)
+
+    def calibrate(self) -> None:
+        """Measure the dense layers' input covariances once (data-aware init), with the dense layers in place."""
+        names = [name for name, cls in self.classes.items()
+                 if name not in self.input_covs and cls is not None and cls.__name__ in DATA_AWARE_CLASSES]
+        if self.calibration_data is None or not names:
+            return
+        before = self.current()
+        self.put(self.originals)
+        try:
+            logger.info("calibrating %d layers on the calibration data", len(names))
+            self.input_covs.update(collect_input_covariances(self.model, names, self.calibration_data,
+                                                             self.calibration_forward))
+        finally:
+            self.put(before)

@@ -12,9 +12,6 @@ from typing import Any, ClassVar, Dict, NoReturn, Optional, Tuple, Type
 import torch
 from torch import nn
 
-#: Sketched layer classes by name, filled by ``SketchedModule.__init_subclass__``.
-SKETCHED_LAYERS: Dict[str, Type["SketchedModule"]] = {}
-
 #: ``init`` values accepted by the layers built from a dense weight.
 INIT_METHODS = ("sketch", "svd", "data_svd")
 
@@ -79,10 +76,6 @@ class SketchedModule(nn.Module):
     #: Hyperparameters that do not change the layer's tensors, so a checkpoint may differ in them.
     runtime_hyperparameters: ClassVar[frozenset] = frozenset({"init"})
 
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        super().__init_subclass__(**kwargs)
-        SKETCHED_LAYERS[cls.__name__] = cls
-
     # -- self-description ------------------------------------------------------------------
     def hyperparameters(self) -> Dict[str, Any]:
         """Constructor keyword arguments that rebuild a layer of identical structure."""
@@ -120,16 +113,6 @@ class SketchedModule(nn.Module):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     # -- conversion ------------------------------------------------------------------------
-    @classmethod
-    def dense_types(cls) -> Tuple[Type[nn.Module], ...]:
-        """The dense classes :meth:`from_dense` accepts (subclasses may add types besides ``dense_type``)."""
-        return (cls.dense_type,)
-
-    @classmethod
-    def dense_type_of(cls, layer: nn.Module) -> Optional[Type[nn.Module]]:
-        """Which of :meth:`dense_types` ``layer`` is an instance of, or ``None``."""
-        return next((t for t in cls.dense_types() if isinstance(layer, t)), None)
-
     @classmethod
     def from_dense(cls, layer: nn.Module, **params: Any) -> "SketchedModule":
         raise NotImplementedError

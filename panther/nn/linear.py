@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from panther.nn.base import SketchedModule, SketchedWeight, check_init, check_positive_int
-from panther.nn.dense import linear_dims, linear_types, linear_weight
+from panther.nn.dense import is_linear_like, linear_dims, linear_weight
 from panther.nn.factorize import low_rank_basis, random_signs
 from panther.ops import pack_left, pack_right, sketched_linear
 
@@ -129,11 +129,6 @@ class SKLinear(SketchedModule):
 
     # -- conversion ------------------------------------------------------------------------
     @classmethod
-    def dense_types(cls) -> Tuple[type, ...]:
-        """``nn.Linear``, and Hugging Face's transposed-weight ``Conv1D`` once ``transformers`` is loaded."""
-        return linear_types()
-
-    @classmethod
     def from_dense(cls, layer: nn.Module, num_terms: int = 1, low_rank: int = 16, init: str = "svd",
                    input_cov: Optional[torch.Tensor] = None,
                    generator: Optional[torch.Generator] = None) -> "SKLinear":
@@ -141,7 +136,7 @@ class SKLinear(SketchedModule):
 
         ``init="svd"`` (the default here) keeps as much of the trained layer as the rank allows.
         """
-        if cls.dense_type_of(layer) is None:
+        if not is_linear_like(layer):
             raise TypeError(f"SKLinear.from_dense expects an nn.Linear (or a transformers Conv1D), "
                             f"got {type(layer).__name__}")
         in_features, out_features = linear_dims(layer)

@@ -1,7 +1,8 @@
 """Swap modules by name, describe a model's sketched layers as a plan, and rebuild them.
 
-A *plan* is ``{layer_name: {"type": "SKLinear", "params": {...}}}`` where ``params`` are the
-arguments of ``from_dense`` (e.g. ``num_terms``, ``low_rank``, ``init``). It is JSON-serialisable,
+A *plan* is ``{layer_name: {"type": "SKLinear", "params": {...}}}``: ``type`` names a layer kind of
+:mod:`panther.kinds` and ``params`` are what the kind builds with (e.g. ``num_terms``, ``low_rank``,
+``init``). It is JSON-serialisable,
 so a tuning result can be re-applied to a fresh dense model. A sketched model's ``state_dict``
 also describes its layers (their ``_extra_state``), so :func:`rebuild_sketched_layers` can turn a
 fresh dense model into one that loads that state dict strictly.
@@ -17,7 +18,7 @@ from typing import Any, Dict, List, Mapping, Optional, Union
 import torch
 from torch import nn
 
-from panther.nn.base import SKETCHED_LAYERS, SketchedModule
+from panther.kinds import kind_named
 
 Plan = Dict[str, Dict[str, Any]]
 _EXTRA_STATE_SUFFIX = "._extra_state"
@@ -43,32 +44,15 @@ def replace_module(model: nn.Module, name: str, new: nn.Module) -> List[str]:
 
 
 def sketch_plan(model: nn.Module) -> Plan:
-    """The plan describing every sketched layer of ``model`` (each shared module once, first name)."""
+    """The plan describing every replaced layer of ``model`` (each shared module once, first name)."""
+    from panther.kinds import kind_of_replacement
+
     plan: Plan = {}
     for name, module in model.named_modules():
-        if isinstance(module, SketchedModule) and name:
-            plan[name] = {"type": type(module).__name__, "params": module.sketch_params()}
+        kind = kind_of_replacement(module) if name else None
+        if kind is not None:
+            plan[name] = {"type": kind.name, "params": kind.plan_params(module)}
     return plan
-
-
-def _sketched_class(type_name: str) -> type:
-    if type_name not in SKETCHED_LAYERS:
-        _import_all_layers()
-    try:
-        return SKETCHED_LAYERS[type_name]
-    except KeyError:
-        raise ValueError(f"unknown sketched layer type {type_name!r}; known: {sorted(SKETCHED_LAYERS)}") from None
-
-
-def _import_all_layers() -> None:
-    """Import the layer modules so that ``SKETCHED_LAYERS`` is complete."""
-    import importlib
-
-    for module in ("panther.nn.linear", "panther.nn.conv", "panther.nn.attention"):
-        try:
-            importlib.import_module(module)
-        except ImportError:  # a layer module may be absent in a partial install
-            continue
 
 
 def validate_plan(plan: Any) -> Plan:
@@ -80,7 +64,7 @@ def validate_plan(plan: Any) -> Plan:
             raise ValueError(f"plan entry {name!r} must be {{'type': str, 'params': dict}}, got {entry!r}")
         if not isinstance(entry["params"], Mapping):
             raise ValueError(f"plan entry {name!r}: 'params' must be a dict, got {entry['params']!r}")
-        _sketched_class(entry["type"])
+        kind_named(entry["type"])
     return dict(plan)
 
 
@@ -97,13 +81,13 @@ def apply_plan(model: nn.Module, plan: Plan, input_covs: Optional[Mapping[str, t
             layer = model.get_submodule(name)
         except AttributeError:
             raise ValueError(f"plan names layer {name!r}, which the model does not have") from None
-        cls = _sketched_class(entry["type"])
-        if isinstance(layer, cls):
+        kind = kind_named(entry["type"])
+        if isinstance(layer, kind.replacement()):
             continue
-        if cls.dense_type_of(layer) is None:
-            raise ValueError(f"plan maps {name!r} to {cls.__name__}, but it is a {type(layer).__name__}")
-        todo.append((name, layer, cls, dict(entry["params"])))
-    for name, layer, cls, params in todo:
+        if kind.dense_type_of(layer) is None:
+            raise ValueError(f"plan maps {name!r} to {kind.name}, but it is a {type(layer).__name__}")
+        todo.append((name, layer, kind, dict(entry["params"])))
+    for name, layer, kind, params in todo:
         cov = (input_covs or {}).get(name)
         if params.get("init") == "data_svd":
             if cov is None:
@@ -112,21 +96,23 @@ def apply_plan(model: nn.Module, plan: Plan, input_covs: Optional[Mapping[str, t
                 params["init"] = "svd"
             else:
                 params["input_cov"] = cov
-        replace_module(model, name, cls.from_dense(layer, **params))
+        replace_module(model, name, kind.build(layer, params))
     return model
 
 
 def plan_from_state_dict(state_dict: Mapping[str, Any]) -> Plan:
     """Recover the plan from the ``_extra_state`` entries a sketched model's state dict carries."""
-    _import_all_layers()
     plan: Plan = {}
     for key, value in state_dict.items():
         if not (key.endswith(_EXTRA_STATE_SUFFIX) and isinstance(value, Mapping)):
             continue
-        cls = SKETCHED_LAYERS.get(value.get("class"))  # type: ignore[arg-type]
-        if cls is not None and isinstance(value.get("hyperparameters"), Mapping):
+        try:
+            kind = kind_named(value.get("class"))  # type: ignore[arg-type]
+        except ValueError:  # extra state of some other module
+            continue
+        if isinstance(value.get("hyperparameters"), Mapping):
             name = key[: -len(_EXTRA_STATE_SUFFIX)]
-            plan[name] = {"type": cls.__name__, "params": cls.sketch_params_of(dict(value["hyperparameters"]))}
+            plan[name] = {"type": kind.name, "params": kind.plan_params_from_state(value["hyperparameters"])}
     return plan
 
 

@@ -14,15 +14,13 @@ from typing import Any, Callable, Dict, Iterable, Iterator, Mapping, Optional, S
 import torch
 from torch import nn
 
+from panther.kinds import LayerKind
 from panther.nn.calibration import collect_input_covariances
 from panther.nn.rebuild import replace_module
-from panther.tuner.layers import build_candidate, layer_weights
+from panther.tuner.layers import layer_weights
 from panther.tuner.selectors import LayerNameResolver
 
 logger = logging.getLogger(__name__)
-
-#: Sketched classes whose ``init="data_svd"`` needs each layer's input covariance.
-DATA_AWARE_CLASSES = ("SKLinear", "SKConv2d")
 
 
 class LayerInstaller:
@@ -41,7 +39,7 @@ class LayerInstaller:
         self.calibration_data, self.calibration_forward = calibration_data, calibration_forward
         self.originals: Dict[str, nn.Module] = {}  # layer name -> the dense layer it had
         self.installed: Dict[str, nn.Module] = {}  # layer name -> sketch installed by this tuner
-        self.classes: Dict[str, Optional[type]] = {}  # layer name -> its sketched class
+        self.kinds: Dict[str, LayerKind] = {}  # layer name -> the kind replacing it
         self.input_covs: Dict[str, torch.Tensor] = {}
 
     def dense_of(self, name: str) -> nn.Module:
@@ -51,10 +49,10 @@ class LayerInstaller:
             return self.originals[name]
         return current
 
-    def remember(self, classes: Mapping[str, Optional[type]]) -> None:
-        """Record the tuned layers (``name -> sketched class``) and their dense originals."""
-        self.classes = dict(classes)
-        for name in classes:
+    def remember(self, kinds: Mapping[str, LayerKind]) -> None:
+        """Record the tuned layers (``name -> layer kind``) and their dense originals."""
+        self.kinds = dict(kinds)
+        for name in kinds:
             self.originals.setdefault(name, self.dense_of(name))
 
     def current(self) -> Dict[str, nn.Module]:
@@ -86,7 +84,7 @@ class LayerInstaller:
         if params.get("init") == "data_svd":
             self.calibrate()
             params = {**params, "input_cov": self.input_covs[name]}
-        candidate = build_candidate(dense, self.classes[name], params, copy_weights)  # type: ignore[arg-type]
+        candidate = self.kinds[name].build(dense, params, copy_weights)
         candidate.train(dense.training)
         return candidate
 
@@ -95,8 +93,7 @@ class LayerInstaller:
 
     def calibrate(self) -> None:
         """Measure the dense layers' input covariances once (data-aware init), with the dense layers in place."""
-        names = [name for name, cls in self.classes.items()
-                 if name not in self.input_covs and cls is not None and cls.__name__ in DATA_AWARE_CLASSES]
+        names = [name for name, kind in self.kinds.items() if name not in self.input_covs and kind.data_aware]
         if self.calibration_data is None or not names:
             return
         before = self.current()

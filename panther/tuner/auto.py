@@ -11,7 +11,8 @@ cost as much as the dense layer:
 * ``nn.Conv2d``: per output pixel ``2Tk·C_in·kh·kw + 2Tk·C_out < kh·kw·C_in/groups·C_out``
   (:func:`panther.nn.conv.conv_is_cheaper`).
 
-Every combination proposed is therefore cheaper than the layer it replaces. ``init`` is ``"svd"``
+The spaces and cost models are the layer kinds' (:mod:`panther.kinds`); this module groups layers
+and resolves them. Every combination proposed is therefore cheaper than the layer it replaces. ``init`` is ``"svd"``
 (keep the trained weights' best low-rank part) when weights are copied, else ``"sketch"``.
 Layers with identical type and shape share one generated space ("smart grouping").
 """
@@ -19,59 +20,21 @@ Layers with identical type and shape share one generated space ("smart grouping"
 from __future__ import annotations
 
 import warnings
-from typing import Callable, Dict, Hashable, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Dict, Hashable, List, Mapping, Optional, Sequence, Tuple, Union
 
 from torch import nn
 
-from panther.nn.dense import is_linear_like, linear_dims, linear_types
+from panther.kinds import LayerKind, kind_of
 from panther.tuner.params import Categorical, ParamSpec
 
 LayerRef = Union[str, nn.Module]
 Space = Dict[str, ParamSpec]
 
 
-def rank_grid(is_cheaper: Callable[[int], bool], upper: int) -> List[int]:
-    """Ascending ``1, 2, 3, 4, 6, 8, 12, 16, ...`` up to ``upper``, keeping ranks that pass the check."""
-    grid, power = [], 1
-    while power <= upper:
-        for rank in (power, power + power // 2):
-            if rank <= upper and rank not in grid and is_cheaper(rank):
-                grid.append(rank)
-        power *= 2
-    return grid
-
-
-def linear_is_cheaper(in_features: int, out_features: int, num_terms: int, low_rank: int) -> bool:
-    """``SKLinear`` stores and multiplies ``2Tk(d_in+d_out)`` numbers against ``d_in·d_out`` dense."""
-    return 2 * num_terms * low_rank * (in_features + out_features) < in_features * out_features
-
-
-def conv_is_cheaper(layer: nn.Conv2d, num_terms: int, low_rank: int) -> bool:
-    from panther.nn.conv import conv_is_cheaper as sketched_conv_is_cheaper
-
-    return sketched_conv_is_cheaper(layer.in_channels, layer.out_channels, layer.kernel_size, layer.groups,
-                                    num_terms, low_rank)
-
-
-def _shape_key(layer: nn.Module) -> Optional[Hashable]:
-    """Type and shape: layers with equal keys get the same space. ``None``: unsupported by "auto"."""
-    linear_type = next((t for t in linear_types() if isinstance(layer, t)), None)
-    if linear_type is not None:
-        # nn.Linear and transformers' Conv1D of one shape compute the same kind of product: one space
-        return ("Linear", *linear_dims(layer)) if type(layer).forward is linear_type.forward else None
-    if isinstance(layer, nn.Conv2d) and type(layer).forward is nn.Conv2d.forward:
-        return ("Conv2d", layer.in_channels, layer.out_channels, tuple(layer.kernel_size), layer.groups)
-    return None
-
-
-def _cheaper_check(layer: nn.Module) -> Tuple[Callable[[int], bool], int]:
-    if is_linear_like(layer):
-        in_features, out_features = linear_dims(layer)
-        return (lambda k: linear_is_cheaper(in_features, out_features, 1, k), min(in_features, out_features))
-    conv = layer
-    assert isinstance(conv, nn.Conv2d)
-    fan_in = conv.in_channels // conv.groups * conv.kernel_size[0] * conv.kernel_size[1]
-    return (lambda k: conv_is_cheaper(conv, 1, k), min(fan_in, conv.out_channels // conv.groups))
+def _kind_with_auto_space(layer: nn.Module) -> Optional[LayerKind]:
+    """The layer's kind if it has an ``"auto"`` space (attention, whose cost depends on the sequence, has none)."""
+    kind = kind_of(layer)
+    return kind if kind is not None and type(kind).auto_space is not LayerKind.auto_space else None
 
 
 class ParamsResolver:
@@ -101,17 +64,8 @@ class ParamsResolver:
         The init is ``"data_svd"`` with calibration data (``data_aware``), ``"svd"`` when copying
         weights without it, and ``"sketch"`` for freshly initialised layers.
         """
-        if _shape_key(layer) is None:
-            return None
-        check, upper = _cheaper_check(layer)
-        ranks = rank_grid(check, upper)
-        if not ranks:
-            return None
-        return {
-            "num_terms": Categorical([1]),
-            "low_rank": Categorical(ranks),
-            "init": Categorical([("data_svd" if data_aware else "svd") if copy_weights else "sketch"]),
-        }
+        kind = _kind_with_auto_space(layer)
+        return None if kind is None else kind.auto_space(layer, copy_weights, data_aware)
 
     def resolve(self, layers: Sequence[LayerRef], copy_weights: bool = True,
                 data_aware: bool = False) -> Dict[str, Space]:
@@ -129,11 +83,12 @@ class ParamsResolver:
         shared: Dict[Hashable, Optional[Space]] = {}
         self.skipped = {}
         for name, layer in layers.items():
-            key = _shape_key(layer)
-            if key is None:
+            kind = _kind_with_auto_space(layer)
+            if kind is None:
                 self.skipped[name] = f"params='auto' does not support {type(layer).__name__}"
                 warnings.warn(f"{self.skipped[name]}: skipping {name!r}", stacklevel=3)
                 continue
+            key = kind.shape_key(layer)
             if key not in shared:
                 shared[key] = self.space_for(layer, copy_weights, data_aware)
             if shared[key] is None:

@@ -16,13 +16,8 @@ from torch import nn
 
 from panther.tuner.auto import ParamsResolver
 from panther.tuner.configs import LayerConfig, TuningConfigs
-from panther.tuner.layers import (
-    attention_internals,
-    from_dense_arguments,
-    sketched_class_for,
-    tied_layers,
-    unsupported_reason,
-)
+from panther.kinds import kind_of
+from panther.tuner.layers import attention_internals, tied_layers, unsupported_reason
 from panther.tuner.params import ParamSpec
 from panther.tuner.selectors import LayerNameResolver
 
@@ -109,7 +104,7 @@ class GroupBuilder:
                 if inside_attention[id(module)] not in selected:  # else the block itself is tuned: no news
                     warnings.warn(f"skipping {name!r}: {reasons[name]}; tune the attention block instead",
                                   stacklevel=4)
-            elif sketched_class_for(module) is None:
+            elif kind_of(module) is None:
                 reasons[name] = unsupported_reason(module)
                 if _explicitly_named(selector, name) or "overrides" in reasons[name]:
                     warnings.warn(f"skipping {name!r}: {reasons[name]}", stacklevel=4)
@@ -133,11 +128,11 @@ class GroupBuilder:
     def _check_space(self, index: int, config: LayerConfig, names: List[str]) -> None:
         space: Space = config.params  # type: ignore[assignment]
         for name in names:
-            cls = sketched_class_for(self.dense_of(name))
-            accepted = from_dense_arguments(cls)  # type: ignore[arg-type]
+            kind = kind_of(self.dense_of(name))
+            accepted = kind.parameter_names()  # type: ignore[union-attr]
             unknown = set(space) - accepted if accepted is not None else set()
             if unknown:
-                raise ValueError(f"configs[{index}]: {cls.__name__} (for {name!r}) has no parameter "  # type: ignore[union-attr]
+                raise ValueError(f"configs[{index}]: {kind.name} (for {name!r}) has no parameter "  # type: ignore[union-attr]
                                  f"{sorted(unknown)}; it accepts {sorted(accepted)}")  # type: ignore[arg-type]
         if not self.accepts_param_specs:
             continuous = [p for p, spec in space.items() if spec.values() is None]

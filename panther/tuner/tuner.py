@@ -47,6 +47,7 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Union
 
 from torch import nn
 
+from panther.kinds import kind_of
 from panther.tuner import _arguments as args
 from panther.tuner._installer import LayerInstaller
 from panther.tuner._loop import SearchLoop
@@ -57,7 +58,6 @@ from panther.tuner.budget import Budget
 from panther.tuner.configs import TuningConfigs
 from panther.tuner.evaluation import resource_getter
 from panther.tuner.groups import GroupBuilder, TuningGroup
-from panther.tuner.layers import sketched_class_for
 from panther.tuner.results import TrialRecord, TuningResults, results_dataframe, summary_table
 from panther.tuner.selectors import LayerNameResolver
 
@@ -247,7 +247,7 @@ class SKAutoTuner:
 
     def best_plan(self) -> Dict[str, Dict[str, Any]]:
         """The best parameters as a :mod:`panther.nn.rebuild` plan ``{layer: {"type", "params"}}``."""
-        return {name: {"type": self._layers.classes[name].__name__, "params": params}  # type: ignore[union-attr]
+        return {name: {"type": self._layers.kinds[name].name, "params": params}
                 for name, params in self.get_best_params().items()}
 
     def save_plan(self, path: Union[str, os.PathLike]) -> None:
@@ -293,8 +293,7 @@ class SKAutoTuner:
         self._groups: List[TuningGroup] = groups
         self._resolved_configs = resolved
         self._skipped = dict(builder.skipped)
-        self._layers.remember({name: sketched_class_for(self._layers.dense_of(name))
-                               for g in groups for name in g.layers})
+        self._layers.remember({name: kind_of(self._layers.dense_of(name)) for g in groups for name in g.layers})
         self.results = self._new_results()
 
     def _new_results(self) -> TuningResults:

@@ -6,8 +6,9 @@ import pytest
 import torch
 from torch import nn
 
+from panther.kinds import rank_grid
 from panther.nn import SKConv2d, SKLinear
-from panther.tuner.auto import ParamsResolver, rank_grid
+from panther.tuner.auto import ParamsResolver
 from panther.tuner.layers import layer_weights
 from panther.tuner.selectors import LayerNameResolver
 

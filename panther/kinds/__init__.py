@@ -1,0 +1,164 @@
+"""One registry of layer kinds: what replaces each dense layer, at what cost, searched over what.
+
+A *kind* (:class:`LayerKind`) knows its dense type(s), its replacement class, how to build the
+replacement from a dense layer, its cost model (``is_cheaper``), its ``params="auto"`` space, and
+how a plan entry or a state dict names it. The tuner, ``"auto"``, :mod:`panther.nn.rebuild` and the
+plan JSON all read this registry, so adding a kind is one file that subclasses :class:`LayerKind`
+and calls :func:`register`; kinds need not be sketches (an int8 kind fits the same contract).
+
+Built-in kinds (:mod:`.linear`, :mod:`.conv2d`, :mod:`.attention`) are imported on first lookup,
+so ``import panther`` stays cheap.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from typing import Any, Dict, Hashable, List, Mapping, Optional, Set, Tuple
+
+from torch import nn
+
+from panther.tuner.params import Categorical, ParamSpec
+
+Space = Dict[str, ParamSpec]
+
+#: Built-in kinds, most specific dense type first (an attention block holds Linear layers).
+_BUILTIN_MODULES = ("panther.kinds.attention", "panther.kinds.conv2d", "panther.kinds.linear")
+_REGISTRY: Dict[str, "LayerKind"] = {}
+_loaded = False
+
+
+class LayerKind:
+    """Base class of a layer kind; subclasses set :attr:`name` and implement the hooks below.
+
+    The defaults cover a replacement class with the ``SketchedModule`` contract (``from_dense``,
+    ``reset_parameters``, ``get_extra_state``).
+    """
+
+    #: The plan's ``"type"`` and the replacement class's name (e.g. ``"SKLinear"``).
+    name: str = ""
+    #: Whether ``params["init"] = "data_svd"`` (input covariances from calibration data) applies.
+    data_aware: bool = False
+
+    # -- what it replaces ---------------------------------------------------------------------
+    def dense_types(self) -> Tuple[type, ...]:
+        """The dense classes this kind replaces."""
+        raise NotImplementedError
+
+    def replacement(self) -> type:
+        """The class of the replacement module."""
+        raise NotImplementedError
+
+    def dense_type_of(self, layer: nn.Module) -> Optional[type]:
+        return next((t for t in self.dense_types() if isinstance(layer, t)), None)
+
+    def accepts(self, layer: nn.Module) -> bool:
+        """``layer`` is one of :meth:`dense_types` and keeps its ``forward`` (a subclass overriding it
+        does something a replacement built from its weights would silently drop)."""
+        dense_type = self.dense_type_of(layer)
+        return dense_type is not None and type(layer).forward is dense_type.forward
+
+    # -- building -------------------------------------------------------------------------------
+    def build(self, dense: nn.Module, params: Mapping[str, Any], copy_weights: bool = True) -> nn.Module:
+        """The replacement of ``dense``; without ``copy_weights`` it is freshly initialised instead."""
+        module = self.replacement().from_dense(dense, **dict(params))
+        if not copy_weights:
+            module.reset_parameters()
+        return module
+
+    def parameter_names(self) -> Optional[Set[str]]:
+        """Keyword arguments :meth:`build` accepts in ``params`` (``None``: any)."""
+        parameters = list(inspect.signature(self.replacement().from_dense).parameters.values())[1:]
+        if any(p.kind is p.VAR_KEYWORD for p in parameters):
+            return None
+        return {p.name for p in parameters}
+
+    def plan_params(self, module: nn.Module) -> Dict[str, Any]:
+        """The plan's ``"params"`` for an installed replacement (what :meth:`build` needs again)."""
+        return module.sketch_params()  # type: ignore[operator]
+
+    def plan_params_from_state(self, hyperparameters: Mapping[str, Any]) -> Dict[str, Any]:
+        """The plan's ``"params"`` recovered from the ``_extra_state`` a state dict carries."""
+        return self.replacement().sketch_params_of(dict(hyperparameters))
+
+    # -- cost and search ----------------------------------------------------------------------
+    def is_cheaper(self, dense: nn.Module, params: Mapping[str, Any]) -> bool:
+        """Whether the replacement built with ``params`` costs less than ``dense`` (weights and FLOPs)."""
+        raise NotImplementedError
+
+    def shape_key(self, dense: nn.Module) -> Hashable:
+        """Layers with equal keys share one ``"auto"`` space."""
+        raise NotImplementedError
+
+    def auto_space(self, dense: nn.Module, copy_weights: bool, data_aware: bool) -> Optional[Space]:
+        """The ``params="auto"`` space: only cheaper configurations; ``None`` when "auto" cannot help."""
+        return None
+
+
+def register(kind: LayerKind) -> LayerKind:
+    """Add ``kind`` to the registry (later registrations of a name replace earlier ones)."""
+    if not kind.name:
+        raise ValueError(f"{type(kind).__name__} needs a name")
+    _load_builtins()  # built-ins first: they define the matching order
+    _REGISTRY[kind.name] = kind
+    return kind
+
+
+def unregister(name: str) -> None:
+    _REGISTRY.pop(name, None)
+
+
+def all_kinds() -> List[LayerKind]:
+    """Registered kinds, the built-in ones in their matching order first."""
+    _load_builtins()
+    return list(_REGISTRY.values())
+
+
+def kind_of(layer: nn.Module) -> Optional[LayerKind]:
+    """The kind replacing ``layer``, or ``None`` (see :meth:`LayerKind.accepts`)."""
+    for kind in all_kinds():
+        if kind.dense_type_of(layer) is not None:
+            return kind if kind.accepts(layer) else None
+    return None
+
+
+def kind_named(name: str) -> LayerKind:
+    """The kind of a plan's ``"type"``; ``ValueError`` listing the known ones otherwise."""
+    _load_builtins()
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise ValueError(f"unknown layer type {name!r}; known: {sorted(_REGISTRY)}") from None
+
+
+def kind_of_replacement(module: nn.Module) -> Optional[LayerKind]:
+    """The kind whose replacement ``module`` is (to describe an installed layer in a plan)."""
+    return next((k for k in all_kinds() if type(module) is k.replacement()), None)
+
+
+def rank_grid(is_cheaper: Any, upper: int) -> List[int]:
+    """Ascending ``1, 2, 3, 4, 6, 8, 12, 16, ...`` up to ``upper``, keeping ranks that pass the check."""
+    grid, power = [], 1
+    while power <= upper:
+        for rank in (power, power + power // 2):
+            if rank <= upper and rank not in grid and is_cheaper(rank):
+                grid.append(rank)
+        power *= 2
+    return grid
+
+
+def rank_space(ranks: List[int], copy_weights: bool, data_aware: bool) -> Optional[Space]:
+    """The "auto" space of a low-rank kind: one term, the cheaper ranks, the init that fits."""
+    if not ranks:
+        return None
+    init = ("data_svd" if data_aware else "svd") if copy_weights else "sketch"
+    return {"num_terms": Categorical([1]), "low_rank": Categorical(ranks), "init": Categorical([init])}
+
+
+def _load_builtins() -> None:
+    """Import the built-in kinds once (each module registers its kind)."""
+    global _loaded
+    if not _loaded:
+        _loaded = True
+        for module in _BUILTIN_MODULES:
+            importlib.import_module(module)

@@ -5,8 +5,6 @@ CUDA kernels), :mod:`panther.tuner` (``SKAutoTuner``). Imports are lazy: ``impor
 neither Optuna nor any compiled extension.
 """
 
-from panther._lazy import lazy_exports
-
 __version__ = "0.1.0"
 
 _EXPORTS = {
@@ -25,4 +23,3 @@ def __getattr__(name: str):
 
 
 __all__ = ["__version__", *_EXPORTS]
-del lazy_exports

@@ -1,6 +1,6 @@
 """``nn.Linear`` (and ``transformers``' transposed-weight ``Conv1D``) -> ``SKLinear``.
 
-Cost: ``SKLinear`` stores and multiplies ``2Tk(d_in + d_out)`` numbers against ``d_in·d_out`` dense.
+Cost model: :func:`panther.nn.linear.linear_is_cheaper`.
 """
 
 from __future__ import annotations
@@ -11,11 +11,7 @@ from torch import nn
 
 from panther.kinds import LayerKind, Space, rank_grid, rank_space, register
 from panther.nn.dense import linear_dims, linear_types
-
-
-def linear_is_cheaper(in_features: int, out_features: int, num_terms: int, low_rank: int) -> bool:
-    """Whether ``SKLinear`` needs fewer weights and multiply-adds than the dense layer."""
-    return 2 * num_terms * low_rank * (in_features + out_features) < in_features * out_features
+from panther.nn.linear import linear_is_cheaper
 
 
 class LinearKind(LayerKind):

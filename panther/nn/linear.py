@@ -14,6 +14,11 @@ from panther.nn.factorize import low_rank_basis, random_signs
 from panther.ops import pack_left, pack_right, sketched_linear
 
 
+def linear_is_cheaper(in_features: int, out_features: int, num_terms: int, low_rank: int) -> bool:
+    """Whether ``SKLinear`` stores and multiplies fewer numbers, ``2Tk(d_in + d_out)``, than ``d_in·d_out`` dense."""
+    return 2 * num_terms * low_rank * (in_features + out_features) < in_features * out_features
+
+
 class _PackCache(NamedTuple):
     """Packed ``A``/``B`` for inference, valid while the source tensors are unchanged."""
 

@@ -14,6 +14,7 @@ from typing import Any, Iterator, Optional
 
 from panther.tuner.results import TrialRecord
 
+#: The package logger: its handler shows the lines of every tuner module (their `__name__` loggers are children).
 LOGGER_NAME = "panther.tuner"
 
 

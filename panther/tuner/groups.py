@@ -21,7 +21,7 @@ from panther.tuner.layers import attention_internals, tied_layers, unsupported_r
 from panther.tuner.params import ParamSpec
 from panther.tuner.selectors import LayerNameResolver
 
-logger = logging.getLogger("panther.tuner")
+logger = logging.getLogger(__name__)
 Space = Dict[str, ParamSpec]
 
 

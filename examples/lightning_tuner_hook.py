@@ -30,15 +30,16 @@ def main() -> None:
     trainer = pl.Trainer(max_epochs=5, accelerator="cpu", default_root_dir=tempfile.mkdtemp(prefix="panther_tuner_"),
                          enable_progress_bar=False, enable_model_summary=False)
     model = DigitsClassifier(hidden=256)
-    tuner = SketchTuner(trainer)
+    tuner = SketchTuner(trainer)  # Lightning's Tuner (lr_find, scale_batch_size) plus sketch_tune
     finder = tuner.lr_find(model, datamodule=datamodule, num_training=30, update_attr=False)
     print(f"lr_find suggests lr={finder.suggestion():.2e} (training with lr={model.hparams.lr})")
 
     trainer.fit(model, datamodule=datamodule)
-    sk_tuner = tuner.sketch_tune(model, datamodule=datamodule, monitor="val_acc", max_drop=0.01, objective="size",
-                                 n_trials=10, finetune_epochs=1, verbose=False)
+    # sketch_tune returns the SKAutoTuner that ran the search (per-layer trials and results)
+    autotuner = tuner.sketch_tune(model, datamodule=datamodule, monitor="val_acc", max_drop=0.01, objective="size",
+                                  n_trials=10, finetune_epochs=1, verbose=False)
 
-    print("\nPer-layer search results\n" + sk_tuner.summary())
+    print("\nPer-layer search results\n" + autotuner.summary())
     print("\nThe model now holds:\n", model.net)
 
 

@@ -19,6 +19,7 @@ import lightning.pytorch as pl
 import torch
 from torch import nn
 
+from panther_lightning._compat import logged_training_step
 from panther_lightning.finetune import outside_fit_loop
 
 #: One calibration item: ``(batch_idx, batch)``, so ``training_step`` gets its real batch index.
@@ -59,15 +60,11 @@ def training_step_forward(trainer: "pl.Trainer") -> Callable[[nn.Module, Indexed
     Must be called inside :func:`~panther_lightning.isolation.detached_trainer` (the tuning session
     is), which restores the trainer's stage and logged metrics.
     """
-    connector = trainer._logger_connector
-
     def forward(pl_module: nn.Module, item: IndexedBatch) -> None:
         batch_idx, batch = item
         batch = trainer.strategy.batch_to_device(batch)
-        with torch.no_grad(), outside_fit_loop(trainer, pl_module), trainer.precision_plugin.train_step_context():
-            connector.on_batch_start(batch)
-            pl_module._current_fx_name = "training_step"
+        with (torch.no_grad(), outside_fit_loop(trainer, pl_module), trainer.precision_plugin.train_step_context(),
+              logged_training_step(trainer, pl_module, batch)):
             pl_module.training_step(batch, batch_idx)
-            connector.on_batch_end()
 
     return forward

@@ -11,9 +11,10 @@ from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from lightning.pytorch.utilities.model_helpers import is_overridden
 
+from panther.tuner import SKAutoTuner
 from panther.tuner.search import SearchAlgorithm
 from panther_lightning.checkpoint import install_sketch_loading
-from panther_lightning.options import ConfigsLike, Mode, Objective, SketchTuneOptions, SpeedMode
+from panther_lightning.options import ConfigsLike, Mode, Objective, SketchTuneOptions, SpeedMode, document_options
 from panther_lightning.session import SketchTuneReport, SketchTuneSession, publish, write_plan
 
 
@@ -42,8 +43,6 @@ def nothing_to_tune(pl_module: "pl.LightningModule", options: SketchTuneOptions)
     selector matching nothing sketchable is reported at ``setup`` and not after the last epoch. The
     resolution's warnings (layers skipped, and why) are shown to the user here.
     """
-    from panther.tuner import SKAutoTuner
-
     calibration = [] if options.calibration_batches else None  # only whether data-aware init is on
     try:
         tuner = SKAutoTuner(pl_module, options.configs, lambda model: 0.0, calibration_data=calibration,
@@ -56,6 +55,7 @@ def nothing_to_tune(pl_module: "pl.LightningModule", options: SketchTuneOptions)
     return None
 
 
+@document_options
 class SketchTuneCallback(Callback):
     """Tune sketched replacements of the model's layers when training ends, and keep the best.
 
@@ -71,40 +71,8 @@ class SketchTuneCallback(Callback):
     callback warns with the error, puts the trained dense layers back and ``fit`` ends normally
     (``callback.failure`` holds the error). Only ``KeyboardInterrupt`` (model restored) propagates.
 
-    Args:
-        configs: which layers to tune and their search spaces: a ``TuningConfigs``, a list of
-            ``LayerConfig`` or of dicts such as ``{"layer_names": {"type": "Linear"}, "params": "auto"}``
-            (YAML-friendly). Default: every ``nn.Linear``, separately, with ``params="auto"``.
-        monitor: validation metric deciding whether a candidate is acceptable (logged by ``validation_step``).
-        mode: ``"max"`` if higher ``monitor`` is better (accuracy), ``"min"`` if lower is (loss).
-        accuracy_threshold: absolute bound on ``monitor``: at least this (``mode="max"``) or at most
-            this (``mode="min"``).
-        max_drop: largest allowed worsening of ``monitor`` relative to the dense model's value,
-            measured at the start of tuning, in the metric's units (e.g. 0.01 = one point of accuracy).
-            With both bounds the stricter one applies; with neither, candidates must match the dense value.
-        objective: what to gain among acceptable candidates: ``"speed"`` (measured step time,
-            plans not measured faster than the dense model are rejected) or ``"size"`` (fewest weights).
-        speed_mode: ``"inference"`` (forward under no_grad) or ``"train"`` (forward + backward) timing.
-        n_trials: search trials per tuned layer group (default 20); not with ``search_algorithm``.
-        search_algorithm: a ``panther.tuner`` search algorithm (default ``OptunaSearch(n_trials, seed)``).
-        seed: seed of the default search (all DDP ranks must propose the same candidates).
-        screen_batches: score candidates on the first N validation batches and re-score those that
-            pass on the full set (cheaper search); ``None`` scores every candidate on the full set.
-        speed_batches: validation batches whose forward inputs are replayed for timing.
-        timing_repeats: timed repetitions per measurement (median reported).
-        tie_tolerance: speed-ups within this fraction of 1 are re-measured, longer and interleaved.
-        max_total_trials: whole-model trial budget shared by all layer groups.
-        time_budget_s: stop starting new trials after this many seconds.
-        finetune_epochs: epochs of recovery training after the sketches are applied (0: none).
-        calibration_batches: data-aware initialisation: run the first N batches of the training
-            dataloader through ``training_step`` (no gradients, eval mode, logs discarded) to measure
-            each tuned layer's input covariance, and build candidates with ``init="data_svd"``
-            (``params="auto"`` then proposes it), which keeps the directions the real inputs use.
-            Under DDP all ranks use rank 0's batches. 0 (default): weight-only ``"svd"`` init.
-        share_accuracy_drop: hold each layer group to its share (by weight) of the allowed drop, so
-            the tuned layers meet the bound together; ``False``: each group may use the whole margin.
-        plan_path: where to write the applied plan as JSON (default ``<log_dir>/sketch_plan.json``).
-        verbose: print one line per trial (rank 0).
+    Every option is documented on :class:`~panther_lightning.options.SketchTuneOptions`;
+    :func:`~panther_lightning.options.document_options` lists them below, under ``Args``.
     """
 
     def __init__(
@@ -132,14 +100,8 @@ class SketchTuneCallback(Callback):
         verbose: bool = True,
     ) -> None:
         super().__init__()
-        self.options = SketchTuneOptions.build(
-            configs, monitor=monitor, mode=mode, accuracy_threshold=accuracy_threshold, max_drop=max_drop,
-            objective=objective, speed_mode=speed_mode, n_trials=n_trials, search_algorithm=search_algorithm,
-            seed=seed, screen_batches=screen_batches, speed_batches=speed_batches, timing_repeats=timing_repeats,
-            tie_tolerance=tie_tolerance, max_total_trials=max_total_trials, time_budget_s=time_budget_s,
-            finetune_epochs=finetune_epochs, calibration_batches=calibration_batches,
-            share_accuracy_drop=share_accuracy_drop, plan_path=plan_path, verbose=verbose)
-        self.tuner: Any = None
+        self.options = SketchTuneOptions.from_arguments(locals())
+        self.tuner: Optional[SKAutoTuner] = None
         self.report: Optional[SketchTuneReport] = None
         self.plan_file: Optional[str] = None
         self._restored_report: Optional[Dict[str, Any]] = None

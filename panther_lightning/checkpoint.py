@@ -18,10 +18,10 @@ import warnings
 from typing import Any, Dict, Mapping, Optional, Type, TypeVar, Union
 
 import lightning.pytorch as pl
-from lightning.fabric.utilities.cloud_io import _load as pl_load
 from torch import nn
 
 from panther.nn.rebuild import rebuild_sketched_layers
+from panther_lightning._compat import load_checkpoint_file
 
 M = TypeVar("M", bound="pl.LightningModule")
 _MARK = "_panther_sketch_loading"
@@ -77,7 +77,7 @@ def load_sketched_checkpoint(
         warnings.simplefilter("ignore")  # the dense instance misses the sketched keys: loaded next
         model = cls.load_from_checkpoint(checkpoint_path, map_location=map_location, strict=False,
                                          weights_only=weights_only, **kwargs)
-    checkpoint = pl_load(checkpoint_path, map_location=map_location or "cpu", weights_only=weights_only)
+    checkpoint = load_checkpoint_file(checkpoint_path, map_location=map_location or "cpu", weights_only=weights_only)
     state_dict = checkpoint["state_dict"]
     rebuild_sketched_layers(model, state_dict)
     model.load_state_dict(state_dict, strict=strict)

@@ -13,26 +13,27 @@ from contextlib import contextmanager
 from typing import Any, Iterable, Iterator, Mapping
 
 import lightning.pytorch as pl
-from lightning.pytorch.core.optimizer import _init_optimizers_and_lr_schedulers
-from lightning.pytorch.trainer.connectors.logger_connector.result import _ResultCollection
+
+from panther_lightning._compat import (configured_optimizer, dump_training_results, logged_training_step,
+                                       reset_training_results, restore_training_results)
 
 
 @contextmanager
 def outside_fit_loop(trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> Iterator[None]:
     """Let ``training_step`` run (and ``self.log``) with its logs going to a throw-away collection.
 
-    Restores the fit loop's results, the module's ``_current_fx_name`` and every submodule's
+    Restores the fit loop's results, the module's current hook name and every submodule's
     train/eval mode on exit; the trainer's stage and logged metrics are restored by
     :func:`~panther_lightning.isolation.detached_trainer`, which must be active.
     """
-    epoch_loop = trainer.fit_loop.epoch_loop
-    saved = (epoch_loop._results, pl_module._current_fx_name, [(m, m.training) for m in pl_module.modules()])
-    epoch_loop._results = _ResultCollection(training=True)
+    results = dump_training_results(trainer, pl_module)
+    modes = [(m, m.training) for m in pl_module.modules()]
+    reset_training_results(trainer)
     trainer.training = True
     try:
         yield
     finally:
-        epoch_loop._results, pl_module._current_fx_name, modes = saved
+        restore_training_results(trainer, pl_module, results)
         for module, training in modes:
             module.training = training
 
@@ -41,20 +42,17 @@ def finetune(trainer: "pl.Trainer", pl_module: "pl.LightningModule", batches: It
     """Train ``pl_module`` for ``epochs`` passes over ``batches`` (its first optimizer, no schedulers)."""
     if not pl_module.automatic_optimization:
         raise ValueError("finetune_epochs needs automatic optimization (training_step returning the loss)")
-    optimizer = _init_optimizers_and_lr_schedulers(pl_module)[0][0]
-    connector = trainer._logger_connector
+    optimizer = configured_optimizer(pl_module)
     try:
         with outside_fit_loop(trainer, pl_module):
             pl_module.train()
             for _ in range(epochs):
                 for batch_idx, batch in enumerate(batches):
                     batch = trainer.strategy.batch_to_device(batch)
-                    connector.on_batch_start(batch)
-                    pl_module._current_fx_name = "training_step"
-                    trainer.precision_plugin.optimizer_step(
-                        optimizer, pl_module,
-                        lambda b=batch, i=batch_idx: _train_step(trainer, pl_module, optimizer, b, i))
-                    connector.on_batch_end()
+                    with logged_training_step(trainer, pl_module, batch):
+                        trainer.precision_plugin.optimizer_step(
+                            optimizer, pl_module,
+                            lambda b=batch, i=batch_idx: _train_step(trainer, pl_module, optimizer, b, i))
     finally:
         pl_module.zero_grad(set_to_none=True)
 

@@ -1,4 +1,10 @@
-"""The options shared by :class:`SketchTuneCallback` and :meth:`SketchTuner.sketch_tune`, validated once.
+"""The options of :class:`SketchTuneCallback` and :meth:`SketchTuner.sketch_tune`: defaults, docs, checks.
+
+Both public signatures spell every option out, so that IDEs, LightningCLI and jsonargparse see
+real parameters; their defaults and docs are written once, on the fields of
+:class:`SketchTuneOptions`. :func:`document_options` writes the docs into both docstrings (which
+LightningCLI's ``--help`` reads), and ``tests/lightning/test_options.py`` checks that both
+signatures match the fields: names, order, defaults and types.
 
 Everything is checked when the options are built (the callback's ``__init__``), so a typo on the
 command line fails before any training starts.
@@ -6,15 +12,22 @@ command line fails before any training starts.
 
 from __future__ import annotations
 
+import inspect
 import math
-from dataclasses import dataclass
-from typing import Any, Dict, List, Literal, Optional, Union
+import re
+import textwrap
+from dataclasses import dataclass, field, fields
+from typing import Any, Dict, List, Literal, Mapping, Optional, TypeVar, Union, get_args
 
 from panther.tuner.configs import LayerConfig, TuningConfigs
+from panther.tuner.search import SearchAlgorithm
 
 #: What ``configs`` may be: a ``TuningConfigs``, ``LayerConfig``s, or their plain-dict (YAML) forms.
 #: Plain-data forms come first so that a command line / YAML list of dicts stays a list of dicts.
 ConfigsLike = Union[List[Dict[str, Any]], Dict[str, Any], TuningConfigs, LayerConfig, List[LayerConfig]]
+Mode = Literal["max", "min"]
+Objective = Literal["speed", "size"]
+SpeedMode = Literal["inference", "train"]
 
 #: Default: every ``nn.Linear`` (and Hugging Face ``Conv1D``, GPT-2's projections), each tuned on its
 #: own, parameter ranges from the layer's size. ``Conv1D`` is matched by class name: no import needed.
@@ -22,47 +35,87 @@ DEFAULT_CONFIGS = [{"layer_names": {"type": ["Linear", "Conv1D"]}, "params": "au
 
 DEFAULT_N_TRIALS = 20
 
+T = TypeVar("T")
+
+
+def _option(default: Any, doc: str) -> Any:
+    """A field with its default and the one text that documents it in both public signatures."""
+    return field(default=default, metadata={"doc": doc})
+
 
 @dataclass
 class SketchTuneOptions:
-    """Validated tuning options (see :class:`~panther_lightning.SketchTuneCallback` for their meaning)."""
+    """Validated tuning options; each field's ``metadata["doc"]`` says what it means.
 
-    configs: TuningConfigs
-    monitor: str = "val_acc"
-    mode: str = "max"
-    accuracy_threshold: Optional[float] = None
-    max_drop: Optional[float] = None
-    objective: str = "speed"
-    speed_mode: str = "inference"
-    n_trials: Optional[int] = None
-    search_algorithm: Any = None
-    seed: int = 0
-    screen_batches: Optional[int] = None
-    speed_batches: int = 4
-    timing_repeats: int = 15
-    tie_tolerance: float = 0.05
-    max_total_trials: Optional[int] = None
-    time_budget_s: Optional[float] = None
-    finetune_epochs: int = 0
-    calibration_batches: int = 0
-    share_accuracy_drop: bool = True
-    plan_path: Optional[str] = None
-    verbose: bool = True
+    Built from the public signatures' arguments by :meth:`from_arguments`; ``configs`` is then
+    always a ``TuningConfigs`` (``None`` becomes :data:`DEFAULT_CONFIGS`).
+    """
+
+    configs: Optional[ConfigsLike] = _option(
+        None, "which layers to tune and their search spaces: a ``TuningConfigs``, a list of ``LayerConfig`` or "
+        'of dicts such as ``{"layer_names": {"type": "Linear"}, "params": "auto"}`` (YAML-friendly). '
+        'Default: every ``nn.Linear`` (and Hugging Face ``Conv1D``), separately, with ``params="auto"``.')
+    monitor: str = _option(
+        "val_acc", "validation metric deciding whether a candidate is acceptable (logged by ``validation_step``).")
+    mode: Mode = _option(
+        "max", '``"max"`` if higher ``monitor`` is better (accuracy), ``"min"`` if lower is (loss).')
+    accuracy_threshold: Optional[float] = _option(
+        None, 'absolute bound on ``monitor``: at least this (``mode="max"``) or at most this (``mode="min"``).')
+    max_drop: Optional[float] = _option(
+        None, "largest allowed worsening of ``monitor`` relative to the dense model's value, measured at the start "
+        "of tuning, in the metric's units (e.g. 0.01 = one point of accuracy). With both bounds the stricter one "
+        "applies; with neither, candidates must match the dense value.")
+    objective: Objective = _option(
+        "speed", 'what to gain among acceptable candidates: ``"speed"`` (measured step time, plans not measured '
+        'faster than the dense model are rejected) or ``"size"`` (fewest weights).')
+    speed_mode: SpeedMode = _option(
+        "inference", '``"inference"`` (forward under no_grad) or ``"train"`` (forward + backward) timing.')
+    n_trials: Optional[int] = _option(
+        None, f"search trials per tuned layer group (default {DEFAULT_N_TRIALS}); not with ``search_algorithm``.")
+    search_algorithm: Optional[SearchAlgorithm] = _option(
+        None, "a ``panther.tuner`` search algorithm (default ``OptunaSearch(n_trials, seed)``).")
+    seed: int = _option(0, "seed of the default search (all DDP ranks must propose the same candidates).")
+    screen_batches: Optional[int] = _option(
+        None, "score candidates on the first N validation batches and re-score those that pass on the full set "
+        "(cheaper search); ``None`` scores every candidate on the full set.")
+    speed_batches: int = _option(4, "validation batches whose forward inputs are replayed for timing.")
+    timing_repeats: int = _option(15, "timed repetitions per measurement (median reported).")
+    tie_tolerance: float = _option(
+        0.05, "speed-ups within this fraction of 1 are re-measured, longer and interleaved.")
+    max_total_trials: Optional[int] = _option(None, "whole-model trial budget shared by all layer groups.")
+    time_budget_s: Optional[float] = _option(None, "stop starting new trials after this many seconds.")
+    finetune_epochs: int = _option(0, "epochs of recovery training after the sketches are applied (0: none).")
+    calibration_batches: int = _option(
+        0, "data-aware initialisation: run the first N batches of the training dataloader through "
+        "``training_step`` (no gradients, eval mode, logs discarded) to measure each tuned layer's input "
+        'covariance, and build candidates with ``init="data_svd"`` (``params="auto"`` then proposes it), which '
+        "keeps the directions the real inputs use. Under DDP all ranks use rank 0's batches. 0 (default): "
+        'weight-only ``"svd"`` init.')
+    share_accuracy_drop: bool = _option(
+        True, "hold each layer group to its share (by weight) of the allowed drop, so the tuned layers meet the "
+        "bound together; ``False``: each group may use the whole margin.")
+    plan_path: Optional[str] = _option(
+        None, "where to write the applied plan as JSON (default ``<log_dir>/sketch_plan.json``).")
+    verbose: bool = _option(True, "print one line per trial (rank 0).")
+
+    def __post_init__(self) -> None:
+        self.configs = TuningConfigs.coerce(DEFAULT_CONFIGS if self.configs is None else self.configs)
+        self._check()
 
     @classmethod
-    def build(cls, configs: Optional[ConfigsLike] = None, **options: Any) -> "SketchTuneOptions":
-        """Coerce ``configs`` and check every option; raises ``ValueError``/``TypeError`` naming the option."""
-        tuning = TuningConfigs.coerce(DEFAULT_CONFIGS if configs is None else configs)
-        built = cls(configs=tuning, **options)
-        built._check()
-        return built
+    def from_arguments(cls, arguments: Mapping[str, Any]) -> "SketchTuneOptions":
+        """The options among a public signature's ``locals()``; raises ``ValueError``/``TypeError`` naming a bad one.
+
+        The signatures list every field (checked by the tests), so each is found under its name.
+        """
+        return cls(**{option.name: arguments[option.name] for option in fields(cls)})
 
     def _check(self) -> None:
         if not isinstance(self.monitor, str) or not self.monitor:
             raise ValueError(f"monitor must be the name of a logged validation metric, got {self.monitor!r}")
-        _choice("mode", self.mode, ("max", "min"))
-        _choice("objective", self.objective, ("speed", "size"))
-        _choice("speed_mode", self.speed_mode, ("inference", "train"))
+        _choice("mode", self.mode, get_args(Mode))
+        _choice("objective", self.objective, get_args(Objective))
+        _choice("speed_mode", self.speed_mode, get_args(SpeedMode))
         _number("accuracy_threshold", self.accuracy_threshold, minimum=None)
         _number("max_drop", self.max_drop, minimum=0.0)
         _number("tie_tolerance", self.tie_tolerance, minimum=0.0, optional=False)
@@ -123,6 +176,18 @@ def _integer(name: str, value: Any, minimum: Optional[int], optional: bool = Tru
         raise ValueError(f"{name} must be an integer{bound}{' or None' if optional else ''}, got {value!r}")
 
 
-Mode = Literal["max", "min"]
-Objective = Literal["speed", "size"]
-SpeedMode = Literal["inference", "train"]
+
+def document_options(target: T) -> T:
+    """Append every option's doc to the docstring of ``target`` (a class or function) and return it.
+
+    The entries go at the end of the docstring's ``Args:`` section, which must therefore be its
+    last section (it is added if missing); Google style, as jsonargparse and Sphinx read it.
+    """
+    doc = inspect.cleandoc(target.__doc__ or "")
+    if not re.search(r"^Args:$", doc, flags=re.MULTILINE):
+        doc += "\n\nArgs:"
+    entries = [textwrap.fill(f"{option.name}: {option.metadata['doc']}", width=110, initial_indent="    ",
+                             subsequent_indent="        ", break_long_words=False, break_on_hyphens=False)
+               for option in fields(SketchTuneOptions)]
+    target.__doc__ = doc + "\n" + "\n".join(entries) + "\n"
+    return target

@@ -22,6 +22,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 
 from panther.nn.rebuild import replace_module, save_plan, sketch_plan
+from panther.tuner import SKAutoTuner
 from panther.tuner.layers import layer_weights
 from panther_lightning.calibration import calibration_batches, training_step_forward
 from panther_lightning.finetune import finetune
@@ -81,7 +82,7 @@ class SketchTuneReport:
         if self.finetuned_metric is not None:
             rows.insert(2, (f"{self.monitor} after fine-tune", "", num(self.finetuned_metric)))
         widths = [max(len(r[i]) for r in rows) for i in range(3)]
-        lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+        lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
         bound = "<=" if self.mode == "min" else ">="
         lines.append(f"accepted if {self.monitor} {bound} {self.threshold_metric:.4f}")
         if self.speedup is not None:
@@ -107,7 +108,7 @@ class SketchTuneSession:
                  train_batches: Optional[Callable[[], Iterable[Any]]] = None) -> None:
         self.trainer, self.pl_module, self.options = trainer, pl_module, options
         self.train_batches = train_batches
-        self.tuner: Any = None
+        self.tuner: Optional[SKAutoTuner] = None
         self.timer: Optional[StepTimer] = None
         self.dense_timing: Optional[Timing] = None
         self.dense_layers: Dict[str, nn.Module] = {}
@@ -150,8 +151,7 @@ class SketchTuneSession:
                                    backward=opts.speed_mode == "train", repeats=opts.timing_repeats)
         return metric
 
-    def _make_tuner(self) -> Any:
-        from panther.tuner import SKAutoTuner
+    def _make_tuner(self) -> SKAutoTuner:
         from panther.tuner.search import OptunaSearch
 
         opts = self.options
@@ -187,13 +187,13 @@ class SketchTuneSession:
             dense_s, tuned_s = self.trainer.strategy.broadcast(self._ab_timing(), src=0)
             report.dense_timing, report.tuned_timing = asdict(dense_s), asdict(tuned_s)
             if not tuned_s.median_s < dense_s.median_s:
-                self._restore_dense()
+                self.restore_dense()
                 report.rejected = "the tuned model was not measured faster than the dense one"
                 best = {}
         self._sync_weights()
         report.tuned_metric = self._metric(None) if best else report.dense_metric
         if best and self.options.score(report.tuned_metric) < self._threshold:
-            self._restore_dense()
+            self.restore_dense()
             report.rejected = f"the tuned model's {self.options.monitor} {report.tuned_metric:.4f} misses the bound"
             report.tuned_metric, best = report.dense_metric, {}
         report.best_params = best
@@ -266,7 +266,7 @@ class SketchTuneSession:
     @contextmanager
     def _dense_installed(self) -> Iterator[None]:
         current = {name: self.pl_module.get_submodule(name) for name in self.dense_layers}
-        self._restore_dense()
+        self.restore_dense()
         try:
             yield
         finally:
@@ -275,9 +275,6 @@ class SketchTuneSession:
 
     def restore_dense(self) -> None:
         """Put every tuned layer's dense original back (after a failure, the trained model as it was)."""
-        self._restore_dense()
-
-    def _restore_dense(self) -> None:
         for name, module in self.dense_layers.items():
             if self.pl_module.get_submodule(name) is not module:
                 replace_module(self.pl_module, name, module)
@@ -288,7 +285,7 @@ class SketchTuneSession:
             return
         plan = self.trainer.strategy.broadcast(sketch_plan(self.pl_module), src=0)
         if plan != sketch_plan(self.pl_module):
-            self._restore_dense()
+            self.restore_dense()
             from panther.nn.rebuild import apply_plan
 
             apply_plan(self.pl_module, plan)

@@ -7,10 +7,13 @@ from typing import Any, Callable, Iterable, Optional
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.tuner import Tuner
+from lightning.pytorch.utilities.types import EVAL_DATALOADERS, TRAIN_DATALOADERS
 
+from panther.tuner import SKAutoTuner
+from panther.tuner.search import SearchAlgorithm
 from panther_lightning.callback import check_trainer_can_tune, nothing_to_tune
 from panther_lightning.checkpoint import install_sketch_loading
-from panther_lightning.options import SketchTuneOptions
+from panther_lightning.options import ConfigsLike, Mode, Objective, SketchTuneOptions, SpeedMode, document_options
 from panther_lightning.session import SketchTuneReport, SketchTuneSession, publish, write_plan
 
 
@@ -39,40 +42,68 @@ class SketchTuner(Tuner):
     Example::
 
         trainer.fit(model, datamodule=dm)
-        tuner = SketchTuner(trainer).sketch_tune(model, datamodule=dm, max_drop=0.01)
-        print(tuner.summary())
+        tuner = SketchTuner(trainer)
+        autotuner = tuner.sketch_tune(model, datamodule=dm, max_drop=0.01)  # the SKAutoTuner that searched
+        print(autotuner.summary())  # per-layer trials; tuner.report: dense versus tuned model
     """
 
     def __init__(self, trainer: "pl.Trainer") -> None:
         super().__init__(trainer)
+        self._sketch_trainer = trainer  # Tuner keeps its own reference private
         self.report: Optional[SketchTuneReport] = None  # set by sketch_tune
         self.plan_file: Optional[str] = None
 
+    @document_options
     def sketch_tune(
         self,
         model: "pl.LightningModule",
         datamodule: Optional["pl.LightningDataModule"] = None,
-        train_dataloaders: Any = None,
-        val_dataloaders: Any = None,
-        **options: Any,
-    ) -> Any:
-        """Tune and apply sketched layers to a trained ``model`` in place; return the ``SKAutoTuner``.
+        train_dataloaders: Optional[TRAIN_DATALOADERS] = None,
+        val_dataloaders: Optional[EVAL_DATALOADERS] = None,
+        *,
+        configs: Optional[ConfigsLike] = None,
+        monitor: str = "val_acc",
+        mode: Mode = "max",
+        accuracy_threshold: Optional[float] = None,
+        max_drop: Optional[float] = None,
+        objective: Objective = "speed",
+        speed_mode: SpeedMode = "inference",
+        n_trials: Optional[int] = None,
+        search_algorithm: Optional[SearchAlgorithm] = None,
+        seed: int = 0,
+        screen_batches: Optional[int] = None,
+        speed_batches: int = 4,
+        timing_repeats: int = 15,
+        tie_tolerance: float = 0.05,
+        max_total_trials: Optional[int] = None,
+        time_budget_s: Optional[float] = None,
+        finetune_epochs: int = 0,
+        calibration_batches: int = 0,
+        share_accuracy_drop: bool = True,
+        plan_path: Optional[str] = None,
+        verbose: bool = True,
+    ) -> SKAutoTuner:
+        """Tune and apply sketched layers to a trained ``model`` in place; return the ``SKAutoTuner`` that searched.
 
         Runs one ``trainer.validate`` pass (logged as usual) and tunes at its end, so candidates
-        are scored by the trainer's validation loop on its device and precision. ``options`` are
-        those of :class:`~panther_lightning.SketchTuneCallback`; training data
-        (``train_dataloaders`` or the datamodule) is only needed for ``finetune_epochs`` and
-        ``calibration_batches``.
+        are scored by the trainer's validation loop on its device and precision. The options are
+        those of :class:`~panther_lightning.SketchTuneCallback`, with the same defaults.
         The report and the plan file are available as ``self.report`` and ``self.plan_file``.
         Configs that select nothing sketchable raise ``ValueError`` before validation runs; if
         tuning fails, the model's dense layers are put back before the error propagates.
+
+        Args:
+            model: the trained LightningModule; its layers are replaced in place.
+            datamodule: validation (and training) data; not with dataloaders.
+            train_dataloaders: training data, only needed for ``finetune_epochs`` and ``calibration_batches``.
+            val_dataloaders: validation data scoring the candidates (or pass ``datamodule``).
         """
         if datamodule is not None and (train_dataloaders is not None or val_dataloaders is not None):
             raise ValueError("pass a datamodule or dataloaders, not both")
         if datamodule is None and val_dataloaders is None:
             raise ValueError("sketch_tune needs validation data: pass val_dataloaders or a datamodule")
-        opts = SketchTuneOptions.build(options.pop("configs", None), **options)
-        trainer = self._trainer
+        opts = SketchTuneOptions.from_arguments(locals())
+        trainer = self._sketch_trainer
         check_trainer_can_tune(trainer, model, opts)
         reason = nothing_to_tune(model, opts)
         if reason is not None:
@@ -88,7 +119,7 @@ class SketchTuner(Tuner):
             trainer.validate(model, dataloaders=val_dataloaders, datamodule=datamodule, verbose=False)
         finally:
             trainer.callbacks.remove(hook)
-        if hook.report is None or hook.session is None:
+        if hook.report is None or hook.session is None or hook.session.tuner is None:
             raise RuntimeError("the validation pass did not run; check limit_val_batches and the dataloaders")
         self.report = hook.report
         self.plan_file = write_plan(hook.report, opts.plan_path, trainer)
@@ -96,8 +127,9 @@ class SketchTuner(Tuner):
         return hook.session.tuner
 
 
-def _train_source(datamodule: Optional["pl.LightningDataModule"], train_dataloaders: Any
+def _train_source(datamodule: Optional["pl.LightningDataModule"], train_dataloaders: Optional[TRAIN_DATALOADERS]
                   ) -> Optional[Callable[[], Iterable[Any]]]:
+    """Where the session reads training batches from (each call a fresh iterable), if anywhere."""
     if train_dataloaders is not None:
         return lambda: train_dataloaders
     if datamodule is not None:

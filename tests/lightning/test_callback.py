@@ -64,7 +64,7 @@ def test_callback_tunes_applies_and_leaves_the_trainer_as_without_it(tmp_path):
     plain_ckpts, ckpts = _checkpoint_weights(str(tmp_path / "plain")), _checkpoint_weights(str(tmp_path / "tuned"))
     assert plain_ckpts.keys() == ckpts.keys() and ckpts
     for name in ckpts:
-        assert all(torch.equal(a, b) for a, b in zip(plain_ckpts[name].values(), ckpts[name].values()))
+        assert all(torch.equal(a, b) for a, b in zip(plain_ckpts[name].values(), ckpts[name].values(), strict=True))
     assert (trainer.global_step, trainer.current_epoch) == (plain_trainer.global_step, plain_trainer.current_epoch)
 
     # the plan file re-creates the same structure
@@ -89,7 +89,7 @@ def test_min_mode_bounds_the_loss_from_above(tmp_path):
     with torch.no_grad():
         losses = [torch.nn.functional.cross_entropy(model(x), y) for x, y in dm.val_dataloader()]
     sizes = [len(y) for _, y in dm.val_dataloader()]
-    manual = sum(loss.item() * n for loss, n in zip(losses, sizes)) / sum(sizes)
+    manual = sum(loss.item() * n for loss, n in zip(losses, sizes, strict=True)) / sum(sizes)
     assert manual == pytest.approx(report.tuned_metric, abs=1e-5)
 
 

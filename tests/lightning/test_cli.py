@@ -56,7 +56,7 @@ def test_callback_from_yaml_with_layer_configs(tmp_path):
     callback = _callback(cli)
     assert callback.options.configs[0].layer_names == ["net.0", "net.2"]
     assert set(callback.best_params) <= {"net.0", "net.2"} and callback.best_params
-    for name, params in callback.best_params.items():
+    for params in callback.best_params.values():
         assert 4 <= params["low_rank"] <= 32 and params["low_rank"] % 4 == 0 and params["init"] == "svd"
 
 

@@ -47,7 +47,7 @@ def test_isolated_passes_measure_the_model_and_leave_no_trace(tmp_path):
     # the full pass equals what the last epoch's validation logged (same weights)
     assert probe.values[0] == pytest.approx(float(trainer.callback_metrics["val_acc"]), abs=1e-6)
 
-    for a, b in zip(plain_model.state_dict().values(), model.state_dict().values()):
+    for a, b in zip(plain_model.state_dict().values(), model.state_dict().values(), strict=True):
         assert torch.equal(a, b)
     assert _metrics_csv(str(tmp_path / "plain")) == _metrics_csv(str(tmp_path / "probed"))
     assert {k: float(v) for k, v in plain_trainer.callback_metrics.items()} == \
@@ -71,7 +71,7 @@ def test_step_timer_times_captured_inputs_without_side_effects(model):
     assert timing.mode == "train" and timing.repeats == 3 and timing.median_s > 0
     assert timing.threads == torch.get_num_threads() and timing.device == "cpu"
     assert not model.training and all(p.grad is None for p in model.parameters())
-    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
 
 
 def test_step_timer_needs_inputs():

@@ -62,7 +62,7 @@ def test_calibrated_sketches_use_the_first_training_batches_and_leave_no_trace(t
 
     # the first 4 batches the trainer's train dataloader yields (calibration left its shuffling state as it was)
     loader = trainer.train_dataloader
-    batches = [x for _, (x, _) in zip(range(CALIBRATION_BATCHES), loader)]
+    batches = [x for _, (x, _) in zip(range(CALIBRATION_BATCHES), loader, strict=False)]
     assert len(batches) == CALIBRATION_BATCHES
     covariances = _input_covariances(copy.deepcopy(snapshot.net), batches)
     for name, params in callback.best_params.items():

@@ -6,7 +6,8 @@ cached on disk across processes. Any failure is reported by a single warning and
 is used from then on.
 
 The kernels are opt-in, ``PANTHER_CUDA_KERNELS=1``, until ``bench/gpu_check.sh`` has validated them
-on real hardware; without it CUDA tensors take the PyTorch (cuBLAS) path and nothing is built.
+on real hardware (until then tests/cuda_emulation runs them on the CPU); without it CUDA tensors take
+the PyTorch (cuBLAS) path and nothing is built.
 """
 
 from __future__ import annotations

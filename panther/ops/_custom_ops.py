@@ -2,7 +2,8 @@
 
 Proper ops (schema, fake kernels, autograd formula) so autograd, ``torch.compile`` and
 ``torch.export`` see one node per layer. Every device runs the PyTorch math by default; CUDA
-tensors run the fused kernels, built on first use (see :mod:`panther.ops._cuda_ext`).
+tensors run the fused kernels when opted in (built on first use, see :mod:`panther.ops._cuda_ext`),
+the forward only where its grid fills the device (:mod:`panther.ops._dispatch`).
 """
 
 from __future__ import annotations
@@ -12,27 +13,40 @@ from typing import Any, Optional, Tuple
 import torch
 from torch import Tensor
 
+from panther.ops import _dispatch
 from panther.ops._cuda_ext import cuda_extension
 from panther.ops._torch_path import torch_backward, torch_forward
 
 KERNEL_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
 
-@torch.library.custom_op("panther::sketched_linear_forward", mutates_args=())
-def sketched_linear_forward(x: Tensor, S1s: Tensor, S2s: Tensor, A: Tensor, B: Tensor, bias: Optional[Tensor],
-                            scale: float, save_hidden: bool) -> Tuple[Tensor, Tensor]:
+# The default kernels are named functions (not decorated in place) so the CUDA kernels below can fall
+# back to them, and tests/cuda_emulation can route CPU tensors through the CUDA kernels and back.
+def _forward_default(x: Tensor, S1s: Tensor, S2s: Tensor, A: Tensor, B: Tensor, bias: Optional[Tensor],
+                     scale: float, save_hidden: bool) -> Tuple[Tensor, Tensor]:
     """``(scale · (x @ A) @ B + bias, x @ A or empty)``; ``S1s``/``S2s`` only route gradients."""
     y, hidden = torch_forward(x, A, B, bias, scale)
     return y, (hidden if save_hidden else x.new_empty(0))
 
 
+sketched_linear_forward = torch.library.custom_op("panther::sketched_linear_forward", mutates_args=())(
+    _forward_default)
+
+
+def _fused_forward_pays(ext: Any, x: Tensor, A: Tensor) -> bool:
+    """The dispatch rule with the kernel's own limits (asked of the extension, so never out of sync)."""
+    max_rank, rows_per_block = ext.fused_forward_limits(x)
+    return _dispatch.use_fused_forward(x.shape[0], A.shape[1], max_rank, rows_per_block,
+                                       _dispatch.multiprocessor_count(x.device))
+
+
 @sketched_linear_forward.register_kernel("cuda")
 def _forward_cuda(x: Tensor, S1s: Tensor, S2s: Tensor, A: Tensor, B: Tensor, bias: Optional[Tensor],
                   scale: float, save_hidden: bool) -> Tuple[Tensor, Tensor]:
+    """The fused kernel where it fills the device (see :mod:`panther.ops._dispatch`), else cuBLAS."""
     ext = cuda_extension()
-    if ext is None or x.dtype not in KERNEL_DTYPES:
-        y, hidden = torch_forward(x, A, B, bias, scale)
-        return y, (hidden if save_hidden else x.new_empty(0))
+    if ext is None or x.dtype not in KERNEL_DTYPES or not _fused_forward_pays(ext, x, A):
+        return _forward_default(x, S1s, S2s, A, B, bias, scale, save_hidden)
     return tuple(ext.forward(x, A, B, bias, scale, save_hidden))  # type: ignore[return-value]
 
 
@@ -43,13 +57,16 @@ def _forward_fake(x: Tensor, S1s: Tensor, S2s: Tensor, A: Tensor, B: Tensor, bia
     return x.new_empty((x.shape[0], B.shape[1])), x.new_empty(hidden_shape)
 
 
-@torch.library.custom_op("panther::sketched_linear_backward", mutates_args=())
-def sketched_linear_backward(grad_y: Tensor, x: Tensor, hidden: Tensor, A: Tensor, B: Tensor, scale: float,
-                             rank: int, need_x: bool, need_s1: bool, need_s2: bool,
-                             need_bias: bool) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+def _backward_default(grad_y: Tensor, x: Tensor, hidden: Tensor, A: Tensor, B: Tensor, scale: float,
+                      rank: int, need_x: bool, need_s1: bool, need_s2: bool,
+                      need_bias: bool) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
     """Gradients for ``x``, ``S1`` (``d_in x r``), ``S2`` (``r x d_out``), bias; unrequested ones are empty."""
     grads = torch_backward(grad_y.contiguous(), x, hidden, A, B, scale, rank, need_x, need_s1, need_s2, need_bias)
     return tuple(x.new_empty(0) if g is None else g for g in grads)  # type: ignore[return-value]
+
+
+sketched_linear_backward = torch.library.custom_op("panther::sketched_linear_backward", mutates_args=())(
+    _backward_default)
 
 
 @sketched_linear_backward.register_kernel("cuda")
@@ -58,9 +75,7 @@ def _backward_cuda(grad_y: Tensor, x: Tensor, hidden: Tensor, A: Tensor, B: Tens
                    ) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
     ext = cuda_extension()
     if ext is None or x.dtype not in KERNEL_DTYPES:
-        grads = torch_backward(grad_y.contiguous(), x, hidden, A, B, scale, rank, need_x, need_s1, need_s2,
-                               need_bias)
-        return tuple(x.new_empty(0) if g is None else g for g in grads)  # type: ignore[return-value]
+        return _backward_default(grad_y, x, hidden, A, B, scale, rank, need_x, need_s1, need_s2, need_bias)
     return tuple(ext.backward(grad_y, x, hidden, A, B, scale, rank, need_x, need_s1, need_s2, need_bias))  # type: ignore[return-value]
 
 

@@ -1,17 +1,24 @@
-"""The CUDA kernels against the float64 per-term formula: every dtype, gradient and awkward shape."""
+"""The CUDA kernels against the float64 per-term formula: every dtype, gradient and awkward shape.
+
+Run on a lent GPU by ``bench/gpu_check.sh``; on CPU the same kernels run under tests/cuda_emulation.
+"""
 
 from __future__ import annotations
+
+import itertools
 
 import pytest
 import torch
 
 from panther.nn import SKLinear
-from panther.ops import _cuda_ext, pack_left, pack_right, sketched_linear
+from panther.ops import _cuda_ext, _dispatch, pack_left, pack_right, sketched_linear
 from panther.ops._torch_path import torch_forward
 from sketch_reference import make_factors, per_term_reference
 
 pytestmark = [pytest.mark.cuda,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
+
+REAL_SM_COUNT = _dispatch.multiprocessor_count  # the module's fixture replaces it
 
 # Relative Frobenius error allowed per dtype (fp16/bf16 products are accumulated in fp32).
 REL_TOL = {torch.float64: 1e-10, torch.float32: 2e-5, torch.float16: 4e-3, torch.bfloat16: 3e-2}
@@ -30,6 +37,8 @@ def assert_rel_close(got: torch.Tensor, want: torch.Tensor, dtype: torch.dtype) 
 def extension():
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("PANTHER_CUDA_KERNELS", "1")  # the kernels are opt-in; these tests are their validation
+        # The kernels are under test here, not the dispatch rule: every batch "fills" a 1-SM device.
+        patch.setattr(_dispatch, "multiprocessor_count", lambda device: 1)
         ext = _cuda_ext.cuda_extension()
         assert ext is not None, "the CUDA extension failed to build (see the warning above)"
         yield ext
@@ -119,3 +128,67 @@ def test_custom_op_opcheck_on_cuda():
     x = torch.randn(5, 19, device="cuda", requires_grad=True)
     torch.library.opcheck(torch.ops.panther.sketched_linear_forward,
                           (x, f["S1s"], f["S2s"], A, B, f["bias"], 0.25, True))
+
+
+@pytest.mark.parametrize("requires", list(itertools.product([False, True], repeat=4)), ids=str)
+@pytest.mark.parametrize("bias", [True, False])
+def test_opcheck_both_ops_for_every_requires_grad_combination(requires, bias):
+    """Defect 1: unrequested gradients shared one empty tensor, which torch.library rejects."""
+    f = make_factors(2, 19, 3, 11, dtype=torch.float32, device="cuda", bias=bias)
+    need_x, need_s1, need_s2, need_bias = requires
+    need_bias = need_bias and bias
+    x = torch.randn(5, 19, device="cuda", requires_grad=need_x)
+    S1s, S2s = f["S1s"].detach().requires_grad_(need_s1), f["S2s"].detach().requires_grad_(need_s2)
+    b = f["bias"].detach().requires_grad_(need_bias) if bias else None
+    A, B = pack_left(S1s.detach(), f["U2s"]), pack_right(f["U1s"], S2s.detach())
+    torch.library.opcheck(torch.ops.panther.sketched_linear_forward, (x, S1s, S2s, A, B, b, 0.25, True))
+    grad_y = torch.randn(5, 11, device="cuda")
+    torch.library.opcheck(torch.ops.panther.sketched_linear_backward,
+                          (grad_y, x.detach(), x.detach() @ A, A, B, 0.25, 6, need_x, need_s1, need_s2, need_bias))
+
+
+def test_bias_free_layer_with_frozen_input_trains():
+    """Defect 1's common trigger: SKLinear(bias=False) on an input that does not require grad."""
+    layer = SKLinear(40, 24, num_terms=2, low_rank=5, bias=False, device="cuda")
+    x = torch.randn(7, 40, device="cuda")
+    layer(x).sum().backward()
+    assert layer.S1s.grad is not None and layer.S2s.grad is not None
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA devices")
+def test_bias_on_another_device_is_rejected(extension):
+    """Defect 4: a cuda:1 bias with a cuda:0 input used to reach the kernel as a foreign pointer."""
+    x = torch.randn(3, 8, device="cuda:0")
+    A, B = torch.randn(8, 4, device="cuda:0"), torch.randn(4, 6, device="cuda:0")
+    with pytest.raises(RuntimeError, match="bias is on cuda:1, expected cuda:0"):
+        extension.forward(x, A, B, torch.randn(6, device="cuda:1"), 1.0, False)
+
+
+class _ForwardSpy:
+    """The extension, recording calls of its fused forward."""
+
+    def __init__(self, ext) -> None:
+        self.ext, self.calls = ext, 0
+
+    def fused_forward_limits(self, x):
+        return self.ext.fused_forward_limits(x)
+
+    def forward(self, *args):
+        self.calls += 1
+        return self.ext.forward(*args)
+
+
+def test_dispatch_rule_on_this_device(extension, monkeypatch):
+    """With the real SM count, a batch of one block takes the two-GEMM path; a filling batch is fused."""
+    monkeypatch.setattr(_dispatch, "multiprocessor_count", REAL_SM_COUNT)
+    spy = _ForwardSpy(extension)
+    monkeypatch.setattr(_cuda_ext, "_module", spy)
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    layer = SKLinear(64, 48, num_terms=1, low_rank=8, device="cuda")
+    with torch.no_grad():
+        for batch, fused in [(32, False), (32 * sms, True)]:
+            spy.calls = 0
+            x = torch.randn(batch, 64, device="cuda")
+            assert_rel_close(layer(x), x.double() @ layer.effective_weight().double().T + layer.bias.double(),
+                             torch.float32)
+            assert spy.calls == int(fused)

@@ -2,6 +2,9 @@
 // the current CUDA stream, and the order of the GEMMs. Built only where a CUDA-enabled torch exists;
 // the kernels themselves live in the .cu files and see nothing but raw pointers and strides.
 // Only c10/cuda headers are used (not ATen/cuda), so no cuBLAS/cuSPARSE headers are needed.
+// tests/cuda_emulation builds this same file against a CPU-only torch with PANTHER_CUDA_EMULATION,
+// the kernels running on host threads: there host memory plays device memory, so CPU tensors are
+// the ones the kernels accept.
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #include <torch/extension.h>
@@ -25,6 +28,12 @@ DType to_dtype(const at::Tensor& t) {
   }
 }
 
+#ifdef PANTHER_CUDA_EMULATION
+constexpr c10::DeviceType kKernelDevice = c10::DeviceType::CPU;
+#else
+constexpr c10::DeviceType kKernelDevice = c10::DeviceType::CUDA;
+#endif
+
 StridedMatrix view(const at::Tensor& t) { return StridedMatrix{t.data_ptr(), t.stride(0), t.stride(1)}; }
 
 // The transpose of a 2-D operand, without a copy.
@@ -34,13 +43,15 @@ void check(cudaError_t status, const char* what) {
   TORCH_CHECK(status == cudaSuccess, "panther sketched_linear: ", what, " failed: ", cudaGetErrorString(status));
 }
 
-void check_operand(const at::Tensor& t, const at::Tensor& like, const char* name) {
-  TORCH_CHECK(t.is_cuda(), "panther sketched_linear: ", name, " must be a CUDA tensor");
-  TORCH_CHECK(t.dim() == 2, "panther sketched_linear: ", name, " must be 2-D, got ", t.dim(), "-D");
+// Every operand must live on x's device (a tensor on another GPU would hand the kernel a foreign
+// pointer), x on a CUDA device, all with x's dtype and the given number of dimensions.
+void check_operand(const at::Tensor& t, const at::Tensor& like, const char* name, int64_t dims = 2) {
+  TORCH_CHECK(t.device() == like.device(), "panther sketched_linear: ", name, " is on ", t.device(), ", expected ",
+              like.device());
+  TORCH_CHECK(t.device().type() == kKernelDevice, "panther sketched_linear: ", name, " must be a CUDA tensor");
+  TORCH_CHECK(t.dim() == dims, "panther sketched_linear: ", name, " must be ", dims, "-D, got ", t.dim(), "-D");
   TORCH_CHECK(t.scalar_type() == like.scalar_type(), "panther sketched_linear: ", name, " has dtype ",
               t.scalar_type(), ", expected ", like.scalar_type());
-  TORCH_CHECK(t.device() == like.device(), "panther sketched_linear: ", name, " is on ", t.device(),
-              ", expected ", like.device());
 }
 
 // y = scale * (x @ A) @ B + bias; also returns H = x @ A when save_hidden (else an empty tensor).
@@ -54,10 +65,10 @@ std::tuple<at::Tensor, at::Tensor> forward(const at::Tensor& x, const at::Tensor
               ", A ", A.sizes(), ", B ", B.sizes());
   at::Tensor bias_c;
   if (bias.has_value()) {
+    check_operand(*bias, x, "bias", 1);
+    TORCH_CHECK(bias->numel() == d_out, "panther sketched_linear: bias has ", bias->numel(), " elements, expected ",
+                d_out);
     bias_c = bias->contiguous();
-    TORCH_CHECK(bias_c.is_cuda() && bias_c.scalar_type() == x.scalar_type() && bias_c.numel() == d_out,
-                "panther sketched_linear: bias must be a CUDA tensor of ", d_out, " elements of dtype ",
-                x.scalar_type());
   }
   const void* bias_ptr = bias.has_value() ? bias_c.data_ptr() : nullptr;
   const c10::cuda::CUDAGuard guard(x.device());
@@ -82,7 +93,8 @@ std::tuple<at::Tensor, at::Tensor> forward(const at::Tensor& x, const at::Tensor
 }
 
 // Gradients of the learnable parts only: x, S1 (= A[:, :r]), S2 (= B[r:]) and bias. Unrequested ones
-// come back as empty tensors. gS1 is (d_in, r) and gS2 is (r, d_out), both already scaled.
+// come back as empty tensors, each its own (torch.library rejects outputs that share storage).
+// gS1 is (d_in, r) and gS2 is (r, d_out), both already scaled.
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward(const at::Tensor& grad_y, const at::Tensor& x,
                                                                     const at::Tensor& hidden, const at::Tensor& A,
                                                                     const at::Tensor& B, double scale, int64_t rank,
@@ -103,8 +115,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward(const at::Te
   const c10::cuda::CUDAGuard guard(x.device());
   cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
   const DType dtype = to_dtype(x);
-  const auto empty = at::empty({0}, x.options());
-  at::Tensor grad_x = empty, grad_s1 = empty, grad_s2 = empty, grad_bias = empty;
+  const auto empty = [&] { return at::empty({0}, x.options()); };
+  at::Tensor grad_x = empty(), grad_s1 = empty(), grad_s2 = empty(), grad_bias = empty();
   if (need_x || need_s1) {
     // gH = scale * gY @ B^T (only its first r columns when x's gradient is not wanted).
     const int64_t cols = need_x ? rank2 : rank;
@@ -139,6 +151,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward(const at::Te
   return {grad_x, grad_s1, grad_s2, grad_bias};
 }
 
+// (largest 2r, rows per block) of the fused forward for x's dtype: the inputs of the dispatch rule
+// in panther/ops/_dispatch.py.
+std::tuple<int64_t, int64_t> fused_forward_limits(const at::Tensor& x) {
+  const DType dtype = to_dtype(x);
+  return {panther::fused_forward_max_rank(dtype), panther::fused_forward_rows_per_block()};
+}
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -148,4 +167,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("backward", &backward, "sketched-linear backward (learnable parts only)", py::arg("grad_y"), py::arg("x"),
         py::arg("hidden"), py::arg("A"), py::arg("B"), py::arg("scale"), py::arg("rank"), py::arg("need_x"),
         py::arg("need_s1"), py::arg("need_s2"), py::arg("need_bias"));
+  m.def("fused_forward_limits", &fused_forward_limits, "(largest 2r, rows per block) of the fused forward",
+        py::arg("x"));
 }

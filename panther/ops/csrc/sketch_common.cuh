@@ -27,14 +27,4 @@ template <typename T> __device__ __forceinline__ typename Accum<T>::type load_ac
 
 inline unsigned ceil_div(int64_t a, int64_t b) { return static_cast<unsigned>((a + b - 1) / b); }
 
-// Compute capability of the current device, major * 10 + minor (queried per call: cheap, and
-// correct when the caller switches devices).
-inline int current_compute_capability() {
-  int device = 0, major = 0, minor = 0;
-  cudaGetDevice(&device);
-  cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device);
-  cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device);
-  return major * 10 + minor;
-}
-
 }  // namespace panther

@@ -154,6 +154,8 @@ cudaError_t fused_forward_typed(int64_t m, int64_t d_in, int64_t rank2, int64_t 
 
 int64_t fused_forward_max_rank(DType dtype) { return dtype == DType::kFloat64 ? kMaxRankPad<double> : 64; }
 
+int64_t fused_forward_rows_per_block() { return kRows; }
+
 cudaError_t launch_fused_forward(DType dtype, int64_t m, int64_t d_in, int64_t rank2, int64_t d_out,
                                  StridedMatrix x, StridedMatrix a, StridedMatrix b, const void* bias, double scale,
                                  void* y, int64_t ldy, void* hidden, int64_t ldh, cudaStream_t stream) {

@@ -83,13 +83,17 @@ __global__ void __launch_bounds__(kSimtThreads) gemm_simt_kernel(GemmParams<T> p
 }
 
 // Tensor-core GEMM (wmma 16x16x16, fp32 accumulate) for fp16/bf16: 64x64 block tile, 4 warps of 32x32.
-constexpr int kMmaBM = 64, kMmaBN = 64, kMmaBK = 32, kMmaThreads = 128;
-constexpr int kMmaLdA = kMmaBK + 8, kMmaLdB = kMmaBN + 8, kMmaLdC = kMmaBN + 4;  // 32-byte aligned rows
+// The body exists only in code compiled for sm_80+; gemm_typed never launches an empty one (see
+// tensor_core_kernel_compiled).
+constexpr int kMmaBM = 64, kMmaBN = 64, kMmaThreads = 128;
 
 template <typename T>
 __global__ void __launch_bounds__(kMmaThreads) gemm_wmma_kernel(GemmParams<T> p) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
   using namespace nvcuda;
+  // The k-depth of a tile and padded shared rows (32-byte aligned, wmma's rule, and off the bank
+  // period). Declared here, not at namespace scope, so an sm_75 build (no body) has no unused constants.
+  constexpr int kMmaBK = 32, kMmaLdA = kMmaBK + 8, kMmaLdB = kMmaBN + 8, kMmaLdC = kMmaBN + 4;
   __shared__ __align__(32) T a_tile[kMmaBM * kMmaLdA];
   __shared__ __align__(32) T b_tile[kMmaBK * kMmaLdB];
   __shared__ __align__(32) float c_tile[kMmaBM * kMmaLdC];
@@ -156,15 +160,29 @@ __global__ void __launch_bounds__(kMmaThreads) gemm_wmma_kernel(GemmParams<T> p)
 template <typename T>
 constexpr bool kHasTensorCoreKernel = std::is_same_v<T, __half> || std::is_same_v<T, __nv_bfloat16>;
 
+// Whether the tensor-core kernel that would run on the current device has a body. That depends on
+// what was compiled, not on the device: a build whose newest code is older PTX (say
+// TORCH_CUDA_ARCH_LIST=7.5+PTX) JIT-compiles that PTX on an H100, and there the kernel is empty.
+// ptxVersion is the virtual architecture of the code the device runs.
+template <typename T>
+bool tensor_core_kernel_compiled() {
+  cudaFuncAttributes attr;
+  if (cudaFuncGetAttributes(&attr, gemm_wmma_kernel<T>) != cudaSuccess) {
+    (void)cudaGetLastError();  // no image for this device: not an error of the GEMM itself
+    return false;
+  }
+  return attr.ptxVersion >= 80;
+}
+
 template <typename T>
 cudaError_t gemm_typed(int64_t m, int64_t n, int64_t k, StridedMatrix a, StridedMatrix b, void* c, int64_t ldc,
-                       double alpha, const void* bias, cudaStream_t stream, bool tensor_cores) {
+                       double alpha, const void* bias, cudaStream_t stream) {
   const GemmParams<T> p{m,   n, k, static_cast<const T*>(a.data), a.row_stride, a.col_stride,
                         static_cast<const T*>(b.data), b.row_stride, b.col_stride, static_cast<T*>(c),
                         ldc, static_cast<const T*>(bias), alpha};
   if (m == 0 || n == 0) return cudaSuccess;
   if constexpr (kHasTensorCoreKernel<T>) {
-    if (tensor_cores) {
+    if (tensor_core_kernel_compiled<T>()) {
       gemm_wmma_kernel<T><<<dim3(ceil_div(m, kMmaBM), ceil_div(n, kMmaBN)), kMmaThreads, 0, stream>>>(p);
       return cudaGetLastError();
     }
@@ -205,16 +223,15 @@ cudaError_t column_sum_typed(int64_t m, int64_t n, StridedMatrix g, void* out, c
 
 cudaError_t launch_gemm(DType dtype, int64_t m, int64_t n, int64_t k, StridedMatrix a, StridedMatrix b, void* c,
                         int64_t ldc, double alpha, const void* bias, cudaStream_t stream) {
-  const bool tensor_cores = current_compute_capability() >= 80;
   switch (dtype) {
     case DType::kFloat32:
-      return gemm_typed<float>(m, n, k, a, b, c, ldc, alpha, bias, stream, false);
+      return gemm_typed<float>(m, n, k, a, b, c, ldc, alpha, bias, stream);
     case DType::kFloat64:
-      return gemm_typed<double>(m, n, k, a, b, c, ldc, alpha, bias, stream, false);
+      return gemm_typed<double>(m, n, k, a, b, c, ldc, alpha, bias, stream);
     case DType::kFloat16:
-      return gemm_typed<__half>(m, n, k, a, b, c, ldc, alpha, bias, stream, tensor_cores);
+      return gemm_typed<__half>(m, n, k, a, b, c, ldc, alpha, bias, stream);
     case DType::kBFloat16:
-      return gemm_typed<__nv_bfloat16>(m, n, k, a, b, c, ldc, alpha, bias, stream, tensor_cores);
+      return gemm_typed<__nv_bfloat16>(m, n, k, a, b, c, ldc, alpha, bias, stream);
   }
   return cudaErrorInvalidValue;
 }

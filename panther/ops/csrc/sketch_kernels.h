@@ -20,13 +20,17 @@ struct StridedMatrix {
 };
 
 // C[i, j] = alpha * sum_p A[i, p] * B[p, j] + bias[j]   (C is m x n with row stride ldc, unit col stride;
-// bias may be null).  Tensor cores (wmma) are used for fp16/bf16 on sm_80+, a register-tiled SIMT
-// kernel otherwise; the choice depends only on dtype and device, never on the call.
+// bias may be null).  Tensor cores (wmma) are used for fp16/bf16 when the code the device runs was
+// compiled for sm_80+, a register-tiled SIMT kernel otherwise; the choice depends only on dtype, device
+// and build, never on the call.
 cudaError_t launch_gemm(DType dtype, int64_t m, int64_t n, int64_t k, StridedMatrix a, StridedMatrix b, void* c,
                         int64_t ldc, double alpha, const void* bias, cudaStream_t stream);
 
 // Largest 2r the fused forward handles (its x·A row-block lives in shared memory).
 int64_t fused_forward_max_rank(DType dtype);
+
+// Rows of x per block of the fused forward: it launches ceil(m / this) blocks.
+int64_t fused_forward_rows_per_block();
 
 // y = scale * (x @ A) @ B + bias in one kernel: each block keeps its rows of x·A on chip and applies
 // scale and bias in the epilogue. Writes x·A to `hidden` (m x rank2, row stride ldh) when non-null.

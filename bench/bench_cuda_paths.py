@@ -15,13 +15,13 @@ import argparse
 import contextlib
 import json
 import sys
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
-from typing import Callable, Dict, Iterator, List, Optional
 
 import torch
+from bench_layers import DTYPES, median_ms, peak_hbm_gbps
 from torch import nn
 
-from bench_layers import DTYPES, median_ms, peak_hbm_gbps
 from panther.nn import SKLinear
 from panther.ops import _cuda_ext, _dispatch, pack_left, pack_right
 from panther.ops._torch_path import torch_forward
@@ -50,8 +50,8 @@ class Row:
     batch: int
     k: int
     mode: str
-    ms: Dict[str, float]
-    hbm_fraction: Dict[str, Optional[float]]
+    ms: dict[str, float]
+    hbm_fraction: dict[str, float | None]
     rule_picks_fused: bool
 
 
@@ -67,7 +67,7 @@ def forced_fused(on: bool) -> Iterator[None]:
         _dispatch.multiprocessor_count = real  # type: ignore[assignment]
 
 
-def closures(sk: SKLinear, dense: nn.Linear, x: torch.Tensor, mode: str) -> Dict[str, Callable[[], object]]:
+def closures(sk: SKLinear, dense: nn.Linear, x: torch.Tensor, mode: str) -> dict[str, Callable[[], object]]:
     with torch.no_grad():
         A, B = pack_left(sk.S1s, sk.U2s), pack_right(sk.U1s, sk.S2s)
     scale = 1.0 / (2 * sk.num_terms)
@@ -94,7 +94,7 @@ def closures(sk: SKLinear, dense: nn.Linear, x: torch.Tensor, mode: str) -> Dict
 
 
 def bench_point(d: int, batch: int, k: int, mode: str, dtype: torch.dtype, min_run_time: float, rounds: int,
-                hbm_gbps: Optional[float]) -> Row:
+                hbm_gbps: float | None) -> Row:
     device = torch.device("cuda")
     sk = SKLinear(d, d, num_terms=1, low_rank=k, device=device, dtype=dtype)
     dense = nn.Linear(d, d, device=device, dtype=dtype)
@@ -108,14 +108,14 @@ def bench_point(d: int, batch: int, k: int, mode: str, dtype: torch.dtype, min_r
     ext = _cuda_ext.cuda_extension()
     max_rank, rows = ext.fused_forward_limits(x)
     picks = _dispatch.use_fused_forward(batch, 2 * k, max_rank, rows, _dispatch.multiprocessor_count(device))
-    frac: Dict[str, Optional[float]] = {}
+    frac: dict[str, float | None] = {}
     for name in VARIANTS:
         elements = traffic_elements("linear" if name == "linear" else "sketched", mode, batch, d, k)
         frac[name] = (elements * x.element_size() / (best[name] * 1e-3) / (hbm_gbps * 1e9)) if hbm_gbps else None
     return Row(str(dtype).replace("torch.", ""), d, batch, k, mode, best, frac, picks)
 
 
-def markdown(rows: List[Row]) -> str:
+def markdown(rows: list[Row]) -> str:
     head = ("| dtype | d | B | k | mode | fused ms | 2-GEMM ms | nn.Linear ms | rule ms | rule picks | "
             "fused vs 2-GEMM | HBM fused | HBM 2-GEMM | HBM Linear |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
@@ -129,7 +129,7 @@ def markdown(rows: List[Row]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--d", type=int, default=8192)
     parser.add_argument("--batch", type=int, nargs="+", default=[1, 32, 8192])

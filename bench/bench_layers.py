@@ -16,10 +16,11 @@ from __future__ import annotations
 
 import argparse
 import csv
+import functools
 import json
 import sys
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 import torch.utils.benchmark as benchmark
@@ -46,12 +47,12 @@ class Row:
     sklinear_ms: float
     linear_ms: float
     loop_ms: float
-    two_gemm_ms: Optional[float]
+    two_gemm_ms: float | None
     speedup_vs_linear: float
     roofline: float
     speedup_vs_loop: float
-    vs_two_gemm: Optional[float]
-    hbm_fraction: Optional[float]
+    vs_two_gemm: float | None
+    hbm_fraction: float | None
 
 
 def roofline_ratio(d_in: int, d_out: int, T: int, k: int) -> float:
@@ -65,8 +66,8 @@ def median_ms(fn: Callable[[], object], threads: int, min_run_time: float, warmu
     return timer.blocked_autorange(min_run_time=min_run_time).median * 1e3
 
 
-def best_of_rounds(fns: Dict[str, Callable[[], object]], threads: int, min_run_time: float,
-                   rounds: int) -> Dict[str, float]:
+def best_of_rounds(fns: dict[str, Callable[[], object]], threads: int, min_run_time: float,
+                   rounds: int) -> dict[str, float]:
     """Median time (ms) of each closure, measured round-robin; the best round per closure is kept."""
     best = {name: float("inf") for name in fns}
     for _ in range(rounds):
@@ -106,7 +107,7 @@ def step(module: nn.Module, x: torch.Tensor, mode: str) -> Callable[[], object]:
     return lambda: torch.autograd.grad(module(xg), inputs, grad_out)
 
 
-def peak_hbm_gbps(device: torch.device, override: Optional[float]) -> Optional[float]:
+def peak_hbm_gbps(device: torch.device, override: float | None) -> float | None:
     if override is not None:
         return override
     if device.type != "cuda":
@@ -116,7 +117,7 @@ def peak_hbm_gbps(device: torch.device, override: Optional[float]) -> Optional[f
 
 
 def bench_point(d: int, batch: int, T: int, k: int, mode: str, device: torch.device, dtype: torch.dtype,
-                threads: int, min_run_time: float, rounds: int, hbm_gbps: Optional[float]) -> Row:
+                threads: int, min_run_time: float, rounds: int, hbm_gbps: float | None) -> Row:
     sk = SKLinear(d, d, num_terms=T, low_rank=k, device=device, dtype=dtype)
     dense = nn.Linear(d, d, device=device, dtype=dtype)
     loop = PerTermLoop(sk)
@@ -155,7 +156,7 @@ class _TwoGemmLayer(nn.Module):
         return _SketchedLinearFunction.apply(x, sk.S1s, sk.S2s, A, B, sk.bias, 1.0 / (2 * sk.num_terms))
 
 
-def markdown(rows: List[Row]) -> str:
+def markdown(rows: list[Row]) -> str:
     head = ("| device | dtype | d | B | T | k | mode | SKLinear ms | nn.Linear ms | loop ms | 2-GEMM ms "
             "| vs Linear | roofline | vs loop | vs 2-GEMM | HBM frac |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
@@ -166,6 +167,11 @@ def markdown(rows: List[Row]) -> str:
                      f"{r.speedup_vs_linear:.2f}x | {r.roofline:.1f}x | {r.speedup_vs_loop:.2f}x | "
                      f"{fmt(r.vs_two_gemm, '.2f')} | {fmt(r.hbm_fraction, '.1%')} |")
     return "\n".join(lines)
+
+
+def _summed_backward(fn: Callable[..., torch.Tensor], *args: object) -> Callable[[], None]:
+    """A timed step: ``fn(*args).sum().backward()`` (arguments bound now, not at call time)."""
+    return lambda: fn(*args).sum().backward()
 
 
 def overhead_table(threads: int, min_run_time: float, rounds: int) -> str:
@@ -181,13 +187,13 @@ def overhead_table(threads: int, min_run_time: float, rounds: int) -> str:
             A, B = pack_left(sk.S1s.detach(), sk.U2s), pack_right(sk.U1s, sk.S2s.detach())
             S1, S2, bias = sk.S1s, sk.S2s, sk.bias
             S1f, S2f, bias_f = S1.detach(), S2.detach(), bias.detach()
-            cases: Dict[str, Dict[str, Callable[[], object]]] = {
-                "fwd": {"fn": lambda: sketched_linear(x, S1f, S2f, A, B, bias_f, 0.5),
-                        "op": lambda: op(x, S1f, S2f, A, B, bias_f, 0.5, False),
+            cases: dict[str, dict[str, Callable[[], object]]] = {
+                "fwd": {"fn": functools.partial(sketched_linear, x, S1f, S2f, A, B, bias_f, 0.5),
+                        "op": functools.partial(op, x, S1f, S2f, A, B, bias_f, 0.5, False),
                         "dense": step(dense, x, "fwd")},
-                "fwd+bwd": {"fn": lambda: sketched_linear(xg, S1, S2, A, B, bias, 0.5).sum().backward(),
-                            "op": lambda: op(xg, S1, S2, A, B, bias, 0.5, True)[0].sum().backward(),
-                            "dense": lambda: dense(xg).sum().backward()},
+                "fwd+bwd": {"fn": _summed_backward(sketched_linear, xg, S1, S2, A, B, bias, 0.5),
+                            "op": _summed_backward(lambda *a: op(*a)[0], xg, S1, S2, A, B, bias, 0.5, True),
+                            "dense": _summed_backward(dense, xg)},
             }
             for mode, fns in cases.items():
                 t = best_of_rounds(fns, threads, min_run_time, rounds)
@@ -196,14 +202,14 @@ def overhead_table(threads: int, min_run_time: float, rounds: int) -> str:
     return "\n".join(lines)
 
 
-def parse_terms(text: str) -> List[Tuple[int, int]]:
+def parse_terms(text: str) -> list[tuple[int, int]]:
     try:
         return [tuple(int(v) for v in item.split("x")) for item in text.split(",")]  # type: ignore[misc]
     except ValueError as exc:
         raise argparse.ArgumentTypeError(f"--terms wants TxK[,TxK...], got {text!r}") from exc
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--d", type=int, nargs="+", default=[1024, 4096, 8192])
     parser.add_argument("--batch", type=int, nargs="+", default=[32, 512, 4096])

@@ -20,15 +20,16 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
 from compression import layer_ratio, rank_for_ratio, sketched_copy  # noqa: E402
 from digits_data import accuracy, digits_mlp, load_digits_split, train  # noqa: E402
+
 from panther.nn.calibration import collect_input_covariances  # noqa: E402
 
 INITS = ("sketch", "svd", "data_svd")
@@ -47,7 +48,7 @@ class Row:
     fine_tuned: bool = False
 
 
-def digits_rows(ranks: Sequence[int], seed: int = 0, epochs: int = 40) -> List[Row]:
+def digits_rows(ranks: Sequence[int], seed: int = 0, epochs: int = 40) -> list[Row]:
     """Test accuracy of the digits MLP with fc1 and fc2 sketched at each rank, per init."""
     data = load_digits_split(seed=seed)
     torch.manual_seed(seed)
@@ -64,10 +65,18 @@ def digits_rows(ranks: Sequence[int], seed: int = 0, epochs: int = 40) -> List[R
 
 
 def minilm_rows(ratios: Sequence[float], distill_epochs: int, n_calibration: int = 512,
-                n_held_out: int = 256) -> List[Row]:
+                n_held_out: int = 256) -> list[Row]:
     """Held-out embedding cosine of MiniLM with its 12 FFN layers at each weight ratio, per init."""
-    from minilm_model import (FFN_PATTERN, distill, embed, embedding_cosine, input_covariances, linear_names,
-                              load_minilm, make_batches)
+    from minilm_model import (
+        FFN_PATTERN,
+        distill,
+        embed,
+        embedding_cosine,
+        input_covariances,
+        linear_names,
+        load_minilm,
+        make_batches,
+    )
     from text_data import load_text_split
 
     text = load_text_split(n_calibration=n_calibration, n_held_out=n_held_out)
@@ -97,7 +106,7 @@ def markdown(rows: Sequence[Row]) -> str:
     """One line per (workload, rank), one column per init."""
     header = "| workload | metric | rank | layer weight ratio | dense | " + " | ".join(INITS) + " |"
     lines = [header, "|" + "---|" * (5 + len(INITS))]
-    keys: Dict[tuple, Dict[str, Row]] = {}
+    keys: dict[tuple, dict[str, Row]] = {}
     for row in rows:
         keys.setdefault((row.workload, row.rank, row.fine_tuned), {})[row.init] = row
     for (workload, rank, tuned), by_init in keys.items():
@@ -109,7 +118,7 @@ def markdown(rows: Sequence[Row]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> None:
+def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workload", choices=("digits", "minilm", "both"), default="both")
     parser.add_argument("--digits-ranks", type=int, nargs="+", default=[8, 16, 32, 64])
@@ -122,7 +131,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
-    rows: List[Row] = []
+    rows: list[Row] = []
     if args.workload in ("digits", "both"):
         rows += digits_rows(args.digits_ranks, seed=args.seed)
     if args.workload in ("minilm", "both"):

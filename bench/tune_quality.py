@@ -32,9 +32,10 @@ import json
 import math
 import sys
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any
 
 import optuna
 import torch
@@ -60,14 +61,14 @@ class Workload:
 
     name: str
     model: nn.Module
-    layers: List[str]
+    layers: list[str]
     metric: str
     tune_metric: Callable[[nn.Module], float]  # what the searches see (validation / tuning data)
     final_metric: Callable[[nn.Module], float]  # reported only (test / held-out data)
     threshold: float  # on both metrics
     forward: Callable[[nn.Module], Any]  # one inference batch, for the speed measurement
     calibration: Sequence[Any]  # batches of training inputs, for data-aware init
-    calibration_forward: Optional[Callable[[nn.Module, Any], Any]] = None  # runs one calibration batch
+    calibration_forward: Callable[[nn.Module, Any], Any] | None = None  # runs one calibration batch
 
 
 @dataclass
@@ -84,15 +85,15 @@ class Outcome:
     speedup: float
     evaluations: int
     wall_s: float
-    plan: Dict[str, Dict[str, Any]]
+    plan: dict[str, dict[str, Any]]
 
 
 @dataclass
 class SearchResult:
-    plan: Dict[str, Dict[str, Any]]  # panther.nn.rebuild plan
+    plan: dict[str, dict[str, Any]]  # panther.nn.rebuild plan
     evaluations: int  # full evaluations spent
     wall_s: float
-    tuner: Optional[SKAutoTuner] = None  # SKAutoTuner procedures: its records, for the plot
+    tuner: SKAutoTuner | None = None  # SKAutoTuner procedures: its records, for the plot
 
 
 class CountingMetric:
@@ -113,7 +114,7 @@ def original_procedure(work: Workload, budget: int, seed: int) -> SearchResult:
     metric = CountingMetric(work.tune_metric)
     per_layer = max(1, budget // len(work.layers))
     resolver = ParamsResolver(work.model)
-    plan: Dict[str, Dict[str, Any]] = {}
+    plan: dict[str, dict[str, Any]] = {}
     for index, name in enumerate(work.layers):
         dense = work.model.get_submodule(name)
         space = resolver.space_for(dense)
@@ -166,7 +167,7 @@ def autotuner_procedure(work: Workload, budget: int, seed: int, calibrated: bool
 
 
 def outcome(work: Workload, procedure: str, search: SearchResult, threads: int,
-            input_covs: Optional[Dict[str, torch.Tensor]] = None) -> Outcome:
+            input_covs: dict[str, torch.Tensor] | None = None) -> Outcome:
     """Rebuild the plan on a fresh copy of the dense model and measure it on held-out data."""
     model = apply_plan(copy.deepcopy(work.model), search.plan, input_covs=input_covs)
     final = work.final_metric(model)
@@ -176,7 +177,7 @@ def outcome(work: Workload, procedure: str, search: SearchResult, threads: int,
                    ratio, search.evaluations, search.wall_s, search.plan)
 
 
-def compare(work: Workload, budget: int, seed: int, threads: int) -> Tuple[List[Outcome], SearchResult]:
+def compare(work: Workload, budget: int, seed: int, threads: int) -> tuple[list[Outcome], SearchResult]:
     """The three rows of one workload, and the calibrated tuner's search (for the plot)."""
     original = original_procedure(work, budget, seed)
     rows = [outcome(work, "original (sketch init, per layer, unchecked)", original, threads)]
@@ -240,7 +241,7 @@ def markdown(rows: Sequence[Outcome]) -> str:
     return "\n".join(lines)
 
 
-def save_rank_plot(search: Optional[SearchResult], metric_name: str, whole_threshold: float, path: Path) -> None:
+def save_rank_plot(search: SearchResult | None, metric_name: str, whole_threshold: float, path: Path) -> None:
     """Every trial of the tuner, per layer: rank against the tuning metric, with the thresholds.
 
     Shows each layer's rank bisection closing in on its share of the allowed drop (dotted), and
@@ -281,7 +282,7 @@ def save_rank_plot(search: Optional[SearchResult], metric_name: str, whole_thres
     print(f"plot saved to {path}")
 
 
-def main(argv: Optional[Sequence[str]] = None) -> None:
+def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workload", choices=("digits", "minilm", "both"), default="digits")
     parser.add_argument("--budget", type=int, default=40, help="full evaluations per procedure")
@@ -296,8 +297,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         parser.error("--budget must be at least 2")
     torch.set_num_threads(args.threads)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    rows: List[Outcome] = []
-    search: Optional[SearchResult] = None
+    rows: list[Outcome] = []
+    search: SearchResult | None = None
     metric_name, whole_threshold = "metric", math.nan
     workloads = {"digits": lambda: digits_workload(args.seed), "minilm": lambda: minilm_workload(args.minilm_threshold)}
     for name, make in workloads.items():

@@ -7,7 +7,7 @@ import copy
 import math
 import statistics
 import time
-from typing import Callable, Mapping, Optional, Sequence, Tuple
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -16,7 +16,7 @@ from panther.nn.rebuild import apply_plan
 
 
 def sketched_copy(model: nn.Module, ranks: Mapping[str, int], init: str,
-                  input_covs: Optional[Mapping[str, torch.Tensor]] = None, seed: int = 0) -> nn.Module:
+                  input_covs: Mapping[str, torch.Tensor] | None = None, seed: int = 0) -> nn.Module:
     """A copy of ``model`` whose layers ``ranks`` names are ``SKLinear`` of that rank (``num_terms=1``).
 
     The rank of an SKLinear is ``2 * num_terms * low_rank``, so ranks must be even.
@@ -52,7 +52,7 @@ def rank_for_ratio(layer: nn.Linear, ratio: float) -> int:
 
 
 def speedup(dense_forward: Callable[[], object], forward: Callable[[], object], threads: int,
-            pairs: int = 20, min_pair_s: float = 0.2) -> Tuple[float, float, float]:
+            pairs: int = 20, min_pair_s: float = 0.2) -> tuple[float, float, float]:
     """``(dense_s, model_s, dense_s / model_s)`` from back-to-back pairs (ABBA order), medians.
 
     On a shared CPU the speed of the machine drifts by more than the effect being measured;
@@ -70,7 +70,7 @@ def speedup(dense_forward: Callable[[], object], forward: Callable[[], object], 
 
 
 def _paired_speedup(dense_forward: Callable[[], object], forward: Callable[[], object], pairs: int,
-                    min_pair_s: float) -> Tuple[float, float, float]:
+                    min_pair_s: float) -> tuple[float, float, float]:
     with torch.no_grad():
         dense_forward(), forward()  # warm-up: sketched layers pack their factors once
         start = time.perf_counter()

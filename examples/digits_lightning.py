@@ -7,8 +7,6 @@ layers trade accuracy for speed and size.
 
 from __future__ import annotations
 
-from typing import Optional
-
 import lightning.pytorch as pl
 import torch
 from torch import nn
@@ -32,10 +30,10 @@ class DigitsDataModule(pl.LightningDataModule):
         self.batch_size = batch_size
         self.val_fraction = val_fraction
         self.seed = seed
-        self.train_set: Optional[TensorDataset] = None
-        self.val_set: Optional[TensorDataset] = None
+        self.train_set: TensorDataset | None = None
+        self.val_set: TensorDataset | None = None
 
-    def setup(self, stage: Optional[str] = None) -> None:
+    def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:
             return
         from sklearn.datasets import load_digits

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import List, Optional
 
 import torch
 from lightning.pytorch.cli import LightningCLI
@@ -27,7 +26,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from digits_lightning import DigitsClassifier, DigitsDataModule  # noqa: E402
 
 
-def main(args: Optional[List[str]] = None) -> LightningCLI:
+def main(args: list[str] | None = None) -> LightningCLI:
     """Build (and, with a subcommand, run) the CLI; ``args`` replaces ``sys.argv[1:]`` (for tests)."""
     return LightningCLI(DigitsClassifier, DigitsDataModule, args=args, save_config_kwargs={"overwrite": True})
 

@@ -31,17 +31,28 @@ import argparse
 import copy
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
 
 import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from compression import layer_ratio, model_ratio, sketched_copy, speedup  # noqa: E402
-from minilm_model import (ATTENTION_PATTERN, FFN_PATTERN, Batch, distill, embed, embedding_cosine,  # noqa: E402
-                          input_covariances, linear_names, load_minilm, make_batches, run_batch)
+from minilm_model import (  # noqa: E402
+    ATTENTION_PATTERN,
+    FFN_PATTERN,
+    Batch,
+    distill,
+    embed,
+    embedding_cosine,
+    input_covariances,
+    linear_names,
+    load_minilm,
+    make_batches,
+    run_batch,
+)
 from text_data import load_text_split  # noqa: E402
 
 from panther.tuner import LayerConfig, OptunaSearch, SKAutoTuner, TuningConfigs  # noqa: E402
@@ -80,14 +91,14 @@ def calibrated_tuner(model: nn.Module, names: Sequence[str], calibration: Sequen
     )
 
 
-def ranks(tuner: SKAutoTuner) -> Dict[str, int]:
+def ranks(tuner: SKAutoTuner) -> dict[str, int]:
     """``{layer: rank}`` of the tuner's chosen sketches (rank = 2 * num_terms * low_rank)."""
     return {name: 2 * p["num_terms"] * p["low_rank"] for name, p in tuner.get_best_params().items()}
 
 
 def smallest_uniform_rank(dense: nn.Module, names: Sequence[str], candidates: Sequence[int],
-                          covs: Dict[str, torch.Tensor], tuning_batches: Sequence[Batch], reference: torch.Tensor,
-                          threshold: float) -> Optional[int]:
+                          covs: dict[str, torch.Tensor], tuning_batches: Sequence[Batch], reference: torch.Tensor,
+                          threshold: float) -> int | None:
     """The smallest of ``candidates`` that keeps the tuning cosine >= ``threshold`` for all ``names`` (data_svd)."""
     for rank in sorted(candidates):
         cosine = embedding_cosine(sketched_copy(dense, {n: rank for n in names}, "data_svd", covs),
@@ -108,7 +119,7 @@ def markdown(results: Sequence[Result]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> None:
+def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--layers", choices=sorted(LAYER_PATTERNS), default="ffn", help="which Linear layers to tune")
     parser.add_argument("--threshold", type=float, default=0.955,
@@ -153,7 +164,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     chosen = ranks(tuner)
     print(f"tuner kept {len(chosen)} of {len(names)} layers sketched, reverted {len(tuner.reverted_layers)} "
           f"to dense ({time.perf_counter() - start:.0f} s so far)", flush=True)
-    results: List[Result] = [result("dense, timed against itself (noise gauge)", dense)]
+    results: list[Result] = [result("dense, timed against itself (noise gauge)", dense)]
     if chosen:
         compressed = tuner.apply_best_params()  # the tuner's own copy of the model, data_svd from its calibration
         results.append(result(f"tuner's plan, data_svd ({len(chosen)}/{len(names)} layers)", compressed))

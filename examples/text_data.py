@@ -14,7 +14,6 @@ import importlib.util
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List
 
 # A sentence ends at . ! or ? (optionally followed by a closing quote) before whitespace and a capital.
 _SENTENCE_END = re.compile(r"(?<=[.!?])[\"']?\s+(?=[\"']?[A-Z])")
@@ -22,9 +21,9 @@ _SENTENCE_END = re.compile(r"(?<=[.!?])[\"']?\s+(?=[\"']?[A-Z])")
 
 @dataclass(frozen=True)
 class TextSplit:
-    calibration: List[str]  # statistics for data-aware init, and distillation data
-    tuning: List[str]  # what the tuner evaluates candidates on
-    held_out: List[str]  # reported only: from articles nothing else saw
+    calibration: list[str]  # statistics for data-aware init, and distillation data
+    tuning: list[str]  # what the tuner evaluates candidates on
+    held_out: list[str]  # reported only: from articles nothing else saw
 
 
 def lee_corpus_dir() -> Path:
@@ -38,13 +37,13 @@ def lee_corpus_dir() -> Path:
     return folder
 
 
-def split_sentences(text: str, min_words: int = 4) -> List[str]:
+def split_sentences(text: str, min_words: int = 4) -> list[str]:
     """Sentences of ``text`` with at least ``min_words`` words (drops headings and fragments)."""
     pieces = (piece.strip() for piece in _SENTENCE_END.split(text.strip()))
     return [piece for piece in pieces if len(piece.split()) >= min_words]
 
 
-def read_articles(path: Path) -> List[List[str]]:
+def read_articles(path: Path) -> list[list[str]]:
     """The sentences of each article of a ``.cor`` file (one article per line), in file order."""
     lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
     return [sentences for sentences in map(split_sentences, lines) if sentences]

@@ -7,20 +7,20 @@ package lists its public names with the submodule that defines them and imports 
 from __future__ import annotations
 
 import importlib
-from typing import Any, Callable, Dict, List
+from collections.abc import Callable
+from typing import Any
 
 
-def lazy_exports(package: str, exports: Dict[str, str]) -> tuple[Callable[[str], Any], Callable[[], List[str]]]:
+def lazy_exports(package: str, exports: dict[str, str]) -> tuple[Callable[[str], Any], Callable[[], list[str]]]:
     """Return ``(__getattr__, __dir__)`` resolving ``exports[name]`` (a relative module) lazily."""
 
-    def __getattr__(name: str) -> Any:
+    def module_getattr(name: str) -> Any:
         module_name = exports.get(name)
         if module_name is None:
             raise AttributeError(f"module {package!r} has no attribute {name!r}")
-        value = getattr(importlib.import_module(module_name, package), name)
-        return value
+        return getattr(importlib.import_module(module_name, package), name)
 
-    def __dir__() -> List[str]:
+    def module_dir() -> list[str]:
         return sorted(exports)
 
-    return __getattr__, __dir__
+    return module_getattr, module_dir

@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import copy
 import os
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, Dict, Iterator, Optional, Tuple, Union
+from typing import Any
 
 import lightning.pytorch as pl
 from lightning.fabric.utilities.cloud_io import _load
@@ -35,14 +36,14 @@ _EVALUATION_LOOP_STATE = ("_results", "_data_fetcher", "_module_mode", "_last_va
                           "_logged_outputs", "_has_run")
 
 #: Private names imported from Lightning, by module.
-PRIVATE_IMPORTS: Dict[str, Tuple[str, ...]] = {
+PRIVATE_IMPORTS: dict[str, tuple[str, ...]] = {
     "lightning.fabric.utilities.cloud_io": ("_load",),
     "lightning.pytorch.core.optimizer": ("_init_optimizers_and_lr_schedulers",),
     "lightning.pytorch.trainer.connectors.logger_connector.result": ("_ResultCollection",),
 }
 #: Private (or patched) attributes the helpers use, by the object holding them, written as a path from
 #: the trainer as it is inside ``fit`` (``trainer._last_val_time`` only exists once ``fit`` started).
-PRIVATE_ATTRIBUTES: Dict[str, Tuple[str, ...]] = {
+PRIVATE_ATTRIBUTES: dict[str, tuple[str, ...]] = {
     "trainer": ("_logger_connector", "_last_val_time"),
     "trainer._logger_connector": _CONNECTOR_METRICS + _CONNECTOR_HOOK_STATE + ("on_batch_start", "on_batch_end"),
     "trainer.fit_loop.epoch_loop": ("_results",),
@@ -54,17 +55,17 @@ PRIVATE_ATTRIBUTES: Dict[str, Tuple[str, ...]] = {
 
 
 # -- the trainer's logged metrics (detached_trainer) --------------------------------------------------
-def dump_logging_state(trainer: "pl.Trainer") -> Dict[str, Any]:
+def dump_logging_state(trainer: pl.Trainer) -> dict[str, Any]:
     """Copies of the logged metrics and the hook bookkeeping that validation and training steps overwrite."""
     connector = trainer._logger_connector
-    state: Dict[str, Any] = {name: dict(getattr(connector, name)) for name in _CONNECTOR_METRICS}
+    state: dict[str, Any] = {name: dict(getattr(connector, name)) for name in _CONNECTOR_METRICS}
     state.update({name: getattr(connector, name) for name in _CONNECTOR_HOOK_STATE})
     # read by time-based val_check_interval; only set once fit has started
     state["_last_val_time"] = getattr(trainer, "_last_val_time", None)
     return state
 
 
-def restore_logging_state(trainer: "pl.Trainer", state: Dict[str, Any]) -> None:
+def restore_logging_state(trainer: pl.Trainer, state: dict[str, Any]) -> None:
     """Undo every logging side effect since :func:`dump_logging_state` returned ``state``."""
     connector = trainer._logger_connector
     for name in _CONNECTOR_METRICS + _CONNECTOR_HOOK_STATE:
@@ -73,21 +74,21 @@ def restore_logging_state(trainer: "pl.Trainer", state: Dict[str, Any]) -> None:
         trainer._last_val_time = state["_last_val_time"]
 
 
-def callback_metrics(trainer: "pl.Trainer") -> Dict[str, Any]:
+def callback_metrics(trainer: pl.Trainer) -> dict[str, Any]:
     """A copy of the metrics logged so far, as stored (``trainer.callback_metrics`` would first merge the
     active loop's results into them)."""
     return dict(trainer._logger_connector._callback_metrics)
 
 
 # -- one isolated pass of an evaluation loop (run_validation) ----------------------------------------
-def dump_evaluation_loop(loop: Any) -> Dict[str, Any]:
+def dump_evaluation_loop(loop: Any) -> dict[str, Any]:
     """What one more ``loop.run()`` changes: its progress, restart flag and private run state."""
     state = {name: getattr(loop, name) for name in _EVALUATION_LOOP_STATE}
     state.update(state_dict=copy.deepcopy(loop.state_dict()), restarting=loop.restarting)
     return state
 
 
-def reset_evaluation_loop(trainer: "pl.Trainer", loop: Any) -> None:
+def reset_evaluation_loop(trainer: pl.Trainer, loop: Any) -> None:
     """Prepare ``loop`` for a pass whose logs and module-mode record are thrown away afterwards."""
     trainer._logger_connector._callback_metrics = {}
     loop._results = _ResultCollection(training=False)
@@ -96,7 +97,7 @@ def reset_evaluation_loop(trainer: "pl.Trainer", loop: Any) -> None:
     loop.restarting = False  # a restored loop resumes mid-epoch: it would skip most batches
 
 
-def restore_evaluation_loop(loop: Any, state: Dict[str, Any]) -> None:
+def restore_evaluation_loop(loop: Any, state: dict[str, Any]) -> None:
     """Put back what :func:`dump_evaluation_loop` saved."""
     for name in _EVALUATION_LOOP_STATE:
         setattr(loop, name, state[name])
@@ -105,7 +106,7 @@ def restore_evaluation_loop(loop: Any, state: Dict[str, Any]) -> None:
 
 
 @contextmanager
-def batch_limits(loop: Any, max_batches: Optional[int]) -> Iterator[None]:
+def batch_limits(loop: Any, max_batches: int | None) -> Iterator[None]:
     """Load ``loop``'s data and, for the block, cap every dataloader at ``max_batches`` (``None``: no cap).
 
     ``loop.run()`` calls ``setup_data`` again, which would recompute the limits, so the block sees
@@ -126,24 +127,24 @@ def batch_limits(loop: Any, max_batches: Optional[int]) -> Iterator[None]:
 
 
 # -- training_step outside the fit loop (finetune, calibration) --------------------------------------
-def dump_training_results(trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> Dict[str, Any]:
+def dump_training_results(trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, Any]:
     """The fit loop's result collection and the module's current hook name, which a step replaces."""
     return {"results": trainer.fit_loop.epoch_loop._results, "fx_name": pl_module._current_fx_name}
 
 
-def reset_training_results(trainer: "pl.Trainer") -> None:
+def reset_training_results(trainer: pl.Trainer) -> None:
     """Send what ``training_step`` logs to a fresh, throw-away collection."""
     trainer.fit_loop.epoch_loop._results = _ResultCollection(training=True)
 
 
-def restore_training_results(trainer: "pl.Trainer", pl_module: "pl.LightningModule", state: Dict[str, Any]) -> None:
+def restore_training_results(trainer: pl.Trainer, pl_module: pl.LightningModule, state: dict[str, Any]) -> None:
     """Put back what :func:`dump_training_results` saved."""
     trainer.fit_loop.epoch_loop._results = state["results"]
     pl_module._current_fx_name = state["fx_name"]
 
 
 @contextmanager
-def logged_training_step(trainer: "pl.Trainer", pl_module: "pl.LightningModule", batch: Any) -> Iterator[None]:
+def logged_training_step(trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any) -> Iterator[None]:
     """Around one ``training_step``: the connector's batch bookkeeping, so that ``self.log`` works there."""
     connector = trainer._logger_connector
     connector.on_batch_start(batch)
@@ -152,13 +153,13 @@ def logged_training_step(trainer: "pl.Trainer", pl_module: "pl.LightningModule",
     connector.on_batch_end()
 
 
-def configured_optimizer(pl_module: "pl.LightningModule") -> Optimizer:
+def configured_optimizer(pl_module: pl.LightningModule) -> Optimizer:
     """The first optimizer of ``configure_optimizers``, read as the trainer reads it (schedulers dropped)."""
     return _init_optimizers_and_lr_schedulers(pl_module)[0][0]
 
 
 # -- checkpoints ---------------------------------------------------------------------------------
-def load_checkpoint_file(path: Union[str, os.PathLike], map_location: Any = None,
-                         weights_only: Optional[bool] = None) -> Dict[str, Any]:
+def load_checkpoint_file(path: str | os.PathLike, map_location: Any = None,
+                         weights_only: bool | None = None) -> dict[str, Any]:
     """A checkpoint read as ``load_from_checkpoint`` reads it (local or remote path, same ``weights_only``)."""
     return _load(path, map_location=map_location, weights_only=weights_only)

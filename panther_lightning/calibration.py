@@ -13,7 +13,8 @@ sketches from identical covariances, as the tuner's candidate check requires.
 from __future__ import annotations
 
 import itertools
-from typing import Any, Callable, Iterable, List, Tuple
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import lightning.pytorch as pl
 import torch
@@ -23,10 +24,10 @@ from panther_lightning._compat import logged_training_step
 from panther_lightning.finetune import outside_fit_loop
 
 #: One calibration item: ``(batch_idx, batch)``, so ``training_step`` gets its real batch index.
-IndexedBatch = Tuple[int, Any]
+IndexedBatch = tuple[int, Any]
 
 
-def first_batches(batches: Iterable[Any], count: int) -> List[IndexedBatch]:
+def first_batches(batches: Iterable[Any], count: int) -> list[IndexedBatch]:
     """The first ``count`` batches, with the loader's shuffling generator left where it was.
 
     Reading a shuffled ``DataLoader`` advances its ``generator``; restoring it keeps the batches
@@ -46,7 +47,7 @@ def first_batches(batches: Iterable[Any], count: int) -> List[IndexedBatch]:
     return list(enumerate(taken))
 
 
-def calibration_batches(trainer: "pl.Trainer", batches: Iterable[Any], count: int) -> List[IndexedBatch]:
+def calibration_batches(trainer: pl.Trainer, batches: Iterable[Any], count: int) -> list[IndexedBatch]:
     """Rank 0's first ``count`` training batches, on every rank (still on the loader's device)."""
     taken = first_batches(batches, count)
     if trainer.world_size > 1:
@@ -54,7 +55,7 @@ def calibration_batches(trainer: "pl.Trainer", batches: Iterable[Any], count: in
     return taken
 
 
-def training_step_forward(trainer: "pl.Trainer") -> Callable[[nn.Module, IndexedBatch], None]:
+def training_step_forward(trainer: pl.Trainer) -> Callable[[nn.Module, IndexedBatch], None]:
     """``f(pl_module, (batch_idx, batch))`` running ``training_step`` without side effects.
 
     Must be called inside :func:`~panther_lightning.isolation.detached_trainer` (the tuning session

@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import os
 import warnings
-from typing import Any, Dict, Mapping, Optional, Type, TypeVar, Union
+from collections.abc import Mapping
+from typing import Any, TypeVar
 
 import lightning.pytorch as pl
 from torch import nn
@@ -49,18 +50,18 @@ class SketchCheckpointMixin:
     trainer resumes; if you override ``on_load_checkpoint``, call ``super().on_load_checkpoint``.
     """
 
-    def on_load_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         rebuild_sketched_layers(self, checkpoint.get("state_dict", {}))  # type: ignore[arg-type]
         install_sketch_loading(self)  # type: ignore[arg-type]
         super().on_load_checkpoint(checkpoint)  # type: ignore[misc]
 
 
 def load_sketched_checkpoint(
-    cls: Type[M],
-    checkpoint_path: Union[str, os.PathLike],
+    cls: type[M],
+    checkpoint_path: str | os.PathLike,
     map_location: Any = None,
     strict: bool = True,
-    weights_only: Optional[bool] = None,
+    weights_only: bool | None = None,
     **kwargs: Any,
 ) -> M:
     """Like ``cls.load_from_checkpoint``, for a checkpoint whose model has sketched layers.

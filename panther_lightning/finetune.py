@@ -9,17 +9,23 @@ Call it inside :func:`panther_lightning.isolation.detached_trainer`.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any, Iterable, Iterator, Mapping
+from typing import Any
 
 import lightning.pytorch as pl
 
-from panther_lightning._compat import (configured_optimizer, dump_training_results, logged_training_step,
-                                       reset_training_results, restore_training_results)
+from panther_lightning._compat import (
+    configured_optimizer,
+    dump_training_results,
+    logged_training_step,
+    reset_training_results,
+    restore_training_results,
+)
 
 
 @contextmanager
-def outside_fit_loop(trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> Iterator[None]:
+def outside_fit_loop(trainer: pl.Trainer, pl_module: pl.LightningModule) -> Iterator[None]:
     """Let ``training_step`` run (and ``self.log``) with its logs going to a throw-away collection.
 
     Restores the fit loop's results, the module's current hook name and every submodule's
@@ -38,7 +44,7 @@ def outside_fit_loop(trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> 
             module.training = training
 
 
-def finetune(trainer: "pl.Trainer", pl_module: "pl.LightningModule", batches: Iterable[Any], epochs: int) -> None:
+def finetune(trainer: pl.Trainer, pl_module: pl.LightningModule, batches: Iterable[Any], epochs: int) -> None:
     """Train ``pl_module`` for ``epochs`` passes over ``batches`` (its first optimizer, no schedulers)."""
     if not pl_module.automatic_optimization:
         raise ValueError("finetune_epochs needs automatic optimization (training_step returning the loss)")
@@ -57,7 +63,7 @@ def finetune(trainer: "pl.Trainer", pl_module: "pl.LightningModule", batches: It
         pl_module.zero_grad(set_to_none=True)
 
 
-def _train_step(trainer: "pl.Trainer", pl_module: "pl.LightningModule", optimizer: Any, batch: Any,
+def _train_step(trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Any, batch: Any,
                 batch_idx: int) -> Any:
     optimizer.zero_grad()
     with trainer.precision_plugin.train_step_context():

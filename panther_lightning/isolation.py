@@ -10,8 +10,9 @@ and the profiler detached, and put every piece of state it touches back afterwar
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, Dict, Iterator, Optional
+from typing import Any
 
 import lightning.pytorch as pl
 import torch
@@ -19,11 +20,18 @@ from lightning.pytorch.profilers import PassThroughProfiler
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.seed import isolate_rng
 
-from panther_lightning._compat import (batch_limits, callback_metrics, dump_evaluation_loop, dump_logging_state,
-                                       reset_evaluation_loop, restore_evaluation_loop, restore_logging_state)
+from panther_lightning._compat import (
+    batch_limits,
+    callback_metrics,
+    dump_evaluation_loop,
+    dump_logging_state,
+    reset_evaluation_loop,
+    restore_evaluation_loop,
+    restore_logging_state,
+)
 
 
-def evaluation_loop(trainer: "pl.Trainer") -> Any:
+def evaluation_loop(trainer: pl.Trainer) -> Any:
     """The loop that validates in the trainer's current entry point (``fit`` or ``validate``)."""
     if trainer.state.fn == TrainerFn.FITTING:
         return trainer.fit_loop.epoch_loop.val_loop
@@ -33,7 +41,7 @@ def evaluation_loop(trainer: "pl.Trainer") -> Any:
 
 
 @contextmanager
-def detached_trainer(trainer: "pl.Trainer") -> Iterator[None]:
+def detached_trainer(trainer: pl.Trainer) -> Iterator[None]:
     """Detach callbacks, loggers and profiler; restore them, the stage, metrics and RNG on exit."""
     logging_state = dump_logging_state(trainer)
     saved = (trainer.callbacks, trainer.loggers, trainer.profiler, trainer.state.stage)
@@ -46,7 +54,7 @@ def detached_trainer(trainer: "pl.Trainer") -> Iterator[None]:
         restore_logging_state(trainer, logging_state)
 
 
-def run_validation(trainer: "pl.Trainer", max_batches: Optional[int] = None) -> Dict[str, Any]:
+def run_validation(trainer: pl.Trainer, max_batches: int | None = None) -> dict[str, Any]:
     """Run one isolated pass of the validation loop; return the metrics it logged (``callback_metrics``).
 
     ``max_batches`` limits every validation dataloader to its first ``max_batches`` batches.
@@ -65,7 +73,7 @@ def run_validation(trainer: "pl.Trainer", max_batches: Optional[int] = None) -> 
         restore_evaluation_loop(loop, loop_state)
 
 
-def read_metric(metrics: Dict[str, Any], monitor: str, trainer: "pl.Trainer") -> float:
+def read_metric(metrics: dict[str, Any], monitor: str, trainer: pl.Trainer) -> float:
     """The value of ``monitor``, averaged over ranks (a no-op when it was logged with ``sync_dist``)."""
     if monitor not in metrics:
         available = ", ".join(sorted(metrics)) or "none"

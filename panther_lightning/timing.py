@@ -10,16 +10,17 @@ from __future__ import annotations
 
 import statistics
 import time
-from contextlib import contextmanager, nullcontext
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
-from typing import Any, Callable, ContextManager, Dict, Iterator, List, Tuple
+from typing import Any
 
 import torch
 from torch import nn
 from torch.utils._pytree import tree_flatten, tree_map
 
 #: ``(args, kwargs)`` of one call of the model's ``forward``.
-Call = Tuple[Tuple[Any, ...], Dict[str, Any]]
+Call = tuple[tuple[Any, ...], dict[str, Any]]
 
 
 @dataclass(frozen=True)
@@ -36,20 +37,20 @@ class Timing:
 
 
 @contextmanager
-def capture_forward_inputs(model: nn.Module, limit: int) -> Iterator[List[Call]]:
+def capture_forward_inputs(model: nn.Module, limit: int) -> Iterator[list[Call]]:
     """Record the inputs of the first ``limit`` calls of ``model.forward`` (e.g. during validation).
 
     The recorded tensors are copied outside inference mode so that they can also be used for a
     timed backward pass later.
     """
-    raw: List[Call] = []
+    raw: list[Call] = []
 
-    def hook(module: nn.Module, args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> None:
+    def hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         if len(raw) < limit:
             raw.append(tree_map(_detach, (args, dict(kwargs))))
 
     handle = model.register_forward_pre_hook(hook, with_kwargs=True)
-    captured: List[Call] = []
+    captured: list[Call] = []
     try:
         yield captured
     finally:
@@ -89,8 +90,8 @@ class StepTimer:
         repeats: timed steps; the median is reported.
     """
 
-    def __init__(self, calls: List[Call], device: torch.device,
-                 precision_context: Callable[[], ContextManager[Any]] = nullcontext, precision: str = "32-true",
+    def __init__(self, calls: list[Call], device: torch.device,
+                 precision_context: Callable[[], AbstractContextManager[Any]] = nullcontext, precision: str = "32-true",
                  backward: bool = False, warmup: int = 3, repeats: int = 15) -> None:
         if not calls:
             raise ValueError("no captured forward inputs to time: the LightningModule's forward was never called "

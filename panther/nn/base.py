@@ -7,7 +7,7 @@ holding it can be rebuilt from a plain ``state_dict`` (see :mod:`panther.nn.rebu
 from __future__ import annotations
 
 import inspect
-from typing import Any, ClassVar, Dict, NoReturn, Optional, Tuple, Type
+from typing import Any, ClassVar, NoReturn
 
 import torch
 from torch import nn
@@ -31,7 +31,7 @@ class SketchedWeight:
 
     __slots__ = ("shape", "dtype", "device", "requires_grad", "_owner")
 
-    def __init__(self, owner: str, shape: Tuple[int, ...], dtype: torch.dtype, device: torch.device,
+    def __init__(self, owner: str, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device,
                  requires_grad: bool) -> None:
         self._owner = owner
         self.shape = torch.Size(shape)
@@ -46,7 +46,7 @@ class SketchedWeight:
     def dim(self) -> int:
         return len(self.shape)
 
-    def size(self, dim: Optional[int] = None) -> Any:
+    def size(self, dim: int | None = None) -> Any:
         return self.shape if dim is None else self.shape[dim]
 
     def __getattr__(self, name: str) -> NoReturn:
@@ -72,26 +72,26 @@ class SketchedModule(nn.Module):
     expose a :class:`SketchedWeight` under that name (see :meth:`_sketched_weight`).
     """
 
-    dense_type: ClassVar[Type[nn.Module]]
+    dense_type: ClassVar[type[nn.Module]]
     #: Hyperparameters that do not change the layer's tensors, so a checkpoint may differ in them.
     runtime_hyperparameters: ClassVar[frozenset] = frozenset({"init"})
 
     # -- self-description ------------------------------------------------------------------
-    def hyperparameters(self) -> Dict[str, Any]:
+    def hyperparameters(self) -> dict[str, Any]:
         """Constructor keyword arguments that rebuild a layer of identical structure."""
         raise NotImplementedError
 
-    def sketch_params(self) -> Dict[str, Any]:
+    def sketch_params(self) -> dict[str, Any]:
         """The hyperparameters ``from_dense`` takes (see :meth:`sketch_params_of`)."""
         return self.sketch_params_of(self.hyperparameters())
 
     @classmethod
-    def sketch_params_of(cls, hyperparameters: Dict[str, Any]) -> Dict[str, Any]:
+    def sketch_params_of(cls, hyperparameters: dict[str, Any]) -> dict[str, Any]:
         """Drop what the dense layer's constructor already fixes, keeping the sketch's own knobs."""
         dense_args = inspect.signature(cls.dense_type.__init__).parameters
         return {k: v for k, v in hyperparameters.items() if k not in dense_args}
 
-    def get_extra_state(self) -> Dict[str, Any]:
+    def get_extra_state(self) -> dict[str, Any]:
         return {"class": type(self).__name__, "hyperparameters": self.hyperparameters()}
 
     def set_extra_state(self, state: Any) -> None:
@@ -114,14 +114,14 @@ class SketchedModule(nn.Module):
 
     # -- conversion ------------------------------------------------------------------------
     @classmethod
-    def from_dense(cls, layer: nn.Module, **params: Any) -> "SketchedModule":
+    def from_dense(cls, layer: nn.Module, **params: Any) -> SketchedModule:
         raise NotImplementedError
 
     def to_dense(self) -> nn.Module:
         """The dense layer this sketch computes (same outputs up to rounding)."""
         raise NotImplementedError
 
-    def _sketched_weight(self, shape: Tuple[int, ...], like: torch.Tensor) -> SketchedWeight:
+    def _sketched_weight(self, shape: tuple[int, ...], like: torch.Tensor) -> SketchedWeight:
         """The :class:`SketchedWeight` of a dense weight of ``shape`` held in ``like``'s dtype and device."""
         learned = any(p.requires_grad for p in self.parameters(recurse=False))
         return SketchedWeight(type(self).__name__, shape, like.dtype, like.device, learned)
@@ -144,7 +144,7 @@ def check_init(init: str) -> str:
     return init
 
 
-def factory_kwargs(layer: nn.Module) -> Dict[str, Any]:
+def factory_kwargs(layer: nn.Module) -> dict[str, Any]:
     """``device``/``dtype`` of a dense layer's weight, for building its sketched twin alongside it."""
     weight: torch.Tensor = layer.weight  # type: ignore[assignment]
     return {"device": weight.device, "dtype": weight.dtype}

@@ -9,7 +9,8 @@ multiplies, so the same low-rank machinery applies; grouped convolutions use its
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, Iterable, Optional, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -67,9 +68,9 @@ def collect_input_covariances(
     model: nn.Module,
     layer_names: Sequence[str],
     batches: Iterable[Any],
-    forward: Optional[Callable[[nn.Module, Any], Any]] = None,
-    max_batches: Optional[int] = None,
-) -> Dict[str, torch.Tensor]:
+    forward: Callable[[nn.Module, Any], Any] | None = None,
+    max_batches: int | None = None,
+) -> dict[str, torch.Tensor]:
     """Second moments of the inputs of ``layer_names`` over ``batches``.
 
     ``forward(model, batch)`` runs one batch (default: ``model(batch)``, or ``model(batch[0])``

@@ -9,7 +9,8 @@ channels, averaging the ``2T`` terms. Per group the dense kernel, reshaped to a 
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -21,12 +22,12 @@ from panther.nn.factorize import low_rank_basis, random_signs
 PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
 PADDING_STRINGS = ("same", "valid")
 
-IntPair = Union[int, Sequence[int]]
-Padding = Union[str, int, Sequence[int]]
+IntPair = int | Sequence[int]
+Padding = str | int | Sequence[int]
 
 
 # -- argument checking -------------------------------------------------------------------------
-def _pair(name: str, value: IntPair, minimum: int = 1) -> Tuple[int, int]:
+def _pair(name: str, value: IntPair, minimum: int = 1) -> tuple[int, int]:
     """An int or a pair of ints (tuple or list, as JSON gives back) as a tuple, each >= ``minimum``."""
     pair = (value, value) if isinstance(value, int) and not isinstance(value, bool) else value
     if (not isinstance(pair, (tuple, list)) or len(pair) != 2
@@ -35,7 +36,7 @@ def _pair(name: str, value: IntPair, minimum: int = 1) -> Tuple[int, int]:
     return int(pair[0]), int(pair[1])
 
 
-def _check_padding(padding: Padding, stride: Tuple[int, int]) -> Union[str, Tuple[int, int]]:
+def _check_padding(padding: Padding, stride: tuple[int, int]) -> str | tuple[int, int]:
     if isinstance(padding, str):
         if padding not in PADDING_STRINGS:
             raise ValueError(f"padding string must be one of {PADDING_STRINGS}, got {padding!r}")
@@ -53,15 +54,15 @@ def _check_groups(in_channels: int, out_channels: int, groups: int) -> int:
     return groups
 
 
-def explicit_padding(padding: Union[str, Tuple[int, int]], kernel_size: Tuple[int, int],
-                     dilation: Tuple[int, int]) -> List[int]:
+def explicit_padding(padding: str | tuple[int, int], kernel_size: tuple[int, int],
+                     dilation: tuple[int, int]) -> list[int]:
     """``F.pad`` amounts ``[left, right, top, bottom]`` equal to ``padding`` (``'same'`` pads the extra
     pixel of an even receptive field at the right/bottom, as ``nn.Conv2d`` does)."""
     if padding == "valid":
         return [0, 0, 0, 0]
     if padding == "same":
-        amounts: List[int] = []
-        for size, step in reversed(list(zip(kernel_size, dilation))):
+        amounts: list[int] = []
+        for size, step in reversed(list(zip(kernel_size, dilation, strict=True))):
             total = step * (size - 1)
             amounts += [total // 2, total - total // 2]
         return amounts
@@ -139,13 +140,13 @@ class SKConv2d(SketchedModule):
         padding_mode: str = "zeros",
         num_terms: int = 1,
         low_rank: int = 16,
-        W_init: Optional[torch.Tensor] = None,
-        device: Optional[Union[torch.device, str]] = None,
-        dtype: Optional[torch.dtype] = None,
+        W_init: torch.Tensor | None = None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
         *,
         init: str = "sketch",
-        input_cov: Optional[torch.Tensor] = None,
-        generator: Optional[torch.Generator] = None,
+        input_cov: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
     ) -> None:
         super().__init__()
         self.in_channels = check_positive_int("in_channels", in_channels)
@@ -170,7 +171,7 @@ class SKConv2d(SketchedModule):
         self._pad_amounts = explicit_padding(self.padding, self.kernel_size, self.dilation)
         covs = self._group_covariances(input_cov) if input_cov is not None else None
 
-        kw: Dict[str, Any] = {"device": device, "dtype": dtype}
+        kw: dict[str, Any] = {"device": device, "dtype": dtype}
         hidden = 2 * self.num_terms * self.low_rank
         self.S1s = nn.Parameter(torch.empty(self.groups * hidden, in_channels // groups, *self.kernel_size, **kw))
         self.register_buffer("U1s", torch.empty(2 * self.num_terms, self.low_rank, out_channels, **kw))
@@ -181,10 +182,10 @@ class SKConv2d(SketchedModule):
             self._init_from_weight(W_init, self.init, covs, generator)
             self._reset_bias(generator)
 
-    def _dense_shape(self) -> Tuple[int, int, int, int]:
+    def _dense_shape(self) -> tuple[int, int, int, int]:
         return (self.out_channels, self.in_channels // self.groups, *self.kernel_size)
 
-    def _group_covariances(self, input_cov: torch.Tensor) -> List[torch.Tensor]:
+    def _group_covariances(self, input_cov: torch.Tensor) -> list[torch.Tensor]:
         """One ``(f, f)`` patch covariance per group from any of the accepted ``input_cov`` layouts."""
         f = self.in_channels // self.groups * self.kernel_size[0] * self.kernel_size[1]
         shape = tuple(input_cov.shape)
@@ -198,22 +199,22 @@ class SKConv2d(SketchedModule):
                          f"({self.groups * f}, {self.groups * f}), got {shape}")
 
     # -- initialisation --------------------------------------------------------------------
-    def reset_parameters(self, generator: Optional[torch.Generator] = None) -> None:
+    def reset_parameters(self, generator: torch.Generator | None = None) -> None:
         """Re-draw a Kaiming-uniform dense kernel (as ``nn.Conv2d`` does) and re-derive the factors."""
         weight = torch.empty(self._dense_shape(), device=self.S1s.device, dtype=self.S1s.dtype)
         nn.init.kaiming_uniform_(weight, a=math.sqrt(5), generator=generator)
         self._init_from_weight(weight, "svd" if self.init == "data_svd" else self.init, None, generator)
         self._reset_bias(generator)
 
-    def _reset_bias(self, generator: Optional[torch.Generator]) -> None:
+    def _reset_bias(self, generator: torch.Generator | None) -> None:
         if self.bias is not None:
             fan_in = self.in_channels // self.groups * self.kernel_size[0] * self.kernel_size[1]
             bound = 1 / math.sqrt(fan_in)
             nn.init.uniform_(self.bias, -bound, bound, generator=generator)
 
     @torch.no_grad()
-    def _init_from_weight(self, weight: torch.Tensor, init: str, covs: Optional[List[torch.Tensor]],
-                          generator: Optional[torch.Generator]) -> None:
+    def _init_from_weight(self, weight: torch.Tensor, init: str, covs: list[torch.Tensor] | None,
+                          generator: torch.Generator | None) -> None:
         """Set ``S1s``/``U1s`` so that the layer approximates the dense ``weight`` by ``init``'s rule."""
         T, k, g = self.num_terms, self.low_rank, self.groups
         hidden, out_per_group = 2 * T * k, self.out_channels // g
@@ -238,8 +239,8 @@ class SKConv2d(SketchedModule):
     # -- conversion ------------------------------------------------------------------------
     @classmethod
     def from_dense(cls, layer: nn.Module, num_terms: int = 1, low_rank: int = 16, init: str = "svd",
-                   input_cov: Optional[torch.Tensor] = None,
-                   generator: Optional[torch.Generator] = None) -> "SKConv2d":
+                   input_cov: torch.Tensor | None = None,
+                   generator: torch.Generator | None = None) -> SKConv2d:
         """Sketch a (trained) ``nn.Conv2d``, copying its configuration, kernel, bias, device and dtype.
 
         ``init="svd"`` (the default here) keeps as much of the trained kernel as the rank allows.
@@ -291,7 +292,7 @@ class SKConv2d(SketchedModule):
         return F.conv2d(hidden, projection / (2 * self.num_terms), self.bias, groups=self.groups)
 
     # -- bookkeeping -----------------------------------------------------------------------
-    def hyperparameters(self) -> Dict[str, Any]:
+    def hyperparameters(self) -> dict[str, Any]:
         padding = self.padding if isinstance(self.padding, str) else list(self.padding)
         return {"in_channels": self.in_channels, "out_channels": self.out_channels,
                 "kernel_size": list(self.kernel_size), "stride": list(self.stride), "padding": padding,

@@ -13,7 +13,6 @@ module is loaded, so the class is looked up in ``sys.modules``.
 from __future__ import annotations
 
 import sys
-from typing import Optional, Tuple
 
 import torch
 from torch import nn
@@ -21,13 +20,13 @@ from torch import nn
 _HF_CONV1D_MODULE = "transformers.pytorch_utils"
 
 
-def hf_conv1d_type() -> Optional[type]:
+def hf_conv1d_type() -> type | None:
     """Hugging Face's ``Conv1D`` class if ``transformers`` is loaded, else ``None``."""
     module = sys.modules.get(_HF_CONV1D_MODULE)
     return getattr(module, "Conv1D", None) if module is not None else None
 
 
-def linear_types() -> Tuple[type, ...]:
+def linear_types() -> tuple[type, ...]:
     """Dense classes with the ``y = x·Wᵀ + b`` contract of ``nn.Linear`` (``Conv1D`` when loaded)."""
     conv1d = hf_conv1d_type()
     return (nn.Linear,) if conv1d is None else (nn.Linear, conv1d)
@@ -37,7 +36,7 @@ def is_linear_like(layer: nn.Module) -> bool:
     return isinstance(layer, linear_types())
 
 
-def linear_dims(layer: nn.Module) -> Tuple[int, int]:
+def linear_dims(layer: nn.Module) -> tuple[int, int]:
     """``(in_features, out_features)`` of a linear-like layer."""
     if isinstance(layer, nn.Linear):
         return layer.in_features, layer.out_features

@@ -11,21 +11,21 @@ from __future__ import annotations
 
 import hashlib
 from collections import OrderedDict
-from typing import Callable, Optional, Tuple
+from collections.abc import Callable
 
 import torch
 
-Decomposition = Tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+Decomposition = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 
 
-def random_signs(shape: Tuple[int, ...], scale: float, *, dtype: torch.dtype, device: torch.device,
-                 generator: Optional[torch.Generator] = None) -> torch.Tensor:
+def random_signs(shape: tuple[int, ...], scale: float, *, dtype: torch.dtype, device: torch.device,
+                 generator: torch.Generator | None = None) -> torch.Tensor:
     """Entries ``±scale`` with equal probability (the original design's sketching matrices)."""
     bits = torch.randint(0, 2, shape, generator=generator, device=generator.device if generator else device)
     return (bits.to(device=device, dtype=dtype) * 2 - 1) * scale
 
 
-def _orthonormal_fill(basis: torch.Tensor, count: int, dim: int, generator: Optional[torch.Generator]) -> torch.Tensor:
+def _orthonormal_fill(basis: torch.Tensor, count: int, dim: int, generator: torch.Generator | None) -> torch.Tensor:
     """``count`` unit vectors of length ``dim``, orthogonal to ``basis`` columns while room remains."""
     noise = torch.randn(dim, count, dtype=basis.dtype, generator=generator)
     room = dim - basis.shape[1]
@@ -37,7 +37,7 @@ def _orthonormal_fill(basis: torch.Tensor, count: int, dim: int, generator: Opti
     return noise / noise.norm(dim=0, keepdim=True).clamp_min(1e-12)
 
 
-def whitening(input_cov: torch.Tensor, rel_eps: float = 1e-6) -> Tuple[torch.Tensor, torch.Tensor]:
+def whitening(input_cov: torch.Tensor, rel_eps: float = 1e-6) -> tuple[torch.Tensor, torch.Tensor]:
     """Return ``(Lt, Lt_inv)`` with ``input_cov ≈ Lt.T @ Lt``, safe for rank-deficient covariances.
 
     Eigenvalues are floored at ``rel_eps * max_eigenvalue`` (a ridge), so directions the inputs
@@ -64,7 +64,7 @@ class _DecompositionCache:
 
     def __init__(self, max_bytes: int = 256 << 20) -> None:
         self.max_bytes = max_bytes
-        self._entries: "OrderedDict[tuple, Decomposition]" = OrderedDict()
+        self._entries: OrderedDict[tuple, Decomposition] = OrderedDict()
 
     def get(self, key: tuple, compute: Callable[[], Decomposition]) -> Decomposition:
         if key in self._entries:
@@ -86,7 +86,7 @@ class _DecompositionCache:
 _decompositions = _DecompositionCache()
 
 
-def _full_decomposition(work: torch.Tensor, cov: Optional[torch.Tensor]) -> Decomposition:
+def _full_decomposition(work: torch.Tensor, cov: torch.Tensor | None) -> Decomposition:
     """``(u, s, vh)`` with ``work ≈ u @ diag(s) @ vh``, in the metric of ``cov`` when given (cached)."""
     key = (tuple(work.shape), work.dtype, _digest(work), None if cov is None else _digest(cov))
 
@@ -103,9 +103,9 @@ def _full_decomposition(work: torch.Tensor, cov: Optional[torch.Tensor]) -> Deco
 def low_rank_basis(
     matrix: torch.Tensor,
     rank: int,
-    input_cov: Optional[torch.Tensor] = None,
-    generator: Optional[torch.Generator] = None,
-) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    input_cov: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Best rank-``rank`` approximation ``matrix ≈ left @ diag(sigma) @ right``.
 
     ``matrix`` is ``m x n``; returns ``left (m, rank)``, ``sigma (rank,)``, ``right (rank, n)`` with

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, NamedTuple, Optional, Tuple
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
@@ -22,8 +22,8 @@ def linear_is_cheaper(in_features: int, out_features: int, num_terms: int, low_r
 class _PackCache(NamedTuple):
     """Packed ``A``/``B`` for inference, valid while the source tensors are unchanged."""
 
-    sources: Tuple[torch.Tensor, ...]  # detached aliases: keep storages alive so pointers stay unique
-    versions: Tuple[int, ...]
+    sources: tuple[torch.Tensor, ...]  # detached aliases: keep storages alive so pointers stay unique
+    versions: tuple[int, ...]
     A: torch.Tensor
     B: torch.Tensor
 
@@ -59,14 +59,14 @@ class SKLinear(SketchedModule):
         out_features: int,
         num_terms: int,
         low_rank: int,
-        W_init: Optional[torch.Tensor] = None,
+        W_init: torch.Tensor | None = None,
         bias: bool = True,
-        dtype: Optional[torch.dtype] = None,
-        device: Optional[torch.device | str] = None,
+        dtype: torch.dtype | None = None,
+        device: torch.device | str | None = None,
         *,
         init: str = "sketch",
-        input_cov: Optional[torch.Tensor] = None,
-        generator: Optional[torch.Generator] = None,
+        input_cov: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
     ) -> None:
         super().__init__()
         self.in_features = check_positive_int("in_features", in_features)
@@ -78,14 +78,14 @@ class SKLinear(SketchedModule):
             raise ValueError("init='data_svd' needs input_cov, the (in_features, in_features) input covariance")
         if W_init is not None and tuple(W_init.shape) != (out_features, in_features):
             raise ValueError(f"W_init must have shape ({out_features}, {in_features}), got {tuple(W_init.shape)}")
-        kw: Dict[str, Any] = {"device": device, "dtype": dtype}
+        kw: dict[str, Any] = {"device": device, "dtype": dtype}
         T, k = num_terms, low_rank
         self.S1s = nn.Parameter(torch.empty(T, in_features, k, **kw))
         self.S2s = nn.Parameter(torch.empty(T, k, out_features, **kw))
         self.register_buffer("U1s", torch.empty(T, k, out_features, **kw))
         self.register_buffer("U2s", torch.empty(T, in_features, k, **kw))
         self.bias = nn.Parameter(torch.empty(out_features, **kw)) if bias else None
-        self._pack_cache: Optional[_PackCache] = None
+        self._pack_cache: _PackCache | None = None
         if W_init is None:
             self.reset_parameters(generator=generator)
         else:
@@ -94,7 +94,7 @@ class SKLinear(SketchedModule):
                 self._reset_bias(generator)
 
     # -- initialisation --------------------------------------------------------------------
-    def reset_parameters(self, generator: Optional[torch.Generator] = None) -> None:
+    def reset_parameters(self, generator: torch.Generator | None = None) -> None:
         """Re-draw a Kaiming-uniform dense weight (as ``nn.Linear`` does) and re-derive the terms."""
         weight = torch.empty(self.out_features, self.in_features, device=self.S1s.device, dtype=self.S1s.dtype)
         nn.init.kaiming_uniform_(weight, a=math.sqrt(5), generator=generator)
@@ -103,14 +103,14 @@ class SKLinear(SketchedModule):
         if self.bias is not None:
             self._reset_bias(generator)
 
-    def _reset_bias(self, generator: Optional[torch.Generator]) -> None:
+    def _reset_bias(self, generator: torch.Generator | None) -> None:
         bound = 1 / math.sqrt(self.in_features)
         nn.init.uniform_(self.bias, -bound, bound, generator=generator)
 
     @torch.no_grad()
-    def _init_from_weight(self, weight: torch.Tensor, init: Optional[str] = None,
-                          input_cov: Optional[torch.Tensor] = None,
-                          generator: Optional[torch.Generator] = None) -> None:
+    def _init_from_weight(self, weight: torch.Tensor, init: str | None = None,
+                          input_cov: torch.Tensor | None = None,
+                          generator: torch.Generator | None = None) -> None:
         """Set ``S``/``U`` so that the layer approximates ``x @ weight.T`` by ``init``'s rule."""
         init = init or self.init
         T, k = self.num_terms, self.low_rank
@@ -135,8 +135,8 @@ class SKLinear(SketchedModule):
     # -- conversion ------------------------------------------------------------------------
     @classmethod
     def from_dense(cls, layer: nn.Module, num_terms: int = 1, low_rank: int = 16, init: str = "svd",
-                   input_cov: Optional[torch.Tensor] = None,
-                   generator: Optional[torch.Generator] = None) -> "SKLinear":
+                   input_cov: torch.Tensor | None = None,
+                   generator: torch.Generator | None = None) -> SKLinear:
         """Sketch a (trained) ``nn.Linear`` or ``transformers`` ``Conv1D``, copying weight, bias, device, dtype.
 
         ``init="svd"`` (the default here) keeps as much of the trained layer as the rank allows.
@@ -175,7 +175,7 @@ class SKLinear(SketchedModule):
             return (A @ B).T / (2 * self.num_terms)
 
     # -- forward ---------------------------------------------------------------------------
-    def _packed_factors(self) -> Tuple[torch.Tensor, torch.Tensor]:
+    def _packed_factors(self) -> tuple[torch.Tensor, torch.Tensor]:
         """``A = [S1|U2]``, ``B = [U1;S2]``; cached across calls that cannot change the weights."""
         sources = (self.S1s, self.S2s, self.U1s, self.U2s)
         if torch.is_grad_enabled() and (self.S1s.requires_grad or self.S2s.requires_grad):
@@ -189,7 +189,7 @@ class SKLinear(SketchedModule):
                 return pack_left(self.S1s, self.U2s), pack_right(self.U1s, self.S2s)
         cache = self._pack_cache
         if cache is not None and versions == cache.versions and all(
-            t.data_ptr() == c.data_ptr() for t, c in zip(sources, cache.sources)
+            t.data_ptr() == c.data_ptr() for t, c in zip(sources, cache.sources, strict=True)
         ):
             return cache.A, cache.B
         with torch.no_grad():
@@ -215,7 +215,7 @@ class SKLinear(SketchedModule):
         return y.view(*input.shape[:-1], self.out_features)
 
     # -- bookkeeping -----------------------------------------------------------------------
-    def hyperparameters(self) -> Dict[str, Any]:
+    def hyperparameters(self) -> dict[str, Any]:
         return {"in_features": self.in_features, "out_features": self.out_features, "num_terms": self.num_terms,
                 "low_rank": self.low_rank, "bias": self.bias is not None, "init": self.init}
 
@@ -227,7 +227,7 @@ class SKLinear(SketchedModule):
         self._pack_cache = None  # device/dtype moves make new storages; drop the stale copy now
         return super()._apply(fn, recurse)
 
-    def __getstate__(self) -> Dict[str, Any]:
+    def __getstate__(self) -> dict[str, Any]:
         state = super().__getstate__() if hasattr(super(), "__getstate__") else self.__dict__.copy()
         state = dict(state)
         state["_pack_cache"] = None

@@ -18,18 +18,17 @@ import threading
 import warnings
 from pathlib import Path
 from types import ModuleType
-from typing import List, Optional
 
 import torch
 
 EXTENSION_NAME = "panther_sketch_cuda"
 SOURCE_DIR = Path(__file__).resolve().parent / "csrc"
 _lock = threading.Lock()
-_module: Optional[ModuleType] = None
+_module: ModuleType | None = None
 _failed = False
 
 
-def cuda_sources() -> List[str]:
+def cuda_sources() -> list[str]:
     """The binding and kernel sources, binding first (what both JIT and AOT builds compile)."""
     return [str(SOURCE_DIR / "sketch_binding.cpp"), *sorted(str(p) for p in SOURCE_DIR.glob("*.cu"))]
 
@@ -69,7 +68,7 @@ def kernels_enabled() -> bool:
     return os.environ.get("PANTHER_CUDA_KERNELS") == "1"
 
 
-def cuda_extension() -> Optional[ModuleType]:
+def cuda_extension() -> ModuleType | None:
     """The compiled kernels, or ``None`` when they are disabled or could not be built (warned once)."""
     global _module, _failed
     if _module is not None or _failed:

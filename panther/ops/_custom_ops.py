@@ -8,7 +8,7 @@ the forward only where its grid fills the device (:mod:`panther.ops._dispatch`).
 
 from __future__ import annotations
 
-from typing import Any, Optional, Tuple
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -22,8 +22,8 @@ KERNEL_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
 # The default kernels are named functions (not decorated in place) so the CUDA kernels below can fall
 # back to them, and tests/cuda_emulation can route CPU tensors through the CUDA kernels and back.
-def _forward_default(x: Tensor, S1s: Tensor, S2s: Tensor, A: Tensor, B: Tensor, bias: Optional[Tensor],
-                     scale: float, save_hidden: bool) -> Tuple[Tensor, Tensor]:
+def _forward_default(x: Tensor, S1s: Tensor, S2s: Tensor, A: Tensor, B: Tensor, bias: Tensor | None,
+                     scale: float, save_hidden: bool) -> tuple[Tensor, Tensor]:
     """``(scale · (x @ A) @ B + bias, x @ A or empty)``; ``S1s``/``S2s`` only route gradients."""
     y, hidden = torch_forward(x, A, B, bias, scale)
     return y, (hidden if save_hidden else x.new_empty(0))
@@ -41,8 +41,8 @@ def _fused_forward_pays(ext: Any, x: Tensor, A: Tensor) -> bool:
 
 
 @sketched_linear_forward.register_kernel("cuda")
-def _forward_cuda(x: Tensor, S1s: Tensor, S2s: Tensor, A: Tensor, B: Tensor, bias: Optional[Tensor],
-                  scale: float, save_hidden: bool) -> Tuple[Tensor, Tensor]:
+def _forward_cuda(x: Tensor, S1s: Tensor, S2s: Tensor, A: Tensor, B: Tensor, bias: Tensor | None,
+                  scale: float, save_hidden: bool) -> tuple[Tensor, Tensor]:
     """The fused kernel where it fills the device (see :mod:`panther.ops._dispatch`), else cuBLAS."""
     ext = cuda_extension()
     if ext is None or x.dtype not in KERNEL_DTYPES or not _fused_forward_pays(ext, x, A):
@@ -51,15 +51,15 @@ def _forward_cuda(x: Tensor, S1s: Tensor, S2s: Tensor, A: Tensor, B: Tensor, bia
 
 
 @sketched_linear_forward.register_fake
-def _forward_fake(x: Tensor, S1s: Tensor, S2s: Tensor, A: Tensor, B: Tensor, bias: Optional[Tensor],
-                  scale: float, save_hidden: bool) -> Tuple[Tensor, Tensor]:
+def _forward_fake(x: Tensor, S1s: Tensor, S2s: Tensor, A: Tensor, B: Tensor, bias: Tensor | None,
+                  scale: float, save_hidden: bool) -> tuple[Tensor, Tensor]:
     hidden_shape = (x.shape[0], A.shape[1]) if save_hidden else (0,)
     return x.new_empty((x.shape[0], B.shape[1])), x.new_empty(hidden_shape)
 
 
 def _backward_default(grad_y: Tensor, x: Tensor, hidden: Tensor, A: Tensor, B: Tensor, scale: float,
                       rank: int, need_x: bool, need_s1: bool, need_s2: bool,
-                      need_bias: bool) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+                      need_bias: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Gradients for ``x``, ``S1`` (``d_in x r``), ``S2`` (``r x d_out``), bias; unrequested ones are empty."""
     grads = torch_backward(grad_y.contiguous(), x, hidden, A, B, scale, rank, need_x, need_s1, need_s2, need_bias)
     return tuple(x.new_empty(0) if g is None else g for g in grads)  # type: ignore[return-value]
@@ -72,7 +72,7 @@ sketched_linear_backward = torch.library.custom_op("panther::sketched_linear_bac
 @sketched_linear_backward.register_kernel("cuda")
 def _backward_cuda(grad_y: Tensor, x: Tensor, hidden: Tensor, A: Tensor, B: Tensor, scale: float, rank: int,
                    need_x: bool, need_s1: bool, need_s2: bool, need_bias: bool
-                   ) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+                   ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     ext = cuda_extension()
     if ext is None or x.dtype not in KERNEL_DTYPES:
         return _backward_default(grad_y, x, hidden, A, B, scale, rank, need_x, need_s1, need_s2, need_bias)
@@ -82,7 +82,7 @@ def _backward_cuda(grad_y: Tensor, x: Tensor, hidden: Tensor, A: Tensor, B: Tens
 @sketched_linear_backward.register_fake
 def _backward_fake(grad_y: Tensor, x: Tensor, hidden: Tensor, A: Tensor, B: Tensor, scale: float, rank: int,
                    need_x: bool, need_s1: bool, need_s2: bool,
-                   need_bias: bool) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+                   need_bias: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     def maybe(needed: bool, *shape: Any) -> Tensor:
         return x.new_empty(shape if needed else (0,))
 
@@ -90,7 +90,7 @@ def _backward_fake(grad_y: Tensor, x: Tensor, hidden: Tensor, A: Tensor, B: Tens
             maybe(need_bias, B.shape[1]))
 
 
-def _setup_context(ctx: Any, inputs: Tuple[Any, ...], output: Tuple[Tensor, Tensor]) -> None:
+def _setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[Tensor, Tensor]) -> None:
     x, S1s, _S2s, A, B, bias, scale, _save_hidden = inputs
     ctx.save_for_backward(x, output[1], A, B)
     ctx.scale = scale
@@ -98,7 +98,7 @@ def _setup_context(ctx: Any, inputs: Tuple[Any, ...], output: Tuple[Tensor, Tens
     ctx.has_bias = bias is not None
 
 
-def _backward(ctx: Any, grad_y: Tensor, _grad_hidden: Optional[Tensor]) -> Tuple[Optional[Tensor], ...]:
+def _backward(ctx: Any, grad_y: Tensor, _grad_hidden: Tensor | None) -> tuple[Tensor | None, ...]:
     x, hidden, A, B = ctx.saved_tensors
     T, d_in, k = ctx.term_shape
     need_x, need_s1, need_s2, _, _, need_bias, _, _ = ctx.needs_input_grad

@@ -20,7 +20,7 @@ def use_fused_forward(batch: int, rank2: int, max_rank: int, rows_per_block: int
     return rank2 <= max_rank and blocks >= sm_count
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _sm_count(index: int) -> int:
     return torch.cuda.get_device_properties(index).multi_processor_count
 

@@ -6,13 +6,11 @@ kernels are tested against.
 
 from __future__ import annotations
 
-from typing import Optional, Tuple
-
 import torch
 from torch import Tensor
 
 
-def torch_forward(x: Tensor, A: Tensor, B: Tensor, bias: Optional[Tensor], scale: float) -> Tuple[Tensor, Tensor]:
+def torch_forward(x: Tensor, A: Tensor, B: Tensor, bias: Tensor | None, scale: float) -> tuple[Tensor, Tensor]:
     """``(scale · (x @ A) @ B + bias, x @ A)``: the hidden comes free, callers keep it only for backward."""
     hidden = x @ A
     if bias is None:
@@ -24,7 +22,7 @@ def torch_forward(x: Tensor, A: Tensor, B: Tensor, bias: Optional[Tensor], scale
 
 def torch_backward(grad_y: Tensor, x: Tensor, hidden: Tensor, A: Tensor, B: Tensor, scale: float, rank: int,
                    need_x: bool, need_s1: bool, need_s2: bool, need_bias: bool
-                   ) -> Tuple[Optional[Tensor], Optional[Tensor], Optional[Tensor], Optional[Tensor]]:
+                   ) -> tuple[Tensor | None, Tensor | None, Tensor | None, Tensor | None]:
     """Gradients for ``x``, ``S1`` (``A[:, :r]``, as ``d_in x r``), ``S2`` (``B[r:]``, ``r x d_out``), bias.
 
     Only the requested ones are computed (the rest are ``None``): ``U1``/``U2`` are fixed, so the

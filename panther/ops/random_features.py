@@ -8,7 +8,6 @@
 from __future__ import annotations
 
 import math
-from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -38,7 +37,7 @@ def orthogonal_gaussian_features(num_features: int, dim: int, generator: torch.G
 
 
 def random_features(x: torch.Tensor, projection: torch.Tensor, kernel_fn: str, *, is_query: bool,
-                    key_log_weight: Optional[torch.Tensor] = None) -> torch.Tensor:
+                    key_log_weight: torch.Tensor | None = None) -> torch.Tensor:
     """Features ``φ(x)`` ``(..., N, m)`` of ``x`` ``(..., N, d)`` for the projection rows ``w`` ``(m, d)``.
 
     ``softmax``: ``exp(w·x − |x|²/2)/√m``, whose inner products are unbiased for ``exp(q·k)``. ``relu``:
@@ -79,8 +78,8 @@ def linear_attention(q_features: torch.Tensor, k_features: torch.Tensor, v: torc
 
 
 def causal_linear_attention(q_features: torch.Tensor, k_features: torch.Tensor, v: torch.Tensor,
-                            global_kv: Optional[torch.Tensor] = None,
-                            global_k_sum: Optional[torch.Tensor] = None) -> torch.Tensor:
+                            global_kv: torch.Tensor | None = None,
+                            global_k_sum: torch.Tensor | None = None) -> torch.Tensor:
     """Query ``i`` sees keys ``j ≤ i`` (plus the optional ``global_*`` sums, seen by every query).
 
     Blocked prefix sums: within a block of ``_CAUSAL_CHUNK`` positions the masked ``C x C`` products
@@ -118,8 +117,8 @@ def _exclusive_cumsum(x: torch.Tensor, dim: int) -> torch.Tensor:
 
 
 # -- masks ---------------------------------------------------------------------------------------
-def key_log_weights(key_padding_mask: Optional[torch.Tensor], batch: int, src_len: int,
-                    dtype: torch.dtype) -> Optional[torch.Tensor]:
+def key_log_weights(key_padding_mask: torch.Tensor | None, batch: int, src_len: int,
+                    dtype: torch.dtype) -> torch.Tensor | None:
     """``(batch, src_len)`` additive key scores: ``-inf`` for a ``True`` bool entry, the value of a float one."""
     if key_padding_mask is None:
         return None

@@ -8,8 +8,6 @@ PyTorch math: the custom-op dispatcher's Python overhead would dominate small CP
 
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
@@ -65,7 +63,7 @@ class _SketchedLinearFunction(torch.autograd.Function):
 
 
 def sketched_linear(x: Tensor, S1s: Tensor, S2s: Tensor, A: Tensor, B: Tensor,
-                    bias: Optional[Tensor], scale: float) -> Tensor:
+                    bias: Tensor | None, scale: float) -> Tensor:
     """``scale · (x @ A) @ B + bias`` for a 2-D ``x``, differentiable in ``x``, ``S1s``, ``S2s``, ``bias``.
 
     ``A``/``B`` must be ``pack_left(S1s, U2s)``/``pack_right(U1s, S2s)`` (detached).

@@ -4,8 +4,8 @@ the model is touched."""
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
-from typing import Any, Callable, Optional
+from collections.abc import Callable, Iterable
+from typing import Any
 
 from torch import nn
 
@@ -33,8 +33,8 @@ def check_flag(name: str, flag: Any) -> None:
         raise TypeError(f"{name} must be True or False, got {flag!r}")
 
 
-def speed_function(optmization_eval_func: Optional[Callable[..., float]],
-                   optimization_eval_func: Optional[Callable[..., float]]) -> Optional[Callable[..., float]]:
+def speed_function(optmization_eval_func: Callable[..., float] | None,
+                   optimization_eval_func: Callable[..., float] | None) -> Callable[..., float] | None:
     """The one speed function of the two spellings (the spec's and the corrected one)."""
     if optmization_eval_func is not None and optimization_eval_func is not None \
             and optmization_eval_func is not optimization_eval_func:
@@ -42,13 +42,13 @@ def speed_function(optmization_eval_func: Optional[Callable[..., float]],
     return optimization_eval_func if optimization_eval_func is not None else optmization_eval_func
 
 
-def check_speed_needs_threshold(speed_func: Optional[Callable[..., float]], threshold: Optional[float]) -> None:
+def check_speed_needs_threshold(speed_func: Callable[..., float] | None, threshold: float | None) -> None:
     if speed_func is not None and threshold is None:
         raise ValueError("optmization_eval_func needs accuracy_threshold: maximising speed alone would pick "
                          "the smallest, least accurate sketch")
 
 
-def check_threshold(accuracy_threshold: Any) -> Optional[float]:
+def check_threshold(accuracy_threshold: Any) -> float | None:
     if accuracy_threshold is None:
         return None
     if isinstance(accuracy_threshold, bool) or not isinstance(accuracy_threshold, (int, float)) \

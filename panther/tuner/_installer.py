@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from typing import Any, Callable, Dict, Iterable, Iterator, Mapping, Optional, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -33,14 +34,14 @@ class LayerInstaller:
         calibration_forward: ``f(model, batch)`` running one calibration batch.
     """
 
-    def __init__(self, model: nn.Module, resolver: LayerNameResolver, calibration_data: Optional[Iterable[Any]],
-                 calibration_forward: Optional[Callable[[nn.Module, Any], Any]]) -> None:
+    def __init__(self, model: nn.Module, resolver: LayerNameResolver, calibration_data: Iterable[Any] | None,
+                 calibration_forward: Callable[[nn.Module, Any], Any] | None) -> None:
         self.model, self.resolver = model, resolver
         self.calibration_data, self.calibration_forward = calibration_data, calibration_forward
-        self.originals: Dict[str, nn.Module] = {}  # layer name -> the dense layer it had
-        self.installed: Dict[str, nn.Module] = {}  # layer name -> sketch installed by this tuner
-        self.kinds: Dict[str, LayerKind] = {}  # layer name -> the kind replacing it
-        self.input_covs: Dict[str, torch.Tensor] = {}
+        self.originals: dict[str, nn.Module] = {}  # layer name -> the dense layer it had
+        self.installed: dict[str, nn.Module] = {}  # layer name -> sketch installed by this tuner
+        self.kinds: dict[str, LayerKind] = {}  # layer name -> the kind replacing it
+        self.input_covs: dict[str, torch.Tensor] = {}
 
     def dense_of(self, name: str) -> nn.Module:
         """The dense layer at ``name``: the remembered one if a sketch of this tuner sits there now."""
@@ -55,7 +56,7 @@ class LayerInstaller:
         for name in kinds:
             self.originals.setdefault(name, self.dense_of(name))
 
-    def current(self) -> Dict[str, nn.Module]:
+    def current(self) -> dict[str, nn.Module]:
         """What sits at every remembered name now (to put back after a run)."""
         return {name: self.model.get_submodule(name) for name in self.originals}
 

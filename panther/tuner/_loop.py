@@ -11,7 +11,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from panther.tuner._sharing import SharedTrials
 from panther.tuner._trials import TrialRunner
@@ -33,7 +34,7 @@ class SearchLoop:
     """
 
     def __init__(self, search: Any, groups: Sequence[TuningGroup], runner: TrialRunner,
-                 threshold_of: Callable[[str], Optional[float]]) -> None:
+                 threshold_of: Callable[[str], float | None]) -> None:
         self.search, self.groups, self.runner, self.threshold_of = search, list(groups), runner, threshold_of
         self.shared = SharedTrials(search, runner)
 
@@ -59,7 +60,7 @@ class SearchLoop:
             # even with no trial left, the search hears the probes (its study then holds them all)
             self._tune_group(group, budget, max_trials=share, known=probes[group.name][1])
 
-    def _probe_rounds(self, budget: Budget) -> Dict[str, Tuple[Prober, List[TrialRecord]]]:
+    def _probe_rounds(self, budget: Budget) -> dict[str, tuple[Prober, list[TrialRecord]]]:
         """Probe every group, one trial per group per round, until all are done or the budget is."""
         probes = {g.name: (prober_for(g.space, self.threshold_of(g.name)), []) for g in self.groups}
         pending = list(self.groups)
@@ -80,7 +81,7 @@ class SearchLoop:
                 prober.tell(record)
         return probes
 
-    def _tune_group(self, group: TuningGroup, budget: Budget, max_trials: Optional[int] = None,
+    def _tune_group(self, group: TuningGroup, budget: Budget, max_trials: int | None = None,
                     known: Sequence[TrialRecord] = ()) -> None:
         search = self.search
         space = self._search_space(group)
@@ -126,7 +127,7 @@ class SearchLoop:
             return False
         return len(self.runner.cache.get(group.name, {})) >= math.prod(len(values) for values in sizes)  # type: ignore[arg-type]
 
-    def _search_space(self, group: TuningGroup) -> Dict[str, Any]:
+    def _search_space(self, group: TuningGroup) -> dict[str, Any]:
         if getattr(self.search, "accepts_param_specs", False):
             return dict(group.space)
         return {name: spec.values() for name, spec in group.space.items()}

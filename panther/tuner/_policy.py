@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Callable, Dict, List, Mapping, Optional, Tuple
+from collections.abc import Callable, Mapping
 
 from panther.tuner.evaluation import describe
 from panther.tuner.results import TrialRecord, TuningResults
@@ -21,7 +21,7 @@ logger = logging.getLogger(__name__)
 Measure = Callable[[Mapping[str, TrialRecord]], float]
 
 
-def group_thresholds(baseline: float, threshold: float, dense_weights: Mapping[str, int]) -> Dict[str, float]:
+def group_thresholds(baseline: float, threshold: float, dense_weights: Mapping[str, int]) -> dict[str, float]:
     """Per-group accuracy thresholds that share the allowed drop ``baseline - threshold`` by weight.
 
     Drops of separately sketched layers roughly add up, so groups that each lose no more than their
@@ -52,7 +52,7 @@ class ComposedCheck:
     """
 
     def __init__(self, results: TuningResults, dense_weights: Mapping[str, int], threshold: float,
-                 measure_accuracy: Measure, measure_speed: Optional[Measure]) -> None:
+                 measure_accuracy: Measure, measure_speed: Measure | None) -> None:
         self.results, self.dense_weights, self.threshold = results, dict(dense_weights), threshold
         self.measure_accuracy, self.measure_speed = measure_accuracy, measure_speed
 
@@ -85,7 +85,7 @@ class ComposedCheck:
         logger.info("all %d tuned groups together: accuracy %.4f", len(kept), accuracy)
         return accuracy
 
-    def _spend_margin(self, kept: Dict[str, TrialRecord], accuracy: float) -> None:
+    def _spend_margin(self, kept: dict[str, TrialRecord], accuracy: float) -> None:
         """Use what the composed model has above the threshold for cheaper trials, one check each.
 
         The candidate saving the most weights per unit of extra drop goes first; a failed check
@@ -93,8 +93,8 @@ class ComposedCheck:
         must also make the composed model score higher on it (measured), since fewer weights need
         not mean faster. At most one check per group, so this costs little next to the search.
         """
-        speed: Optional[float] = None  # the composed model's, measured once a candidate needs it
-        floor: Dict[str, int] = {}  # group -> weights at which a composed check failed
+        speed: float | None = None  # the composed model's, measured once a candidate needs it
+        floor: dict[str, int] = {}  # group -> weights at which a composed check failed
         for _ in range(len(self.dense_weights)):
             options = self._cheaper_options(kept, accuracy - self.threshold, floor)
             if not options:
@@ -117,7 +117,7 @@ class ComposedCheck:
                 self.results.composed_accuracy = accuracy
 
     def _cheaper_options(self, kept: Mapping[str, TrialRecord], margin: float,
-                         floor: Mapping[str, int]) -> List[Tuple[float, str, TrialRecord]]:
+                         floor: Mapping[str, int]) -> list[tuple[float, str, TrialRecord]]:
         """``(weights saved per unit of drop, group, trial)`` for trials cheaper than each group's choice.
 
         A trial qualifies if it met the whole-model threshold alone, stores fewer weights than the
@@ -143,14 +143,14 @@ class ComposedCheck:
                     options.append(((current_weights - r.weights) / (drop + 1e-12), group, r))  # type: ignore[operator]
         return options
 
-    def _safer_record(self, group: str, current: TrialRecord) -> Optional[TrialRecord]:
+    def _safer_record(self, group: str, current: TrialRecord) -> TrialRecord | None:
         """The best-scoring feasible trial of ``group`` measured more accurate than ``current``."""
         safer = [r for r in self.results.records if r.group == group and r.feasible and r.status != "failed"
                  and r.accuracy is not None and r.accuracy > current.accuracy]  # type: ignore[operator]
         return min(safer, key=lambda r: (-(r.score or 0.0), r.weights or 0, r.trial), default=None)
 
 
-def cost_per_gain(record: TrialRecord, baseline: Optional[float]) -> float:
+def cost_per_gain(record: TrialRecord, baseline: float | None) -> float:
     """Accuracy lost per weight saved: the group backed off first is the one where this is largest."""
     drop = max((baseline if baseline is not None else record.accuracy) - record.accuracy, 0.0)  # type: ignore[operator]
     saved = max(record.dense_weights - record.weights, 1)  # type: ignore[operator]

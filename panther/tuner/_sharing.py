@@ -12,7 +12,7 @@ import os
 import socket
 import time
 import uuid
-from typing import Any, Dict, Optional
+from typing import Any
 
 from panther.tuner._trials import RECORD_FIELDS, TrialRunner
 from panther.tuner.evaluation import describe
@@ -30,7 +30,7 @@ def worker_token() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
-def worker_alive(worker: Optional[str], me: str) -> bool:
+def worker_alive(worker: str | None, me: str) -> bool:
     """Whether ``worker`` (another tuner's token on its running trial) may still finish that trial.
 
     A worker on this host whose process is gone left the trial running when it died: not alive.
@@ -57,7 +57,7 @@ class SharedTrials:
         self.search, self.runner = search, runner
         self.worker = worker_token()
 
-    def result_for(self, group: TuningGroup, params: Dict[str, Any]) -> Optional[TrialRecord]:
+    def result_for(self, group: TuningGroup, params: dict[str, Any]) -> TrialRecord | None:
         """An earlier result for identical ``params``, or ``None`` if they must be evaluated."""
         record = self.runner.known(group, params)
         if record is None:
@@ -93,7 +93,7 @@ class SharedTrials:
         for field_name in RECORD_FIELDS:
             record_attr(ATTR + field_name, getattr(record, field_name))
 
-    def attributes(self, record: TrialRecord) -> Dict[str, Any]:
+    def attributes(self, record: TrialRecord) -> dict[str, Any]:
         """``record``'s fields as the user attributes stored with a trial."""
         return {ATTR + field_name: getattr(record, field_name) for field_name in RECORD_FIELDS}
 
@@ -102,7 +102,7 @@ class SharedTrials:
         if callable(record_attr) and getattr(self.search, "pending_trial", None) is not None:
             record_attr(WORKER_ATTR, self.worker)
 
-    def _wait_for_other_worker(self, group: TuningGroup, params: Dict[str, Any]) -> Optional[TrialRecord]:
+    def _wait_for_other_worker(self, group: TuningGroup, params: dict[str, Any]) -> TrialRecord | None:
         study, pending = getattr(self.search, "study", None), getattr(self.search, "pending_trial", None)
         if study is None or pending is None or getattr(study, "_storage", None) is None:
             return None
@@ -122,6 +122,6 @@ class SharedTrials:
             time.sleep(0.05)
         return None
 
-    def _adopt(self, group: TuningGroup, trial: Any, params: Dict[str, Any]) -> TrialRecord:
+    def _adopt(self, group: TuningGroup, trial: Any, params: dict[str, Any]) -> TrialRecord:
         attrs = {f: trial.user_attrs.get(ATTR + f) for f in RECORD_FIELDS}
         return self.runner.new_record(group, params, "storage", score=trial.value, **attrs)

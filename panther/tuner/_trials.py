@@ -12,7 +12,8 @@ from __future__ import annotations
 import logging
 import math
 import time
-from typing import Any, Callable, Dict, Mapping, Optional
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from panther.tuner._installer import LayerInstaller
 from panther.tuner.evaluation import describe, measure
@@ -46,17 +47,17 @@ class TrialRunner:
         results: where records go.
     """
 
-    def __init__(self, installer: LayerInstaller, accuracy_func: EvalFunc, speed_func: Optional[EvalFunc],
-                 runs: int, resource: Optional[Callable[[], Any]], threshold_of: Callable[[str], Optional[float]],
+    def __init__(self, installer: LayerInstaller, accuracy_func: EvalFunc, speed_func: EvalFunc | None,
+                 runs: int, resource: Callable[[], Any] | None, threshold_of: Callable[[str], float | None],
                  results: TuningResults) -> None:
         self.installer, self.accuracy_func, self.speed_func = installer, accuracy_func, speed_func
         self.runs, self.resource, self.threshold_of, self.results = runs, resource, threshold_of, results
-        self.cache: Dict[str, Dict[tuple, TrialRecord]] = {}
+        self.cache: dict[str, dict[tuple, TrialRecord]] = {}
         self.counter = 0
         self.dense_evaluates = False  # set once the functions are known to work on the dense model
         self.on_trial: Callable[[TrialRecord], None] = lambda record: None  # after each evaluation
 
-    def known(self, group: TuningGroup, params: Mapping[str, Any]) -> Optional[TrialRecord]:
+    def known(self, group: TuningGroup, params: Mapping[str, Any]) -> TrialRecord | None:
         """This run's record for identical ``params``, if any."""
         return self.cache.get(group.name, {}).get(params_key(params))
 
@@ -75,7 +76,7 @@ class TrialRunner:
         self.dense_evaluates = True  # so a candidate that raises is the candidate's fault
         return accuracy
 
-    def evaluate(self, group: TuningGroup, params: Dict[str, Any], phase: str) -> TrialRecord:
+    def evaluate(self, group: TuningGroup, params: dict[str, Any], phase: str) -> TrialRecord:
         """Build, install, evaluate and remove the candidates for ``params``; record the outcome."""
         record = self.new_record(group, params, phase)
         started = time.perf_counter()

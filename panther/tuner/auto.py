@@ -20,18 +20,18 @@ Layers with identical type and shape share one generated space ("smart grouping"
 from __future__ import annotations
 
 import warnings
-from typing import Dict, Hashable, List, Mapping, Optional, Sequence, Tuple, Union
+from collections.abc import Hashable, Mapping, Sequence
 
 from torch import nn
 
 from panther.kinds import LayerKind, kind_of
 from panther.tuner.params import Categorical, ParamSpec
 
-LayerRef = Union[str, nn.Module]
-Space = Dict[str, ParamSpec]
+LayerRef = str | nn.Module
+Space = dict[str, ParamSpec]
 
 
-def _kind_with_auto_space(layer: nn.Module) -> Optional[LayerKind]:
+def _kind_with_auto_space(layer: nn.Module) -> LayerKind | None:
     """The layer's kind if it has an ``"auto"`` space (attention, whose cost depends on the sequence, has none)."""
     kind = kind_of(layer)
     return kind if kind is not None and type(kind).auto_space is not LayerKind.auto_space else None
@@ -56,9 +56,9 @@ class ParamsResolver:
             raise TypeError(f"ParamsResolver needs an nn.Module or a LayerNameResolver, got "
                             f"{type(model_or_resolver).__name__}")
         #: Layers the last :meth:`resolve_modules` left out, with the reason.
-        self.skipped: Dict[str, str] = {}
+        self.skipped: dict[str, str] = {}
 
-    def space_for(self, layer: nn.Module, copy_weights: bool = True, data_aware: bool = False) -> Optional[Space]:
+    def space_for(self, layer: nn.Module, copy_weights: bool = True, data_aware: bool = False) -> Space | None:
         """The space for one layer, or ``None`` when "auto" does not support it or no rank is cheaper.
 
         The init is ``"data_svd"`` with calibration data (``data_aware``), ``"svd"`` when copying
@@ -68,7 +68,7 @@ class ParamsResolver:
         return None if kind is None else kind.auto_space(layer, copy_weights, data_aware)
 
     def resolve(self, layers: Sequence[LayerRef], copy_weights: bool = True,
-                data_aware: bool = False) -> Dict[str, Space]:
+                data_aware: bool = False) -> dict[str, Space]:
         """Per layer (by name; a module is named by its first name in the model) its concrete space.
 
         Layers that "auto" cannot handle or for which no sketch is cheaper are left out, with a warning.
@@ -77,10 +77,10 @@ class ParamsResolver:
         return self.resolve_modules(dict(self._lookup(ref) for ref in layers), copy_weights, data_aware)
 
     def resolve_modules(self, layers: Mapping[str, nn.Module], copy_weights: bool = True,
-                        data_aware: bool = False) -> Dict[str, Space]:
+                        data_aware: bool = False) -> dict[str, Space]:
         """:meth:`resolve` for layers given as ``{name: module}``."""
-        spaces: Dict[str, Space] = {}
-        shared: Dict[Hashable, Optional[Space]] = {}
+        spaces: dict[str, Space] = {}
+        shared: dict[Hashable, Space | None] = {}
         self.skipped = {}
         for name, layer in layers.items():
             kind = _kind_with_auto_space(layer)
@@ -98,9 +98,9 @@ class ParamsResolver:
             spaces[name] = shared[key]  # type: ignore[assignment]
         return spaces
 
-    def groups(self, spaces: Dict[str, Space]) -> List[Tuple[List[str], Space]]:
+    def groups(self, spaces: dict[str, Space]) -> list[tuple[list[str], Space]]:
         """Layers sharing one space, in first-appearance order: ``[(names, space), ...]``."""
-        grouped: List[Tuple[List[str], Space]] = []
+        grouped: list[tuple[list[str], Space]] = []
         for name, space in spaces.items():
             for names, existing in grouped:
                 if existing is space or existing == space:
@@ -111,7 +111,7 @@ class ParamsResolver:
         return grouped
 
     @staticmethod
-    def joint_space(spaces: Sequence[Space]) -> Optional[Space]:
+    def joint_space(spaces: Sequence[Space]) -> Space | None:
         """One space valid for every layer of a jointly tuned group: the ranks cheaper for all of them."""
         if not spaces:
             return None
@@ -120,7 +120,7 @@ class ParamsResolver:
             return None
         return {**spaces[0], "low_rank": Categorical(ranks)}
 
-    def _lookup(self, ref: LayerRef) -> Tuple[str, nn.Module]:
+    def _lookup(self, ref: LayerRef) -> tuple[str, nn.Module]:
         if isinstance(ref, str):
             return ref, self.resolver.module(ref)
         if isinstance(ref, nn.Module):

@@ -18,7 +18,8 @@ size, weighted by how open the question is (nothing, for a settled bisection).
 from __future__ import annotations
 
 import time
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from collections.abc import Sequence
+from typing import Any
 
 from panther.tuner.params import ParamSpec
 from panther.tuner.results import TrialRecord
@@ -31,7 +32,7 @@ _OPEN_QUESTION = {
 }
 
 
-def probe_params(space: Dict[str, ParamSpec]) -> List[Dict[str, Any]]:
+def probe_params(space: dict[str, ParamSpec]) -> list[dict[str, Any]]:
     """The cheapest configuration (every spec's first value) and a middle one (deduplicated)."""
     cheapest = {name: spec.default() for name, spec in space.items()}
     middle = {}
@@ -48,7 +49,7 @@ def probe_params(space: Dict[str, ParamSpec]) -> List[Dict[str, Any]]:
 COST_INCREASING = ("low_rank", "num_terms", "num_random_features")
 
 
-def ordered_axis(space: Dict[str, ParamSpec]) -> Optional[Tuple[str, List[Any]]]:
+def ordered_axis(space: dict[str, ParamSpec]) -> tuple[str, list[Any]] | None:
     """``(name, ascending values)`` if the only open choice in ``space`` is a cost-increasing size."""
     open_specs = [(name, spec.values()) for name, spec in space.items()
                   if spec.values() is None or len(spec.values()) > 1]  # type: ignore[arg-type]
@@ -67,10 +68,10 @@ def ordered_axis(space: Dict[str, ParamSpec]) -> Optional[Tuple[str, List[Any]]]
 class FixedProbes:
     """The cheapest configuration and a middle one, in that order."""
 
-    def __init__(self, space: Dict[str, ParamSpec]) -> None:
+    def __init__(self, space: dict[str, ParamSpec]) -> None:
         self._queue = probe_params(space)
 
-    def next_params(self) -> Optional[Dict[str, Any]]:
+    def next_params(self) -> dict[str, Any] | None:
         return self._queue[0] if self._queue else None
 
     def tell(self, record: TrialRecord) -> None:
@@ -84,13 +85,13 @@ class FixedProbes:
 class Bisection:
     """The smallest value of an ordered axis meeting the threshold, assuming accuracy grows with it."""
 
-    def __init__(self, space: Dict[str, ParamSpec], name: str, values: List[Any]) -> None:
+    def __init__(self, space: dict[str, ParamSpec], name: str, values: list[Any]) -> None:
         self._base = {key: spec.default() for key, spec in space.items()}
         self._name, self._values = name, values
         self._infeasible = -1  # largest index known to miss the threshold
         self._feasible = len(values)  # smallest index known to meet it (len: none yet)
 
-    def next_params(self) -> Optional[Dict[str, Any]]:
+    def next_params(self) -> dict[str, Any] | None:
         if self.settled:
             return None
         return {**self._base, self._name: self._values[self._middle]}
@@ -110,10 +111,10 @@ class Bisection:
         return self._feasible - self._infeasible <= 1
 
 
-Prober = Union[FixedProbes, Bisection]
+Prober = FixedProbes | Bisection
 
 
-def prober_for(space: Dict[str, ParamSpec], threshold: Optional[float]) -> Prober:
+def prober_for(space: dict[str, ParamSpec], threshold: float | None) -> Prober:
     """Bisection where it applies (an ordered space and an accuracy threshold), else fixed probes."""
     axis = ordered_axis(space)
     if threshold is None or axis is None:
@@ -121,7 +122,7 @@ def prober_for(space: Dict[str, ParamSpec], threshold: Optional[float]) -> Probe
     return Bisection(space, *axis)
 
 
-def potential(probes: Sequence[TrialRecord], dense_weights: int, threshold: Optional[float],
+def potential(probes: Sequence[TrialRecord], dense_weights: int, threshold: float | None,
               settled: bool = False) -> float:
     """How many trials a group deserves, relative to the others (0: nothing left to learn)."""
     if settled:
@@ -141,7 +142,7 @@ def potential(probes: Sequence[TrialRecord], dense_weights: int, threshold: Opti
 class Budget:
     """Counts trials and time against the optional whole-model limits."""
 
-    def __init__(self, max_total_trials: Optional[int], time_budget_s: Optional[float]) -> None:
+    def __init__(self, max_total_trials: int | None, time_budget_s: float | None) -> None:
         self.max_total_trials = max_total_trials
         self.time_budget_s = time_budget_s
         self.used = 0
@@ -159,7 +160,7 @@ class Budget:
             return True
         return self.time_budget_s is not None and time.monotonic() - self._start >= self.time_budget_s
 
-    def share(self, weight: float, remaining_weight: float) -> Optional[int]:
+    def share(self, weight: float, remaining_weight: float) -> int | None:
         """Trials for a group of ``weight`` out of the groups still waiting (``None``: no trial limit).
 
         A group with nothing left to learn (weight 0) gets none, even under a time budget alone.

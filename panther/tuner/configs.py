@@ -7,7 +7,8 @@ they can come from YAML files or a command line (``to_dict`` / ``from_dict``).
 from __future__ import annotations
 
 import copy
-from typing import Any, Callable, Dict, Iterator, List, Mapping, Sequence, Union
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
 
 from panther.tuner.params import ParamSpec, as_spec
 from panther.tuner.selectors import Selector, validate_selector
@@ -32,13 +33,13 @@ class LayerConfig:
     def __init__(
         self,
         layer_names: Selector,
-        params: Union[str, Mapping[str, Any]],
+        params: str | Mapping[str, Any],
         separate: bool = True,
         copy_weights: bool = True,
     ) -> None:
         validate_selector(layer_names)
         self.layer_names: Selector = _copy_selector(layer_names)
-        self.params: Union[str, Dict[str, ParamSpec]] = _normalise_params(params)
+        self.params: str | dict[str, ParamSpec] = _normalise_params(params)
         self.separate = _check_bool("separate", separate)
         self.copy_weights = _check_bool("copy_weights", copy_weights)
 
@@ -47,7 +48,7 @@ class LayerConfig:
         """Whether the parameter space is generated from the layers (``params="auto"``)."""
         return self.params == AUTO
 
-    def copy(self, **changes: Any) -> "LayerConfig":
+    def copy(self, **changes: Any) -> LayerConfig:
         """A validated copy with some constructor arguments replaced."""
         unknown = set(changes) - set(_LAYER_CONFIG_KEYS)
         if unknown:
@@ -56,7 +57,7 @@ class LayerConfig:
         fields.update(changes)
         return LayerConfig(**fields)
 
-    def to_dict(self) -> Dict[str, Any]:
+    def to_dict(self) -> dict[str, Any]:
         """Plain-data form; ``"type"`` classes in a dict selector are kept as classes."""
         params = self.params if isinstance(self.params, str) else {k: v.to_dict() for k, v in self.params.items()}
         return {
@@ -67,7 +68,7 @@ class LayerConfig:
         }
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "LayerConfig":
+    def from_dict(cls, data: Mapping[str, Any]) -> LayerConfig:
         """Build from ``{"layer_names": ..., "params": ..., ["separate"], ["copy_weights"]}``.
 
         Parameter values may be specs, lists (legacy ``Categorical``) or spec dicts such as
@@ -115,10 +116,10 @@ class TuningConfigs:
             )
         for i, config in enumerate(configs):
             _check_layer_config(config, f"configs[{i}]")
-        self.configs: List[LayerConfig] = list(configs)
+        self.configs: list[LayerConfig] = list(configs)
 
     @classmethod
-    def coerce(cls, value: Any) -> "TuningConfigs":
+    def coerce(cls, value: Any) -> TuningConfigs:
         """Accept a TuningConfigs, a LayerConfig, a dict or a list of LayerConfigs/dicts."""
         if isinstance(value, TuningConfigs):
             return value
@@ -136,7 +137,7 @@ class TuningConfigs:
     def __len__(self) -> int:
         return len(self.configs)
 
-    def __getitem__(self, index: Union[int, slice]) -> Any:
+    def __getitem__(self, index: int | slice) -> Any:
         if isinstance(index, slice):
             return TuningConfigs(self.configs[index])
         return self.configs[index]
@@ -144,61 +145,61 @@ class TuningConfigs:
     def __iter__(self) -> Iterator[LayerConfig]:
         return iter(self.configs)
 
-    def add(self, config: LayerConfig) -> "TuningConfigs":
+    def add(self, config: LayerConfig) -> TuningConfigs:
         """A new collection with ``config`` appended."""
         _check_layer_config(config, "config")
         return TuningConfigs(self.configs + [config])
 
-    def remove(self, index: int) -> "TuningConfigs":
+    def remove(self, index: int) -> TuningConfigs:
         """A new collection without the config at ``index``."""
         configs = list(self.configs)
         del configs[self._index(index)]
         return TuningConfigs(configs)
 
-    def replace(self, index: int, config: LayerConfig) -> "TuningConfigs":
+    def replace(self, index: int, config: LayerConfig) -> TuningConfigs:
         """A new collection with the config at ``index`` replaced by ``config``."""
         _check_layer_config(config, "config")
         configs = list(self.configs)
         configs[self._index(index)] = config
         return TuningConfigs(configs)
 
-    def clone(self) -> "TuningConfigs":
+    def clone(self) -> TuningConfigs:
         """A deep copy (editing its configs leaves this collection alone)."""
         return copy.deepcopy(self)
 
-    def merge(self, other: "TuningConfigs") -> "TuningConfigs":
+    def merge(self, other: TuningConfigs) -> TuningConfigs:
         """This collection's configs followed by ``other``'s."""
         if not isinstance(other, TuningConfigs):
             raise TypeError(f"merge takes a TuningConfigs, got {type(other).__name__}")
         return TuningConfigs(self.configs + other.configs)
 
-    def filter(self, predicate: Callable[[LayerConfig], bool]) -> "TuningConfigs":
+    def filter(self, predicate: Callable[[LayerConfig], bool]) -> TuningConfigs:
         """The configs for which ``predicate`` is true."""
         return TuningConfigs([config for config in self.configs if predicate(config)])
 
-    def map(self, transform: Callable[[LayerConfig], LayerConfig]) -> "TuningConfigs":
+    def map(self, transform: Callable[[LayerConfig], LayerConfig]) -> TuningConfigs:
         """``transform`` applied to every config (it must return a LayerConfig)."""
         mapped = [transform(config) for config in self.configs]
         for i, config in enumerate(mapped):
             _check_layer_config(config, f"transform result {i}")
         return TuningConfigs(mapped)
 
-    def to_dict(self) -> Dict[str, Any]:
+    def to_dict(self) -> dict[str, Any]:
         """``{"configs": [LayerConfig.to_dict(), ...]}``."""
         return {"configs": self.to_list()}
 
-    def to_list(self) -> List[Dict[str, Any]]:
+    def to_list(self) -> list[dict[str, Any]]:
         return [config.to_dict() for config in self.configs]
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "TuningConfigs":
+    def from_dict(cls, data: Mapping[str, Any]) -> TuningConfigs:
         """Inverse of :meth:`to_dict`."""
         if not isinstance(data, Mapping) or set(data) != {"configs"}:
             raise ValueError(f"TuningConfigs.from_dict needs exactly the key 'configs', got {data!r}")
         return cls.from_list(data["configs"])
 
     @classmethod
-    def from_list(cls, items: Sequence[Mapping[str, Any]]) -> "TuningConfigs":
+    def from_list(cls, items: Sequence[Mapping[str, Any]]) -> TuningConfigs:
         """Build from a list of :meth:`LayerConfig.to_dict`-style dicts."""
         if not isinstance(items, (list, tuple)):
             raise TypeError(f"TuningConfigs.from_list needs a list of dicts, got {type(items).__name__}")
@@ -223,7 +224,7 @@ class TuningConfigs:
         return f"TuningConfigs([{inner}\n])" if self.configs else "TuningConfigs([])"
 
 
-def _normalise_params(params: Any) -> Union[str, Dict[str, ParamSpec]]:
+def _normalise_params(params: Any) -> str | dict[str, ParamSpec]:
     if isinstance(params, str):
         if params != AUTO:
             raise ValueError(f"params must be 'auto' or a dict of parameter specs, got the string {params!r}")
@@ -232,7 +233,7 @@ def _normalise_params(params: Any) -> Union[str, Dict[str, ParamSpec]]:
         raise TypeError(f"params must be 'auto' or a dict of parameter specs, got {type(params).__name__}: {params!r}")
     if not params:
         raise ValueError("params must not be empty: give at least one parameter to tune, or 'auto'")
-    specs: Dict[str, ParamSpec] = {}
+    specs: dict[str, ParamSpec] = {}
     for name, spec in params.items():
         if not isinstance(name, str) or not name:
             raise TypeError(f"parameter names must be non-empty strings, got {name!r}")

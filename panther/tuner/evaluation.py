@@ -9,7 +9,8 @@ from __future__ import annotations
 import inspect
 import math
 import statistics
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from collections.abc import Callable
+from typing import Any
 
 from torch import nn
 
@@ -26,7 +27,7 @@ def accepts_resource(func: EvalFunc) -> bool:
                for p in parameters)
 
 
-def _training_flags(model: nn.Module) -> List[Tuple[nn.Module, bool]]:
+def _training_flags(model: nn.Module) -> list[tuple[nn.Module, bool]]:
     return [(module, module.training) for module in model.modules()]
 
 
@@ -48,8 +49,8 @@ def call_eval(func: EvalFunc, model: nn.Module, resource: Any = None, pass_resou
         raise TypeError(f"{getattr(func, '__name__', func)!r} must return a number, got {value!r}") from None
 
 
-def measure(func: EvalFunc, model: nn.Module, runs: int, resource_source: Optional[Callable[[], Any]] = None
-            ) -> Tuple[float, float]:
+def measure(func: EvalFunc, model: nn.Module, runs: int, resource_source: Callable[[], Any] | None = None
+            ) -> tuple[float, float]:
     """Mean and (population) standard deviation of ``runs`` calls; NaN if any call gave NaN."""
     pass_resource = resource_source is not None and accepts_resource(func)
     values = [call_eval(func, model, resource_source() if pass_resource else None, pass_resource)  # type: ignore[misc]
@@ -59,11 +60,11 @@ def measure(func: EvalFunc, model: nn.Module, runs: int, resource_source: Option
     return statistics.fmean(values), (statistics.pstdev(values) if len(values) > 1 else 0.0)
 
 
-def resource_getter(search: Any) -> Optional[Callable[[], Any]]:
+def resource_getter(search: Any) -> Callable[[], Any] | None:
     """``search.get_resource`` when the algorithm is resource-aware (the optional spec method)."""
     getter = getattr(search, "get_resource", None)
     return getter if callable(getter) else None
 
 
-def describe(params: Dict[str, Any]) -> str:
+def describe(params: dict[str, Any]) -> str:
     return ", ".join(f"{k}={v}" for k, v in params.items())

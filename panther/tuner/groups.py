@@ -9,26 +9,27 @@ from __future__ import annotations
 
 import logging
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any
 
 from torch import nn
 
+from panther.kinds import kind_of
 from panther.tuner.auto import ParamsResolver
 from panther.tuner.configs import LayerConfig, TuningConfigs
-from panther.kinds import kind_of
 from panther.tuner.layers import attention_internals, tied_layers, unsupported_reason
 from panther.tuner.params import ParamSpec
 from panther.tuner.selectors import LayerNameResolver
 
 logger = logging.getLogger(__name__)
-Space = Dict[str, ParamSpec]
+Space = dict[str, ParamSpec]
 
 
 @dataclass
 class TuningGroup:
     name: str
-    layers: List[str]
+    layers: list[str]
     space: Space
     copy_weights: bool
     config_index: int
@@ -42,7 +43,7 @@ def _explicitly_named(selector: Any, name: str) -> bool:
     return False
 
 
-def _group_name(names: List[str]) -> str:
+def _group_name(names: list[str]) -> str:
     return "+".join(names)
 
 
@@ -61,13 +62,13 @@ class GroupBuilder:
         self.accepts_param_specs = accepts_param_specs
         self.tune_tied = tune_tied
         self.data_aware = data_aware
-        self.skipped: Dict[str, str] = {}
+        self.skipped: dict[str, str] = {}
 
-    def build(self, configs: TuningConfigs) -> tuple[List[TuningGroup], TuningConfigs]:
+    def build(self, configs: TuningConfigs) -> tuple[list[TuningGroup], TuningConfigs]:
         """Groups to tune and the resolved configs (concrete names, concrete parameter specs)."""
-        groups: List[TuningGroup] = []
-        resolved: List[LayerConfig] = []
-        owner: Dict[str, int] = {}
+        groups: list[TuningGroup] = []
+        resolved: list[LayerConfig] = []
+        owner: dict[str, int] = {}
         inside_attention = attention_internals(self.model)
         tied = tied_layers(self.model)
         for index, config in enumerate(configs):
@@ -89,8 +90,8 @@ class GroupBuilder:
             resolved += new_configs
         return groups, TuningConfigs(resolved)
 
-    def _tunable(self, index: int, config: LayerConfig, inside_attention: Dict[int, int],
-                 tied: Dict[int, List[str]]) -> List[str]:
+    def _tunable(self, index: int, config: LayerConfig, inside_attention: dict[int, int],
+                 tied: dict[int, list[str]]) -> list[str]:
         selector = config.layer_names
         names = self.resolver.resolve(selector)
         if not names:
@@ -125,7 +126,7 @@ class GroupBuilder:
                              f"({detail})")
         return kept
 
-    def _check_space(self, index: int, config: LayerConfig, names: List[str]) -> None:
+    def _check_space(self, index: int, config: LayerConfig, names: list[str]) -> None:
         space: Space = config.params  # type: ignore[assignment]
         for name in names:
             kind = kind_of(self.dense_of(name))
@@ -141,7 +142,7 @@ class GroupBuilder:
                                  "algorithm only takes finite value lists; give Float a step or use OptunaSearch")
 
     def _auto_groups(self, index: int, config: LayerConfig,
-                     names: List[str]) -> tuple[List[TuningGroup], List[LayerConfig]]:
+                     names: list[str]) -> tuple[list[TuningGroup], list[LayerConfig]]:
         params_resolver = ParamsResolver(self.resolver)
         spaces = params_resolver.resolve_modules({n: self.dense_of(n) for n in names}, config.copy_weights,
                                                  self.data_aware)
@@ -154,7 +155,7 @@ class GroupBuilder:
             configs = [LayerConfig(group_names, dict(space), True, config.copy_weights)
                        for group_names, space in params_resolver.groups(spaces)]
             return groups, configs
-        joint: Optional[Space] = ParamsResolver.joint_space(list(spaces.values()))
+        joint: Space | None = ParamsResolver.joint_space(list(spaces.values()))
         if joint is None:
             warnings.warn(f"configs[{index}]: params='auto' found no rank cheaper for all of {list(spaces)} "
                           "together; tune them separately", stacklevel=4)

@@ -6,8 +6,6 @@ the model around it (attention internals, tied weights), testable without tuning
 
 from __future__ import annotations
 
-from typing import Dict, List, Tuple
-
 from torch import nn
 
 
@@ -28,30 +26,30 @@ def layer_weights(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters()) + sum(b.numel() for b in module.buffers())
 
 
-def attention_internals(model: nn.Module) -> Dict[int, int]:
+def attention_internals(model: nn.Module) -> dict[int, int]:
     """``id(submodule) -> id(block)`` for submodules of ``nn.MultiheadAttention`` blocks.
 
     Their weights are read directly by ``F.multi_head_attention_forward`` (``out_proj.weight``),
     never through their ``forward``, so replacing them would be silently ignored or would crash.
     """
-    inside: Dict[int, int] = {}
+    inside: dict[int, int] = {}
     for module in model.modules():
         if isinstance(module, nn.MultiheadAttention):
             inside.update((id(sub), id(module)) for sub in module.modules() if sub is not module)
     return inside
 
 
-def tied_layers(model: nn.Module) -> Dict[int, List[str]]:
+def tied_layers(model: nn.Module) -> dict[int, list[str]]:
     """Modules whose own parameters are also held by another module: id -> the other holders' names.
 
     Replacing such a layer would cut the tie (e.g. an output projection sharing the embedding
     matrix) and change the other module's behaviour too.
     """
-    holders: Dict[int, List[Tuple[int, str]]] = {}
+    holders: dict[int, list[tuple[int, str]]] = {}
     for name, module in model.named_modules():
         for param in module.parameters(recurse=False):
             holders.setdefault(id(param), []).append((id(module), name))
-    tied: Dict[int, List[str]] = {}
+    tied: dict[int, list[str]] = {}
     for owners in holders.values():
         if len({owner for owner, _ in owners}) > 1:
             for owner, _ in owners:

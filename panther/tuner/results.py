@@ -11,8 +11,9 @@ import io
 import math
 import os
 import pickle
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any
 
 #: Trial outcomes: measured, failed (NaN accuracy / candidate could not be built), or answered
 #: from an earlier identical proposal (``reused``) instead of evaluated again.
@@ -27,33 +28,33 @@ class TrialRecord:
     """One evaluated parameter proposal for one tuning group (a layer, or layers tuned jointly)."""
 
     group: str
-    layer_names: List[str]
+    layer_names: list[str]
     trial: int
-    params: Dict[str, Any]
+    params: dict[str, Any]
     status: str = "ok"
-    accuracy: Optional[float] = None
-    accuracy_std: Optional[float] = None
-    speed: Optional[float] = None  # only measured for trials that meet the accuracy threshold
-    speed_std: Optional[float] = None
-    score: Optional[float] = None  # the value the search algorithm was told (higher is better)
+    accuracy: float | None = None
+    accuracy_std: float | None = None
+    speed: float | None = None  # only measured for trials that meet the accuracy threshold
+    speed_std: float | None = None
+    score: float | None = None  # the value the search algorithm was told (higher is better)
     feasible: bool = False
-    weights: Optional[int] = None  # parameters + buffers of the group's sketched layers
-    dense_weights: Optional[int] = None
+    weights: int | None = None  # parameters + buffers of the group's sketched layers
+    dense_weights: int | None = None
     phase: str = "search"  # "probe" (budget sensitivity pass), "search", or "storage" (resumed)
-    error: Optional[str] = None
+    error: str | None = None
     duration_s: float = 0.0
 
     @property
-    def weight_ratio(self) -> Optional[float]:
+    def weight_ratio(self) -> float | None:
         if self.weights is None or not self.dense_weights:
             return None
         return self.weights / self.dense_weights
 
-    def to_dict(self) -> Dict[str, Any]:
+    def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "TrialRecord":
+    def from_dict(cls, data: Mapping[str, Any]) -> TrialRecord:
         known = {f.name for f in fields(cls)}
         unknown = set(data) - known
         if unknown or not {"group", "layer_names", "trial", "params"} <= set(data):
@@ -68,24 +69,24 @@ class TrialRecord:
 class TuningResults:
     """Everything ``SKAutoTuner`` reports: trials, chosen parameters, and the composed-model check."""
 
-    records: List[TrialRecord] = field(default_factory=list)
-    groups: Dict[str, List[str]] = field(default_factory=dict)  # group -> layer names
-    reverted: List[str] = field(default_factory=list)  # groups put back to dense by the final check
-    chosen: Dict[str, int] = field(default_factory=dict)  # group -> trial the final check stepped up to
-    baseline_accuracy: Optional[float] = None
-    composed_accuracy: Optional[float] = None  # accuracy of the model with every kept winner installed
-    reused_trials: Dict[str, int] = field(default_factory=dict)
-    group_thresholds: Dict[str, float] = field(default_factory=dict)  # group -> accuracy its trials had to reach
-    skipped: Dict[str, str] = field(default_factory=dict)  # selected layer -> why it is not tuned
+    records: list[TrialRecord] = field(default_factory=list)
+    groups: dict[str, list[str]] = field(default_factory=dict)  # group -> layer names
+    reverted: list[str] = field(default_factory=list)  # groups put back to dense by the final check
+    chosen: dict[str, int] = field(default_factory=dict)  # group -> trial the final check stepped up to
+    baseline_accuracy: float | None = None
+    composed_accuracy: float | None = None  # accuracy of the model with every kept winner installed
+    reused_trials: dict[str, int] = field(default_factory=dict)
+    group_thresholds: dict[str, float] = field(default_factory=dict)  # group -> accuracy its trials had to reach
+    skipped: dict[str, str] = field(default_factory=dict)  # selected layer -> why it is not tuned
 
-    def best_record(self, group: str) -> Optional[TrialRecord]:
+    def best_record(self, group: str) -> TrialRecord | None:
         """The feasible record with the highest score (fewest weights, then earliest, on ties)."""
         candidates = [r for r in self.records if r.group == group and r.feasible and r.status != "failed"]
         if not candidates:
             return None
         return min(candidates, key=lambda r: (-(r.score or 0.0), r.weights or 0, r.trial))
 
-    def selected_record(self, group: str) -> Optional[TrialRecord]:
+    def selected_record(self, group: str) -> TrialRecord | None:
         """The trial installed for ``group``: the best one, or the safer one the composed check chose."""
         if group in self.reverted:
             return None
@@ -94,7 +95,7 @@ class TuningResults:
         return self.best_record(group)
 
     # -- persistence ---------------------------------------------------------------------------
-    def to_dict(self) -> Dict[str, Any]:
+    def to_dict(self) -> dict[str, Any]:
         data = {
             "format": _FORMAT,
             "version": _VERSION,
@@ -112,7 +113,7 @@ class TuningResults:
         return data
 
     @classmethod
-    def from_dict(cls, data: Any) -> "TuningResults":
+    def from_dict(cls, data: Any) -> TuningResults:
         if not isinstance(data, dict) or data.get("format") != _FORMAT or data.get("version") != _VERSION:
             raise ValueError("not a panther.tuner results file (missing or unknown format/version)")
         try:
@@ -130,14 +131,14 @@ class TuningResults:
         except (KeyError, TypeError, AttributeError) as exc:
             raise ValueError(f"malformed results file: {exc}") from None
 
-    def save(self, path: Union[str, os.PathLike]) -> None:
+    def save(self, path: str | os.PathLike) -> None:
         """Write the results; missing parent folders are created (as the original Panther did)."""
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         with open(path, "wb") as handle:
             pickle.dump(self.to_dict(), handle, protocol=4)
 
     @classmethod
-    def load(cls, path: Union[str, os.PathLike]) -> "TuningResults":
+    def load(cls, path: str | os.PathLike) -> TuningResults:
         if not os.path.isfile(path):
             raise FileNotFoundError(f"no tuning results file at {os.fspath(path)!r}")
         with open(path, "rb") as handle:
@@ -176,13 +177,13 @@ def _check_plain(value: Any, where: str) -> None:
 
 
 # -- views ------------------------------------------------------------------------------------
-def results_rows(results: TuningResults) -> List[Dict[str, Any]]:
+def results_rows(results: TuningResults) -> list[dict[str, Any]]:
     """One row per layer per trial (a jointly tuned group repeats its trial for each of its layers)."""
     best_trials = {g: r.trial for g in results.groups if (r := results.selected_record(g)) is not None}
     rows = []
     for record in results.records:
         for layer in record.layer_names:
-            row: Dict[str, Any] = {"layer_name": layer, "group": record.group, "trial": record.trial}
+            row: dict[str, Any] = {"layer_name": layer, "group": record.group, "trial": record.trial}
             row.update(record.params)
             row.update(
                 accuracy=record.accuracy, accuracy_std=record.accuracy_std, speed=record.speed,
@@ -203,20 +204,20 @@ def results_dataframe(results: TuningResults) -> Any:
     return pd.DataFrame(results_rows(results))
 
 
-def _fmt(value: Optional[float], spec: str = ".4f") -> str:
+def _fmt(value: float | None, spec: str = ".4f") -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "-"
     return format(value, spec)
 
 
-def _is_cheaper(record: TrialRecord, best: Optional[TrialRecord]) -> bool:
+def _is_cheaper(record: TrialRecord, best: TrialRecord | None) -> bool:
     return best is None or (record.weights or 0) < (best.weights or 0)
 
 
 def summary_table(results: TuningResults) -> str:
     """Per layer: chosen params, accuracy and speed of its selected trial, weights kept, outcome."""
     header = ("layer", "params", "accuracy", "speed", "weights", "outcome")
-    lines: List[Tuple[str, ...]] = [header]
+    lines: list[tuple[str, ...]] = [header]
     for group, layers in results.groups.items():
         best = results.best_record(group)
         record = results.selected_record(group) or best
@@ -237,7 +238,7 @@ def summary_table(results: TuningResults) -> str:
         for layer in layers:
             lines.append((layer, *cells, outcome))
     widths = [max(len(row[i]) for row in lines) for i in range(len(header))]
-    text = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in lines]
+    text = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in lines]
     text.insert(1, "  ".join("-" * w for w in widths))
     footer = []
     if results.baseline_accuracy is not None:

@@ -6,8 +6,6 @@ Children are listed in model (registration) order, so ``2`` comes before ``10`` 
 
 from __future__ import annotations
 
-from typing import List
-
 from torch import nn
 
 _BRANCH, _LAST = "├─ ", "└─ "
@@ -48,7 +46,7 @@ def _label(name: str, module: nn.Module) -> str:
     return f"{name} ({type(module).__name__})/"
 
 
-def _add_children(module: nn.Module, prefix: str, lines: List[str]) -> None:
+def _add_children(module: nn.Module, prefix: str, lines: list[str]) -> None:
     children = list(module.named_children())
     for i, (name, child) in enumerate(children):
         last = i == len(children) - 1

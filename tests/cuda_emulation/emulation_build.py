@@ -17,15 +17,15 @@ import subprocess
 import sys
 import sysconfig
 import tempfile
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 HERE = Path(__file__).resolve().parent
 SHIM = HERE / "shim"
 CSRC = HERE.parents[1] / "panther" / "ops" / "csrc"
 
-SANITIZERS: Dict[str, List[str]] = {
+SANITIZERS: dict[str, list[str]] = {
     "plain": ["-O2"],
     "asan": ["-O1", "-fsanitize=address,undefined", "-fno-sanitize-recover=all", "-fno-omit-frame-pointer"],
     "tsan": ["-O1", "-fsanitize=thread"],
@@ -36,7 +36,7 @@ _LAUNCH_ARGS = re.compile(r">>>\s*\(")
 _SHARED = re.compile(r"__shared__\s+(?:__align__\((\d+)\)\s+)?([\w:<>, ]+?)\s+(\w+)\s*((?:\[[^\]]+\])+)\s*;")
 
 # (file name, exact text, replacement): a source edit applied before the rewrite.
-Mutation = Tuple[str, str, str]
+Mutation = tuple[str, str, str]
 
 
 @dataclass(frozen=True)
@@ -45,10 +45,10 @@ class Build:
 
     arch: int = 900
     sanitizer: str = "plain"
-    mutation: Optional[Mutation] = None
+    mutation: Mutation | None = None
 
 
-def compiler() -> Optional[str]:
+def compiler() -> str | None:
     """The C++ compiler to use (``$CXX`` or g++), or None when there is none."""
     return shutil.which(os.environ.get("CXX", "g++"))
 
@@ -60,7 +60,7 @@ def python_headers() -> Path:
 
 def rewrite(text: str, arch: int, name: str) -> str:
     """The emulation rewrite of one ``.cu``/``.cuh`` file called name (see the module docstring)."""
-    def shared(match: "re.Match[str]") -> str:
+    def shared(match: re.Match[str]) -> str:
         align, type_, name, dims = match.groups()
         prefix = f"alignas({align}) " if align else ""
         return (f"{prefix}static {type_} {name}{dims}; "
@@ -74,7 +74,7 @@ def rewrite(text: str, arch: int, name: str) -> str:
     return f'#define __CUDA_ARCH__ {arch}\n#line 1 "{name}"\n{out}'
 
 
-def prepare_sources(dest: Path, arch: int, mutation: Optional[Mutation]) -> List[Path]:
+def prepare_sources(dest: Path, arch: int, mutation: Mutation | None) -> list[Path]:
     """Copy the kernel sources to dest, mutated then rewritten; returns the translation units."""
     dest.mkdir(parents=True, exist_ok=True)
     units = []
@@ -111,7 +111,7 @@ def build_root() -> Path:
     return Path(os.environ.get("PANTHER_EMU_BUILD_DIR", Path(tempfile.gettempdir()) / "panther_cuda_emulation"))
 
 
-def _compile(cmd: List[str]) -> None:
+def _compile(cmd: list[str]) -> None:
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"emulated build failed:\n{' '.join(cmd)}\n{proc.stdout}{proc.stderr}")

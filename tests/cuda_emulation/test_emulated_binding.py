@@ -10,16 +10,17 @@ from __future__ import annotations
 
 import importlib.util
 import itertools
+from collections.abc import Callable, Iterator
 from types import ModuleType
-from typing import Any, Callable, Dict, Iterator, Optional
+from typing import Any
 
 import pytest
 import torch
-
 from emulation_build import build_binding, compiler, python_headers
+from sketch_reference import make_factors, per_term_reference
+
 from panther.ops import _cuda_ext, _custom_ops, _dispatch, pack_left, pack_right
 from panther.ops._torch_path import torch_backward, torch_forward
-from sketch_reference import make_factors, per_term_reference
 
 pytestmark = [pytest.mark.cuda_emulation,
               pytest.mark.skipif(compiler() is None, reason="needs a C++ compiler"),
@@ -65,7 +66,7 @@ class _Spy:
 
     def __init__(self, ext: ModuleType) -> None:
         self._ext = ext
-        self.calls: Dict[str, int] = {}
+        self.calls: dict[str, int] = {}
 
     def __getattr__(self, name: str) -> Any:
         fn = getattr(self._ext, name)
@@ -127,18 +128,18 @@ def test_binding_backward_matches_pytorch_path_for_every_request(ext, dtype):
     for needs in itertools.product([False, True], repeat=4):
         got = ext.backward(grad_y, x, hidden, A, B, 0.25, rank, *needs)
         want = torch_backward(grad_y.double(), x.double(), hidden.double(), A.double(), B.double(), 0.25, rank, *needs)
-        for g, w in zip(got, want):
+        for g, w in zip(got, want, strict=True):
             if w is None:
                 assert g.numel() == 0
             else:
                 assert_rel_close(g, w, dtype)
 
 
-def _layer_args(requires: Dict[str, bool], bias: bool, dtype: torch.dtype = torch.float64):
+def _layer_args(requires: dict[str, bool], bias: bool, dtype: torch.dtype = torch.float64):
     f = make_factors(2, 11, 3, 7, dtype=dtype, bias=bias)
     x = torch.randn(5, 11, dtype=dtype).requires_grad_(requires["x"])
     S1s, S2s = f["S1s"].detach().requires_grad_(requires["S1s"]), f["S2s"].detach().requires_grad_(requires["S2s"])
-    b: Optional[torch.Tensor] = f["bias"].detach().requires_grad_(requires["bias"]) if bias else None
+    b: torch.Tensor | None = f["bias"].detach().requires_grad_(requires["bias"]) if bias else None
     A, B = pack_left(S1s.detach(), f["U2s"]), pack_right(f["U1s"], S2s.detach())
     return x, S1s, S2s, A, B, b, f
 
@@ -146,7 +147,7 @@ def _layer_args(requires: Dict[str, bool], bias: bool, dtype: torch.dtype = torc
 def _combinations():
     for bias in (True, False):
         for flags in itertools.product([False, True], repeat=4 if bias else 3):
-            yield dict(zip(["x", "S1s", "S2s", "bias"], flags + (() if bias else (False,)))), bias
+            yield dict(zip(["x", "S1s", "S2s", "bias"], flags + (() if bias else (False,)), strict=True)), bias
 
 
 COMBINATIONS = list(_combinations())
@@ -168,7 +169,7 @@ def test_gradients_through_the_op_for_every_requires_grad_combination(emulated_c
     if wanted:
         weight = torch.randn_like(expected)
         for got, want in zip(torch.autograd.grad((y * weight).sum(), wanted),
-                             torch.autograd.grad((expected * weight).sum(), wanted)):
+                             torch.autograd.grad((expected * weight).sum(), wanted), strict=True):
             torch.testing.assert_close(got, want)
         assert emulated_cuda.calls.get("backward") == 1
 

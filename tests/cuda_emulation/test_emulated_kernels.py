@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import os
 import subprocess
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Iterator, List, Tuple
 
 import pytest
-
 from emulation_build import Build, Mutation, build_kernel_check, compiler
 
 pytestmark = [pytest.mark.cuda_emulation,
@@ -36,7 +35,7 @@ class Planted:
 
     mutation: Mutation
     sanitizer: str
-    args: Tuple[str, ...]
+    args: tuple[str, ...]
     diagnosis: str
 
 
@@ -72,14 +71,14 @@ def _planted_build(name: str) -> Build:
 
 
 @pytest.fixture(scope="module")
-def executables() -> Iterator[Dict[str, "Future[Path]"]]:
+def executables() -> Iterator[dict[str, Future[Path]]]:
     """Every build this module needs, started two at a time (each cached across runs by its inputs)."""
     builds = {**CLEAN_BUILDS, **{name: _planted_build(name) for name in PLANTED}}
     with ThreadPoolExecutor(max_workers=2) as pool:
         yield {name: pool.submit(build_kernel_check, build) for name, build in builds.items()}
 
 
-def run_check(exe: Path, args: List[str], cc: int, timeout: float = 300) -> subprocess.CompletedProcess:
+def run_check(exe: Path, args: list[str], cc: int, timeout: float = 300) -> subprocess.CompletedProcess:
     env = dict(os.environ, CUDA_EMU_CC=str(cc), TSAN_OPTIONS="halt_on_error=1 exitcode=66",
                ASAN_OPTIONS="detect_leaks=0", UBSAN_OPTIONS="print_stacktrace=1")
     return subprocess.run([str(exe), *args], capture_output=True, text=True, env=env, timeout=timeout)

@@ -16,9 +16,17 @@ pytest.importorskip("gensim")  # only its bundled Lee corpus is read
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "examples"))
 
 from compression import sketched_copy  # noqa: E402
-from minilm_model import (ATTENTION_PATTERN, FFN_PATTERN, embed, embedding_cosine, input_covariances,  # noqa: E402
-                          linear_names, load_minilm, make_batches)
 from minilm_compress import calibrated_tuner, ranks  # noqa: E402
+from minilm_model import (  # noqa: E402
+    ATTENTION_PATTERN,
+    FFN_PATTERN,
+    embed,
+    embedding_cosine,
+    input_covariances,
+    linear_names,
+    load_minilm,
+    make_batches,
+)
 from text_data import load_text_split, split_sentences  # noqa: E402
 
 from panther.nn.rebuild import apply_plan  # noqa: E402

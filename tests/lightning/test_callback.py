@@ -5,25 +5,31 @@ from __future__ import annotations
 import glob
 import json
 import os
-from typing import Dict, List
 
 import lightning.pytorch as pl
 import pytest
 import torch
+from conftest import (
+    DigitsClassifier,
+    DigitsDataModule,
+    accuracy,
+    fit_digits,
+    make_trainer,
+    metrics_rows,
+    without_sketch_columns,
+)
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from conftest import (DigitsClassifier, DigitsDataModule, accuracy, fit_digits, make_trainer, metrics_rows,
-                      without_sketch_columns)
 from panther.nn import SKLinear
 from panther_lightning import SketchTuneCallback
 
 
-def _fit(root: str, callbacks: List[pl.Callback], **trainer_kwargs) -> tuple:
+def _fit(root: str, callbacks: list[pl.Callback], **trainer_kwargs) -> tuple:
     checkpoint = ModelCheckpoint(dirpath=os.path.join(root, "ckpt"), save_top_k=-1)
     return fit_digits(root, [*callbacks, checkpoint], **trainer_kwargs)
 
 
-def _checkpoint_weights(root: str) -> Dict[str, Dict[str, torch.Tensor]]:
+def _checkpoint_weights(root: str) -> dict[str, dict[str, torch.Tensor]]:
     files = sorted(glob.glob(os.path.join(root, "ckpt", "*.ckpt")))
     return {os.path.basename(f): torch.load(f, weights_only=False)["state_dict"] for f in files}
 

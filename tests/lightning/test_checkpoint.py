@@ -7,8 +7,8 @@ import os
 import lightning.pytorch as pl
 import pytest
 import torch
-
 from conftest import DigitsClassifier, DigitsDataModule, make_trainer
+
 from panther.nn import SKLinear
 from panther_lightning import SketchCheckpointMixin, SketchTuneCallback, load_sketched_checkpoint
 

@@ -7,8 +7,8 @@ import sys
 
 import pytest
 import yaml
-
 from conftest import EXAMPLES
+
 from panther.nn import SKLinear
 from panther_lightning import SketchTuneCallback
 

@@ -11,14 +11,13 @@ import operator
 import os
 import re
 from importlib import metadata
-from typing import List
 
 import lightning
 import lightning.pytorch as pl
+from conftest import DigitsClassifier, DigitsDataModule, make_trainer
 from packaging.requirements import Requirement
 
 import panther_lightning
-from conftest import DigitsClassifier, DigitsDataModule, make_trainer
 from panther_lightning._compat import PRIVATE_ATTRIBUTES, PRIVATE_IMPORTS
 
 _HOW_TO_FIX = ("panther_lightning/_compat.py relies on it: adapt the helper that uses it, or keep the upper bound "
@@ -45,10 +44,10 @@ class _ProbeAttributes(pl.Callback):
     """At ``on_train_end``, where the tuning session runs, record which listed attributes are missing."""
 
     def __init__(self) -> None:
-        self.missing: List[str] = []
+        self.missing: list[str] = []
         self.probed = False
 
-    def on_train_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.probed = True
         for path, names in PRIVATE_ATTRIBUTES.items():
             holder = trainer if path == "trainer" else operator.attrgetter(path.removeprefix("trainer."))(trainer)

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-
 import lightning.pytorch as pl
 import pytest
 import torch
-
 from conftest import DigitsClassifier, DigitsDataModule, accuracy, fit_digits, make_trainer, metrics_path
+
 from panther_lightning.isolation import detached_trainer, read_metric, run_validation
 from panther_lightning.timing import StepTimer, capture_forward_inputs
 

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import copy
-from typing import Dict, List
 
 import lightning.pytorch as pl
 import pytest
 import torch
+from conftest import DigitsClassifier, DigitsDataModule, fit_digits, make_trainer, metrics_rows, without_sketch_columns
 from torch import nn
 
-from conftest import DigitsClassifier, DigitsDataModule, fit_digits, make_trainer, metrics_rows, without_sketch_columns
 from panther.nn import SKLinear
 from panther_lightning import SketchTuneCallback, SketchTuner
 
@@ -27,15 +26,15 @@ class DenseSnapshot(pl.Callback):
         self.net = copy.deepcopy(pl_module.net)
 
 
-def _fit_loop_results(trainer: pl.Trainer) -> Dict[str, float]:
+def _fit_loop_results(trainer: pl.Trainer) -> dict[str, float]:
     """What the fit loop's result collection holds (calibration's self.log calls must not reach it)."""
     results = trainer.fit_loop.epoch_loop._results
     return {key: float(value) for key, value in results.metrics(on_step=True)["callback"].items()}
 
 
-def _input_covariances(net: nn.Sequential, batches: List[torch.Tensor]) -> Dict[str, torch.Tensor]:
+def _input_covariances(net: nn.Sequential, batches: list[torch.Tensor]) -> dict[str, torch.Tensor]:
     """E[x xᵀ] of each Linear's input, by running the dense Sequential layer by layer in float64."""
-    inputs: Dict[str, List[torch.Tensor]] = {}
+    inputs: dict[str, list[torch.Tensor]] = {}
     with torch.no_grad():
         for x in batches:
             h = x.double()

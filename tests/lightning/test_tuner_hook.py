@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import lightning.pytorch as pl
 import pytest
+from conftest import DigitsClassifier, DigitsDataModule, accuracy, make_trainer
 from lightning.pytorch.tuner import Tuner
 
-from conftest import DigitsClassifier, DigitsDataModule, accuracy, make_trainer
 from panther.nn import SKLinear
 from panther.tuner import SKAutoTuner
 from panther_lightning import SketchTuner

@@ -3,9 +3,9 @@ kernel's closed form, and a direct O(L²) evaluation of the normalised feature a
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
-from typing import Optional
 
 import pytest
 import torch
@@ -32,7 +32,7 @@ def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
 
 
 def direct_attention(layer: RandMultiHeadAttention, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-                     key_bias: Optional[torch.Tensor] = None, causal: bool = False,
+                     key_bias: torch.Tensor | None = None, causal: bool = False,
                      project_out: bool = True) -> torch.Tensor:
     """O(L·S) evaluation of the layer's definition: weights φ(q_i)·φ(k_j)·e^{bias_j}, row-normalised.
 
@@ -262,7 +262,7 @@ def test_global_rng_untouched_by_construction_with_generator_and_forward():
 
 def test_same_generator_seed_gives_the_same_layer_and_redraws_follow_it():
     first, second = make_layer(seed=5), make_layer(seed=5)
-    for (name, a), (_, b) in zip(first.state_dict().items(), second.state_dict().items()):
+    for (name, a), (_, b) in zip(first.state_dict().items(), second.state_dict().items(), strict=True):
         if isinstance(a, torch.Tensor):
             assert torch.equal(a, b), name
     first.redraw_features()
@@ -279,7 +279,7 @@ def test_feature_redraw_interval_applies_in_training_only():
     for _ in range(5):
         layer(x, x, x)
         draws.append(layer.projection_matrix)
-    changed = [not torch.equal(a, b) for a, b in zip(draws, draws[1:])]
+    changed = [not torch.equal(a, b) for a, b in itertools.pairwise(draws)]
     assert changed == [False, True, False, True]  # redraw before the 3rd and 5th call
     layer.eval()
     layer(x, x, x)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Any, Dict
+from typing import Any
 
 import pytest
 import torch
@@ -30,7 +30,7 @@ def reference_kernel(layer: SKConv2d) -> torch.Tensor:
     return weight.detach() / (2 * T)
 
 
-def reference_conv(layer: SKConv2d, args: Dict[str, Any]) -> nn.Conv2d:
+def reference_conv(layer: SKConv2d, args: dict[str, Any]) -> nn.Conv2d:
     """A plain nn.Conv2d built from the same arguments, holding the reference kernel and the bias."""
     dense = nn.Conv2d(**args, dtype=layer.S1s.dtype)
     with torch.no_grad():
@@ -64,7 +64,7 @@ CONFIGS = [
 
 @pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel")  # PyTorch's own note
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda c: ",".join(f"{k}={v}" for k, v in c.items()))
-def test_forward_equals_dense_conv_with_reference_kernel(config: Dict[str, Any]) -> None:
+def test_forward_equals_dense_conv_with_reference_kernel(config: dict[str, Any]) -> None:
     args = {"in_channels": 4, "out_channels": 6, **config}
     layer = SKConv2d(**args, num_terms=2, low_rank=3, dtype=f64)
     x = torch.randn(2, 4, 9, 8, dtype=f64)
@@ -250,7 +250,7 @@ def test_state_dict_round_trip_through_hyperparameters() -> None:
     dict(input_cov=torch.eye(36)), dict(W_init=torch.zeros(6, 4, 3)),
     dict(init="data_svd", input_cov=torch.eye(5)),
 ], ids=repr)
-def test_bad_arguments_raise_value_error(bad: Dict[str, Any]) -> None:
+def test_bad_arguments_raise_value_error(bad: dict[str, Any]) -> None:
     args = {"in_channels": 4, "out_channels": 6, "kernel_size": 3, **bad}
     with pytest.raises(ValueError):
         SKConv2d(**args)

@@ -122,7 +122,7 @@ def test_nested_tensor_input_runs_the_sketches_per_sequence(sketch_calls):
         out = layer(torch.nested.nested_tensor(sequences))
         expected = [reference_layer(layer, s[None])[0] for s in sequences]
     assert out.is_nested and len(sketch_calls) == 4  # two layers, one call per sequence each
-    for got, want in zip(out.unbind(), expected):
+    for got, want in zip(out.unbind(), expected, strict=True):
         torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
 
 

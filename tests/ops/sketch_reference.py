@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Dict, Optional
-
 import torch
 from torch import Tensor
 
 
 def per_term_reference(x: Tensor, S1s: Tensor, S2s: Tensor, U1s: Tensor, U2s: Tensor,
-                       bias: Optional[Tensor]) -> Tensor:
+                       bias: Tensor | None) -> Tensor:
     """``1/(2T) · Σ_i (x·S1_i·U1_i + x·U2_i·S2_i) + bias``, term by term (no packing)."""
     T = S1s.shape[0]
     y = sum(x @ S1s[i] @ U1s[i] + x @ U2s[i] @ S2s[i] for i in range(T)) / (2 * T)
@@ -17,7 +15,7 @@ def per_term_reference(x: Tensor, S1s: Tensor, S2s: Tensor, U1s: Tensor, U2s: Te
 
 
 def make_factors(T: int, d_in: int, k: int, d_out: int, dtype: torch.dtype = torch.float64,
-                 device: str = "cpu", bias: bool = True) -> Dict[str, Optional[Tensor]]:
+                 device: str = "cpu", bias: bool = True) -> dict[str, Tensor | None]:
     """Random S/U factors and bias, S's and bias requiring grad, U's fixed."""
     opts = dict(dtype=dtype, device=device)
     return {

@@ -9,11 +9,11 @@ import itertools
 
 import pytest
 import torch
+from sketch_reference import make_factors, per_term_reference
 
 from panther.nn import SKLinear
 from panther.ops import _cuda_ext, _dispatch, pack_left, pack_right, sketched_linear
 from panther.ops._torch_path import torch_forward
-from sketch_reference import make_factors, per_term_reference
 
 pytestmark = [pytest.mark.cuda,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
@@ -68,7 +68,7 @@ def _check_forward_backward(x, f, dtype):
     learnable64 = [x64, as64["S1s"], as64["S2s"]] + ([as64["bias"]] if f["bias"] is not None else [])
     got = torch.autograd.grad((y * weight.to(dtype)).sum(), learnable)
     want = torch.autograd.grad((expected * weight).sum(), learnable64)
-    for g, w in zip(got, want):
+    for g, w in zip(got, want, strict=True):
         assert g.dtype == dtype
         assert_rel_close(g, w, dtype)
 
@@ -117,7 +117,7 @@ def test_torch_compile_matches_eager():
     torch.testing.assert_close(y_compiled, y_eager)
     g_eager = torch.autograd.grad(y_eager.sum(), [x, layer.S1s, layer.S2s])
     g_compiled = torch.autograd.grad(y_compiled.sum(), [x, layer.S1s, layer.S2s])
-    for a, b in zip(g_compiled, g_eager):
+    for a, b in zip(g_compiled, g_eager, strict=True):
         torch.testing.assert_close(a, b)
 
 

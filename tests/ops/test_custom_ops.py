@@ -6,9 +6,9 @@ import warnings
 
 import pytest
 import torch
+from sketch_reference import make_factors, per_term_reference
 
 from panther.ops import _cuda_ext, pack_left, pack_right, sketched_linear
-from sketch_reference import make_factors, per_term_reference
 
 forward_op = torch.ops.panther.sketched_linear_forward
 backward_op = torch.ops.panther.sketched_linear_backward
@@ -49,7 +49,7 @@ def test_forward_op_autograd_matches_reference():
     learnable = [x, f["S1s"], f["S2s"], f["bias"]]
     weight = torch.randn_like(y)
     for got, want in zip(torch.autograd.grad((y * weight).sum(), learnable),
-                         torch.autograd.grad((expected * weight).sum(), learnable)):
+                         torch.autograd.grad((expected * weight).sum(), learnable), strict=True):
         torch.testing.assert_close(got, want)
 
 

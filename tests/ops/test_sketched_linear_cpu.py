@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from sketch_reference import make_factors, per_term_reference
 
 from panther.nn import SKLinear
 from panther.ops import pack_left, pack_right, sketched_linear
-
-from sketch_reference import make_factors, per_term_reference
 
 
 def _run_op(x, f):
@@ -34,7 +33,7 @@ def test_forward_and_all_gradients_match_per_term_formula(batch, d_in, d_out, T,
     y = _run_op(x, f)
     expected = per_term_reference(x, f["S1s"], f["S2s"], f["U1s"], f["U2s"], f["bias"])
     torch.testing.assert_close(y, expected)
-    for got, want in zip(_grads(y, learnable), _grads(expected, learnable)):
+    for got, want in zip(_grads(y, learnable), _grads(expected, learnable), strict=True):
         torch.testing.assert_close(got, want)
 
 
@@ -67,7 +66,7 @@ def test_only_requested_gradients_are_produced(wanted):
     _run_op(x, f).sum().backward()
     expected = per_term_reference(x, f["S1s"], f["S2s"], f["U1s"], f["U2s"], f["bias"])
     wants = torch.autograd.grad(expected.sum(), [tensors[name] for name in wanted])
-    for name, want in zip(wanted, wants):
+    for name, want in zip(wanted, wants, strict=True):
         torch.testing.assert_close(tensors[name].grad, want)
     assert all(tensors[name].grad is None for name in tensors if name not in wanted)
 
@@ -80,7 +79,7 @@ def test_non_contiguous_input():
     y = _run_op(x, f)
     expected = per_term_reference(x, f["S1s"], f["S2s"], f["U1s"], f["U2s"], f["bias"])
     torch.testing.assert_close(y, expected)
-    for got, want in zip(_grads(y, [x, f["S1s"]]), _grads(expected, [x, f["S1s"]])):
+    for got, want in zip(_grads(y, [x, f["S1s"]]), _grads(expected, [x, f["S1s"]]), strict=True):
         torch.testing.assert_close(got, want)
 
 

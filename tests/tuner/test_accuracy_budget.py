@@ -3,12 +3,12 @@
 import copy
 
 import pytest
+from sketch_copies import with_sketches
 
 from panther.tuner import Categorical, LayerConfig, OptunaSearch, SKAutoTuner, TuningConfigs
 from panther.tuner.layers import layer_weights
 from panther.tuner.results import TuningResults
 from panther.tuner.tuner import group_thresholds
-from sketch_copies import with_sketches
 
 
 def test_group_thresholds_share_the_drop_by_weight():

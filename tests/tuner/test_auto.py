@@ -15,7 +15,7 @@ from panther.tuner.selectors import LayerNameResolver
 
 def combinations(space):
     names = list(space)
-    return [dict(zip(names, values)) for values in itertools.product(*(space[n].values() for n in names))]
+    return [dict(zip(names, values, strict=True)) for values in itertools.product(*(space[n].values() for n in names))]
 
 
 @pytest.mark.parametrize("d_in,d_out", [(64, 256), (256, 256), (256, 10), (128, 96), (3, 50)])

@@ -170,10 +170,10 @@ def test_repr_lists_configs():
 
 
 def test_original_panther_import_paths():
-    from panther.tuner.SkAutoTuner import LayerConfig as LegacyLayerConfig
-    from panther.tuner.SkAutoTuner.Configs import LayerNameResolver, ParamsResolver
     from panther.tuner.auto import ParamsResolver as CurrentParamsResolver
     from panther.tuner.selectors import LayerNameResolver as CurrentResolver
+    from panther.tuner.SkAutoTuner import LayerConfig as LegacyLayerConfig
+    from panther.tuner.SkAutoTuner.Configs import LayerNameResolver, ParamsResolver
 
     assert ParamsResolver is CurrentParamsResolver and LayerNameResolver is CurrentResolver
     assert LegacyLayerConfig is LayerConfig

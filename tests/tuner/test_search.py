@@ -8,7 +8,7 @@ import math
 import multiprocessing
 import random
 import sys
-from typing import Any, Dict, List, Optional
+from typing import Any
 
 import optuna
 import pytest
@@ -20,7 +20,7 @@ from panther.tuner import Categorical, Float, Int, OptunaSearch, SearchAlgorithm
 from panther.tuner.search import param_space_for
 
 
-def drive(search: SearchAlgorithm, group: str, specs: Dict[str, Any], objective) -> List[Dict[str, Any]]:
+def drive(search: SearchAlgorithm, group: str, specs: dict[str, Any], objective) -> list[dict[str, Any]]:
     """What the tuner does per layer group: start it, then propose/evaluate/report until done."""
     search.start_group(group, param_space_for(search, specs))
     tried = []
@@ -33,7 +33,7 @@ def drive(search: SearchAlgorithm, group: str, specs: Dict[str, Any], objective)
     return tried
 
 
-def peak(params: Dict[str, Any]) -> float:
+def peak(params: dict[str, Any]) -> float:
     """Toy objective with a unique maximum at a=2, b=16."""
     return -((params["a"] - 2) ** 2) - abs(params["b"] - 16) / 8
 
@@ -52,13 +52,13 @@ class MyCustomSearch(SearchAlgorithm):
         self._best_params = None
         self._best_score = float("-inf")
 
-    def initialize(self, param_space: Dict[str, Any]):
+    def initialize(self, param_space: dict[str, Any]):
         self._param_space = param_space
         self._trial_count = 0
         self._best_params = None
         self._best_score = float("-inf")
 
-    def get_next_params(self) -> Optional[Dict[str, Any]]:
+    def get_next_params(self) -> dict[str, Any] | None:
         if self.is_finished():
             return None
         self._trial_count += 1
@@ -69,15 +69,15 @@ class MyCustomSearch(SearchAlgorithm):
                 params[name] = random.choice(choices)
         return params
 
-    def update(self, params: Dict[str, Any], score: float):
+    def update(self, params: dict[str, Any], score: float):
         if score > self._best_score:
             self._best_score = score
             self._best_params = params.copy()
 
-    def get_best_params(self) -> Optional[Dict[str, Any]]:
+    def get_best_params(self) -> dict[str, Any] | None:
         return self._best_params
 
-    def get_best_score(self) -> Optional[float]:
+    def get_best_score(self) -> float | None:
         return self._best_score
 
     def is_finished(self) -> bool:
@@ -151,7 +151,7 @@ def test_grid_sampler_stops_when_grid_is_exhausted():
     grid = {"a": [1, 2, 3], "b": [0, 16]}
     search = OptunaSearch(n_trials=100, sampler=GridSampler(grid))
     tried = drive(search, "g", SPACE, peak)
-    combos = [dict(zip(grid, values)) for values in itertools.product(*grid.values())]
+    combos = [dict(zip(grid, values, strict=True)) for values in itertools.product(*grid.values())]
     assert sorted(map(repr, tried)) == sorted(map(repr, combos))
     assert search.is_finished() and search.get_next_params() is None
     assert search.get_best_params() == max(combos, key=peak)
@@ -381,7 +381,7 @@ def test_two_processes_share_one_journal_storage_without_duplicates(tmp_path):
 class _Records(logging.Handler):
     def __init__(self) -> None:
         super().__init__(level=logging.DEBUG)
-        self.messages: List[str] = []
+        self.messages: list[str] = []
 
     def emit(self, record: logging.LogRecord) -> None:
         self.messages.append(record.getMessage())

@@ -5,8 +5,8 @@ import re
 import pytest
 from torch import nn
 
-from panther.tuner.SkAutoTuner.Configs import LayerNameResolver
 from panther.tuner.selectors import validate_selector
+from panther.tuner.SkAutoTuner.Configs import LayerNameResolver
 
 
 class MyLinear(nn.Linear):

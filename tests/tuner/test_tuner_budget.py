@@ -5,11 +5,11 @@ import logging
 
 import optuna
 import pytest
+from sketch_copies import with_sketches
 
 from panther.tuner import Categorical, Int, LayerConfig, OptunaSearch, SKAutoTuner, TuningConfigs
 from panther.tuner.budget import Bisection, Budget, FixedProbes, ordered_axis, potential, probe_params, prober_for
 from panther.tuner.results import TrialRecord
-from sketch_copies import with_sketches
 
 
 def test_probes_are_the_cheapest_and_a_middle_configuration():

@@ -5,12 +5,12 @@ import math
 import statistics
 
 import pytest
+from sketch_copies import with_sketches
 from torch import nn
 
 from panther.nn import SKLinear
 from panther.tuner import Categorical, Int, LayerConfig, OptunaSearch, SKAutoTuner, TuningConfigs
 from panther.tuner.layers import layer_weights
-from sketch_copies import with_sketches
 
 
 def fixed(rank):

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Dict, List
 
 import pytest
 import torch
@@ -31,7 +30,7 @@ def auto_configs(zoo_model) -> TuningConfigs:
     return TuningConfigs([LayerConfig(layer_names={"type": zoo_model.layer_types}, params="auto")])
 
 
-def tunable_layers(model: nn.Module, zoo_model) -> Dict[str, nn.Module]:
+def tunable_layers(model: nn.Module, zoo_model) -> dict[str, nn.Module]:
     """What the tuner will sketch (its own resolution: attention internals and tied layers left out)."""
     probe = {"num_terms": [1], "low_rank": [1]}
     with warnings.catch_warnings():
@@ -52,7 +51,7 @@ def full_rank(layer: nn.Module) -> int:
     return math.ceil(bound / 2)
 
 
-def sketched_modules(model: nn.Module) -> List[SketchedModule]:
+def sketched_modules(model: nn.Module) -> list[SketchedModule]:
     return [m for m in model.modules() if isinstance(m, SketchedModule)]
 
 

@@ -14,7 +14,7 @@ import copy
 import os
 import signal
 import warnings
-from typing import Any, Dict, List
+from typing import Any
 
 import lightning.pytorch as pl
 import pytest
@@ -97,8 +97,8 @@ def token_loaders() -> tuple:
     return train, val
 
 
-def fit(root: str, module: pl.LightningModule, callbacks: List[pl.Callback], **kwargs: Any) -> pl.Trainer:
-    options: Dict[str, Any] = dict(max_epochs=2, accelerator="cpu", devices=1, logger=False,
+def fit(root: str, module: pl.LightningModule, callbacks: list[pl.Callback], **kwargs: Any) -> pl.Trainer:
+    options: dict[str, Any] = dict(max_epochs=2, accelerator="cpu", devices=1, logger=False,
                                    enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                                    default_root_dir=root)
     trainer = pl.Trainer(callbacks=callbacks, **{**options, **kwargs})
@@ -115,7 +115,7 @@ def outputs(module: pl.LightningModule) -> torch.Tensor:
         return module(tokens, padding)
 
 
-def sketched_names(module: nn.Module) -> List[str]:
+def sketched_names(module: nn.Module) -> list[str]:
     return [name for name, m in module.named_modules() if isinstance(m, SketchedModule)]
 
 
@@ -129,7 +129,7 @@ class TrainedState(pl.Callback):
 class EventLog(pl.Callback):
     """Remembers how many warnings had been recorded when the first epoch started."""
 
-    def __init__(self, recorded: List[warnings.WarningMessage]) -> None:
+    def __init__(self, recorded: list[warnings.WarningMessage]) -> None:
         self.recorded, self.at_first_epoch = recorded, None
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -137,7 +137,7 @@ class EventLog(pl.Callback):
             self.at_first_epoch = len(self.recorded)
 
 
-def assert_dense_as_trained(module: pl.LightningModule, trained: Dict[str, torch.Tensor]) -> None:
+def assert_dense_as_trained(module: pl.LightningModule, trained: dict[str, torch.Tensor]) -> None:
     assert not sketched_names(module)
     state = module.state_dict()
     assert state.keys() == trained.keys() and all(torch.equal(state[k], trained[k]) for k in state)

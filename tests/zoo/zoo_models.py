@@ -8,8 +8,9 @@ download); torch's own ``nn.Transformer`` / ``nn.TransformerEncoder`` need nothi
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List
+from typing import Any
 
 import pytest
 import torch
@@ -22,7 +23,7 @@ VOCAB, SEQ, BATCH = 96, 8, 3
 class ZooModel:
     name: str
     build_model: Callable[[], nn.Module]
-    make_inputs: Callable[[], Dict[str, Any]]
+    make_inputs: Callable[[], dict[str, Any]]
     output: Callable[[Any], torch.Tensor]  # the tensor to compare from the model's return value
     vision: bool = False  # convolutional: its "auto" config also selects Conv2d
 
@@ -33,21 +34,21 @@ class ZooModel:
             _settle_batch_norms(model, self.make_inputs)
         return model.eval()
 
-    def inputs(self) -> Dict[str, Any]:
+    def inputs(self) -> dict[str, Any]:
         torch.manual_seed(1234)
         return self.make_inputs()
 
-    def run(self, model: nn.Module, inputs: Dict[str, Any]) -> torch.Tensor:
+    def run(self, model: nn.Module, inputs: dict[str, Any]) -> torch.Tensor:
         return self.output(model(**inputs))
 
     @property
-    def layer_types(self) -> List[str]:
+    def layer_types(self) -> list[str]:
         """The dense types its "auto" config selects (the callback's default, plus convolutions)."""
         return ["Linear", "Conv1D", "Conv2d"] if self.vision else ["Linear", "Conv1D"]
 
 
 @torch.no_grad()
-def _settle_batch_norms(model: nn.Module, make_inputs: Callable[[], Dict[str, Any]]) -> None:
+def _settle_batch_norms(model: nn.Module, make_inputs: Callable[[], dict[str, Any]]) -> None:
     """Give batch norms the running statistics of real inputs, as a trained model has.
 
     At random init their statistics are (0, 1) while the activations shrink layer by layer, so a
@@ -64,14 +65,14 @@ def _settle_batch_norms(model: nn.Module, make_inputs: Callable[[], Dict[str, An
         norm.momentum = 0.1
 
 
-def _token_inputs() -> Dict[str, Any]:
+def _token_inputs() -> dict[str, Any]:
     ids = torch.randint(0, VOCAB, (BATCH, SEQ))
     mask = torch.ones(BATCH, SEQ, dtype=torch.long)
     mask[0, SEQ - 3:] = 0  # one padded sequence: masks are exercised
     return {"input_ids": ids, "attention_mask": mask}
 
 
-def _images(size: int) -> Callable[[], Dict[str, Any]]:
+def _images(size: int) -> Callable[[], dict[str, Any]]:
     return lambda: {"pixel_values": torch.randn(BATCH, 3, size, size)}
 
 
@@ -107,7 +108,7 @@ def _t5() -> nn.Module:
                                                eos_token_id=1))
 
 
-def _t5_inputs() -> Dict[str, Any]:
+def _t5_inputs() -> dict[str, Any]:
     return {**_token_inputs(), "decoder_input_ids": torch.randint(0, VOCAB, (BATCH, SEQ - 2))}
 
 
@@ -168,8 +169,8 @@ class TorchEncoder(nn.Module):
         return self.head((hidden * keep).sum(dim=1) / keep.sum(dim=1))
 
 
-def _padded_tokens(target: bool) -> Callable[[], Dict[str, Any]]:
-    def make() -> Dict[str, Any]:
+def _padded_tokens(target: bool) -> Callable[[], dict[str, Any]]:
+    def make() -> dict[str, Any]:
         src = torch.randint(0, VOCAB, (BATCH, SEQ))
         padding = torch.zeros(BATCH, SEQ, dtype=torch.bool)
         padding[0, SEQ - 3:] = True  # left-aligned padding: what the encoder's nested fast path takes
@@ -189,7 +190,7 @@ def _itself(out: Any) -> torch.Tensor:
     return out
 
 
-ZOO: Dict[str, ZooModel] = {m.name: m for m in (
+ZOO: dict[str, ZooModel] = {m.name: m for m in (
     ZooModel("bert", _bert, _token_inputs, _logits),
     ZooModel("gpt2", _gpt2, _token_inputs, _logits),
     ZooModel("llama", _llama, _token_inputs, _logits),
@@ -207,7 +208,7 @@ TORCH_ONLY = {"torch_transformer", "torch_encoder", "torch_encoder_norm_first"}
 HAS_TRANSFORMERS = importlib.util.find_spec("transformers") is not None
 
 
-def zoo_params() -> List[Any]:
+def zoo_params() -> list[Any]:
     """One ``pytest.param`` per zoo model; ``transformers`` models are skipped cleanly without it."""
     needs = pytest.mark.skipif(not HAS_TRANSFORMERS, reason="needs transformers (pip install -e '.[test]')")
     return [pytest.param(name, id=name, marks=() if name in TORCH_ONLY else needs) for name in ZOO]

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import abc
-from typing import Any, ClassVar, Dict, Mapping, Optional
+from collections.abc import Mapping
+from typing import Any, ClassVar
 
 from panther.tuner.params import ParamSpec, as_spec, enumerate_space
 
@@ -21,15 +22,15 @@ class SearchAlgorithm(abc.ABC):
     accepts_param_specs: ClassVar[bool] = False
 
     @abc.abstractmethod
-    def initialize(self, param_space: Dict[str, Any]) -> None:
+    def initialize(self, param_space: dict[str, Any]) -> None:
         """Start over on ``param_space``."""
 
     @abc.abstractmethod
-    def get_next_params(self) -> Optional[Dict[str, Any]]:
+    def get_next_params(self) -> dict[str, Any] | None:
         """The next parameters to evaluate, or ``None`` when finished."""
 
     @abc.abstractmethod
-    def update(self, params: Dict[str, Any], score: float) -> None:
+    def update(self, params: dict[str, Any], score: float) -> None:
         """Report the score of ``params``."""
 
     @abc.abstractmethod
@@ -41,11 +42,11 @@ class SearchAlgorithm(abc.ABC):
         """Restore what :meth:`save_state` wrote."""
 
     @abc.abstractmethod
-    def get_best_params(self) -> Optional[Dict[str, Any]]:
+    def get_best_params(self) -> dict[str, Any] | None:
         """Best parameters seen so far (``None`` before any result)."""
 
     @abc.abstractmethod
-    def get_best_score(self) -> Optional[float]:
+    def get_best_score(self) -> float | None:
         """Best score seen so far."""
 
     @abc.abstractmethod
@@ -56,7 +57,7 @@ class SearchAlgorithm(abc.ABC):
     def is_finished(self) -> bool:
         """Whether the search budget is spent."""
 
-    def start_group(self, group_name: str, param_space: Dict[str, Any]) -> None:
+    def start_group(self, group_name: str, param_space: dict[str, Any]) -> None:
         """Begin the layer group ``group_name``; by default just :meth:`initialize`."""
         self.initialize(param_space)
 
@@ -64,9 +65,9 @@ class SearchAlgorithm(abc.ABC):
         """Attach a per-trial attribute (accuracy, speed, ...) to the pending proposal; ignored by default."""
 
 
-def param_space_for(algorithm: SearchAlgorithm, specs: Mapping[str, Any]) -> Dict[str, Any]:
+def param_space_for(algorithm: SearchAlgorithm, specs: Mapping[str, Any]) -> dict[str, Any]:
     """The search space in the form ``algorithm`` accepts (see ``accepts_param_specs``)."""
-    normalised: Dict[str, ParamSpec] = {name: as_spec(spec) for name, spec in specs.items()}
+    normalised: dict[str, ParamSpec] = {name: as_spec(spec) for name, spec in specs.items()}
     if getattr(algorithm, "accepts_param_specs", False):
         return normalised
     return enumerate_space(normalised)

@@ -15,6 +15,7 @@ from panther.tuner import SKAutoTuner
 from panther.tuner.search import SearchAlgorithm
 from panther_lightning.checkpoint import install_sketch_loading
 from panther_lightning.options import ConfigsLike, Mode, Objective, SketchTuneOptions, SpeedMode, document_options
+from panther_lightning.reporting import write_trials
 from panther_lightning.session import SketchTuneReport, SketchTuneSession, publish, write_plan
 
 
@@ -64,7 +65,9 @@ class SketchTuneCallback(Callback):
     scored the same way (trainer state, logs and checkpoints are left untouched) and timed on real
     validation inputs, and the best plan that keeps ``monitor`` within bounds is applied to the
     LightningModule. Afterwards ``callback.tuner`` is the ``SKAutoTuner`` used,
-    ``callback.best_params`` the applied parameters and ``callback.report`` a summary.
+    ``callback.best_params`` the applied parameters and ``callback.report`` a summary;
+    ``callback.plan_file`` and ``callback.trials_file`` (every trial, ``sketch_trials.csv``) are in
+    the log directory. While it tunes, a progress bar follows the trainer's ``enable_progress_bar``.
 
     Tuning never costs the finished training run: if the configs select nothing that can be
     sketched, ``setup`` warns (before the first epoch) and tuning is skipped; if tuning fails, the
@@ -104,6 +107,7 @@ class SketchTuneCallback(Callback):
         self.tuner: Optional[SKAutoTuner] = None
         self.report: Optional[SketchTuneReport] = None
         self.plan_file: Optional[str] = None
+        self.trials_file: Optional[str] = None
         self._restored_report: Optional[Dict[str, Any]] = None
         #: Why tuning was skipped (found at setup) or failed; ``None`` when it ran.
         self.failure: Optional[str] = None
@@ -177,7 +181,8 @@ class SketchTuneCallback(Callback):
             raise
         self.report, self.tuner = report, session.tuner
         self.plan_file = write_plan(self.report, self.options.plan_path, trainer)
-        publish(self.report, trainer)
+        self.trials_file = write_trials(session.tuner.results, self.plan_file, trainer)
+        publish(self.report, session.tuner.results, trainer)
 
     # -- checkpointing ---------------------------------------------------------------------------
     def state_dict(self) -> Dict[str, Any]:

@@ -96,7 +96,10 @@ class SketchTuneOptions:
         "bound together; ``False``: each group may use the whole margin.")
     plan_path: Optional[str] = _option(
         None, "where to write the applied plan as JSON (default ``<log_dir>/sketch_plan.json``).")
-    verbose: bool = _option(True, "print one line per trial (rank 0).")
+    verbose: bool = _option(
+        True, "show tuning progress on rank 0: a progress bar (trials done of the budget, current layer group, best "
+        "gain so far) when the trainer's progress bar is enabled and stdout is a terminal, otherwise one line per "
+        "trial.")
 
     def __post_init__(self) -> None:
         self.configs = TuningConfigs.coerce(DEFAULT_CONFIGS if self.configs is None else self.configs)

@@ -24,10 +24,12 @@ from torch import nn
 from panther.nn.rebuild import replace_module, save_plan, sketch_plan
 from panther.tuner import SKAutoTuner
 from panther.tuner.layers import layer_weights
+from panther.tuner.results import TuningResults
 from panther_lightning.calibration import calibration_batches, training_step_forward
 from panther_lightning.finetune import finetune
 from panther_lightning.isolation import detached_trainer, read_metric, run_validation
 from panther_lightning.options import DEFAULT_N_TRIALS, SketchTuneOptions
+from panther_lightning.reporting import log_trials_text, progress_bar_setting, stop_live_display
 from panther_lightning.timing import StepTimer, Timing, capture_forward_inputs
 
 
@@ -115,10 +117,12 @@ class SketchTuneSession:
         self._dense_score: Optional[float] = None
         self._dense_plan: Optional[str] = None
         self._threshold = 0.0
+        self._progress_bar = progress_bar_setting(trainer)  # now: the session detaches the callbacks
 
     # -- the run ---------------------------------------------------------------------------------
     def run(self) -> SketchTuneReport:
         opts, trainer = self.options, self.trainer
+        stop_live_display(trainer)
         # validate() calls its hooks under inference mode; candidates built there could never train
         with torch.inference_mode(False), torch.enable_grad(), detached_trainer(trainer):
             dense_metric = self._measure_dense()
@@ -168,7 +172,7 @@ class SketchTuneSession:
             verbose=opts.verbose and self.trainer.is_global_zero, accuracy_threshold=self._threshold,
             optmization_eval_func=self._speedup if opts.objective == "speed" else None,
             max_total_trials=opts.max_total_trials, time_budget_s=opts.time_budget_s,
-            share_accuracy_drop=opts.share_accuracy_drop, **calibration)
+            share_accuracy_drop=opts.share_accuracy_drop, progress_bar=self._progress_bar, **calibration)
 
     def _apply(self, report: SketchTuneReport) -> None:
         tuner, model = self.tuner, self.pl_module
@@ -313,10 +317,11 @@ def write_plan(report: SketchTuneReport, path: Optional[str], trainer: "pl.Train
     return path
 
 
-def publish(report: SketchTuneReport, trainer: "pl.Trainer") -> None:
-    """Results table through ``rank_zero_info`` and the summary numbers through the trainer's loggers."""
+def publish(report: SketchTuneReport, results: TuningResults, trainer: "pl.Trainer") -> None:
+    """Results table through ``rank_zero_info``; summary numbers and every trial through the trainer's loggers."""
     rank_zero_info("Sketch tuning results\n" + report.table())
     metrics = report.logged_metrics()
+    log_trials_text(results, trainer)
     for logger in trainer.loggers:
         logger.log_metrics(metrics, step=trainer.global_step)
         logger.save()

@@ -14,6 +14,7 @@ from panther.tuner.search import SearchAlgorithm
 from panther_lightning.callback import check_trainer_can_tune, nothing_to_tune
 from panther_lightning.checkpoint import install_sketch_loading
 from panther_lightning.options import ConfigsLike, Mode, Objective, SketchTuneOptions, SpeedMode, document_options
+from panther_lightning.reporting import write_trials
 from panther_lightning.session import SketchTuneReport, SketchTuneSession, publish, write_plan
 
 
@@ -52,6 +53,7 @@ class SketchTuner(Tuner):
         self._sketch_trainer = trainer  # Tuner keeps its own reference private
         self.report: Optional[SketchTuneReport] = None  # set by sketch_tune
         self.plan_file: Optional[str] = None
+        self.trials_file: Optional[str] = None
 
     @document_options
     def sketch_tune(
@@ -88,7 +90,9 @@ class SketchTuner(Tuner):
         Runs one ``trainer.validate`` pass (logged as usual) and tunes at its end, so candidates
         are scored by the trainer's validation loop on its device and precision. The options are
         those of :class:`~panther_lightning.SketchTuneCallback`, with the same defaults.
-        The report and the plan file are available as ``self.report`` and ``self.plan_file``.
+        The report, the plan file and the trials table (``sketch_trials.csv`` beside it) are
+        available as ``self.report``, ``self.plan_file`` and ``self.trials_file``. While it tunes,
+        a progress bar follows the trainer's ``enable_progress_bar``.
         Configs that select nothing sketchable raise ``ValueError`` before validation runs; if
         tuning fails, the model's dense layers are put back before the error propagates.
 
@@ -123,7 +127,8 @@ class SketchTuner(Tuner):
             raise RuntimeError("the validation pass did not run; check limit_val_batches and the dataloaders")
         self.report = hook.report
         self.plan_file = write_plan(hook.report, opts.plan_path, trainer)
-        publish(hook.report, trainer)
+        self.trials_file = write_trials(hook.session.tuner.results, self.plan_file, trainer)
+        publish(hook.report, hook.session.tuner.results, trainer)
         return hook.session.tuner
 
 

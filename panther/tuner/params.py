@@ -108,7 +108,7 @@ class Categorical(ParamSpec):
             )
         if not isinstance(choices, Sequence):
             raise TypeError(f"Categorical choices must be a list or tuple, got {type(choices).__name__}")
-        self.choices: Tuple[Any, ...] = tuple(choices)
+        self.choices: List[Any] = list(choices)  # a list, as in the original Panther
         if not self.choices:
             raise ValueError("Categorical needs at least one choice")
         self._by_index = _needs_index_encoding(self.choices)
@@ -127,7 +127,7 @@ class Categorical(ParamSpec):
 
         if self._by_index:
             return CategoricalDistribution(tuple(range(len(self.choices))))
-        return CategoricalDistribution(self.choices)
+        return CategoricalDistribution(tuple(self.choices))
 
     def decode(self, optuna_value: Any) -> Any:
         return self.choices[optuna_value] if self._by_index else optuna_value
@@ -144,10 +144,10 @@ class Categorical(ParamSpec):
         return {"type": "categorical", "choices": list(self.choices)}
 
     def _key(self) -> Tuple[Any, ...]:
-        return (self.choices,)
+        return (tuple(self.choices),)
 
     def __repr__(self) -> str:
-        return f"Categorical({list(self.choices)!r})"
+        return f"Categorical({self.choices!r})"
 
 
 class Int(ParamSpec):
@@ -347,7 +347,7 @@ def _same(a: Any, b: Any) -> bool:
         return False
 
 
-def _index_of(choices: Tuple[Any, ...], value: Any) -> Optional[int]:
+def _index_of(choices: Sequence[Any], value: Any) -> Optional[int]:
     """Index of ``value``, preferring a same-type match so ``True`` finds ``True`` not ``1``."""
     loose = None
     for i, choice in enumerate(choices):
@@ -358,7 +358,7 @@ def _index_of(choices: Tuple[Any, ...], value: Any) -> Optional[int]:
     return loose
 
 
-def _needs_index_encoding(choices: Tuple[Any, ...]) -> bool:
+def _needs_index_encoding(choices: Sequence[Any]) -> bool:
     """Reject duplicates; report whether Optuna must see indices instead of the choices."""
     by_index = any(not isinstance(c, _OPTUNA_NATIVE) for c in choices)
     for i, a in enumerate(choices):

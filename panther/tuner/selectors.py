@@ -15,9 +15,11 @@ Matching rules (what :meth:`LayerNameResolver.resolve` implements):
   rule as above), ``"type"`` (a class, matching ``isinstance``; or a class name, matching the
   module's class or any base class by ``__name__`` or dotted ``module.qualname``; or a list of
   those, OR within the list) and ``"contains"`` (plain substrings of the name, OR within a list).
-  Then ``"indices"`` (int or list; negative allowed; out of range is an ``IndexError``) or
-  ``"range"`` (``[start, end]`` or ``[start, end, step]`` with Python slice semantics; ``None``
-  leaves an end open) picks among the matches, counted in model order.
+  Then ``"indices"`` (int or list; negative allowed) or ``"range"`` (``[start, end]`` or
+  ``[start, end, step]`` with Python slice semantics; ``None`` leaves an end open) picks among the
+  matches, counted in model order. An out-of-range index raises :class:`SelectorIndexError` and a
+  non-integer index or bound :class:`SelectorTypeError`: ``ValueError`` as in the original
+  Panther, and still ``IndexError``/``TypeError`` for code written against those.
 * A selector that matches nothing resolves to ``[]``; the caller decides whether that is an error.
 """
 
@@ -25,7 +27,7 @@ from __future__ import annotations
 
 import difflib
 import re
-from typing import Any, Callable, Dict, List, Pattern, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Pattern, Sequence, Tuple, Union
 
 from torch import nn
 
@@ -33,6 +35,14 @@ Selector = Union[str, Sequence[str], Dict[str, Any]]
 
 _FILTER_KEYS = ("pattern", "type", "contains")
 _PICK_KEYS = ("indices", "range")
+
+
+class SelectorIndexError(ValueError, IndexError):
+    """An ``indices`` entry outside the matched layers (either ``except`` clause catches it)."""
+
+
+class SelectorTypeError(ValueError, TypeError):
+    """An ``indices`` entry or ``range`` bound that is not an integer (either ``except`` catches it)."""
 
 
 def compile_pattern(pattern: str) -> Pattern[str]:
@@ -85,13 +95,13 @@ def _validate_dict(selector: Dict[str, Any]) -> None:
     if "indices" in selector:
         for index in _as_list("indices", selector["indices"]):
             if isinstance(index, bool) or not isinstance(index, int):
-                raise TypeError(f"'indices' entries must be integers, got {index!r}")
+                raise SelectorTypeError(f"'indices' entries must be integers, got {index!r}")
     if "range" in selector:
         bounds = selector["range"]
         if not isinstance(bounds, (list, tuple)) or len(bounds) not in (2, 3):
             raise ValueError(f"'range' must be [start, end] or [start, end, step], got {bounds!r}")
         if any(b is not None and (isinstance(b, bool) or not isinstance(b, int)) for b in bounds):
-            raise TypeError(f"'range' bounds must be integers or None, got {bounds!r}")
+            raise SelectorTypeError(f"'range' bounds must be integers or None, got {bounds!r}")
         if len(bounds) == 3 and bounds[2] == 0:
             raise ValueError("'range' step must not be zero")
 
@@ -125,29 +135,44 @@ class LayerNameResolver:
     """Turns selectors into layer names of ``model`` (see the module docstring for the rules).
 
     The model is re-read on every call, so names stay right after layers are replaced.
+
+    Args:
+        model: the model whose submodules are selected.
+        layer_map: the original Panther's ``{name: module}`` of the layers a selector may match;
+            given, only those names (each must be a submodule of ``model``) are candidates.
+            ``None``: every submodule.
     """
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, layer_map: Optional[Mapping[str, nn.Module]] = None) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"LayerNameResolver needs an nn.Module, got {type(model).__name__}")
+        if layer_map is not None and not isinstance(layer_map, Mapping):
+            raise TypeError(f"layer_map must be a mapping of layer names to modules, got {type(layer_map).__name__}")
         self.model = model
+        self.layer_map: Dict[str, nn.Module] = dict(layer_map or {})
+        self._only = None if layer_map is None else set(self.layer_map)
+        for name in self.layer_map:
+            self.module(name)  # KeyError with suggestions for a name the model lacks
 
-    def _entries(self) -> List[Tuple[List[str], nn.Module]]:
-        """``(all names, module)`` for each distinct submodule, in model order."""
+    def _entries(self, restricted: bool = True) -> List[Tuple[List[str], nn.Module]]:
+        """``(all names, module)`` for each distinct submodule, in model order (``layer_map``'s only if restricted)."""
         by_module: Dict[int, Tuple[List[str], nn.Module]] = {}
         for name, module in self.model.named_modules(remove_duplicate=False):
             if name:
                 by_module.setdefault(id(module), ([], module))[0].append(name)
-        return list(by_module.values())
+        entries = list(by_module.values())
+        if restricted and self._only is not None:
+            entries = [(names, module) for names, module in entries if self._only.intersection(names)]
+        return entries
 
     def names(self) -> List[str]:
-        """Each submodule's first name, in model order."""
+        """Each candidate submodule's first name, in model order."""
         return [names[0] for names, _ in self._entries()]
 
     def aliases(self, name: str) -> List[str]:
         """All names under which the module called ``name`` is reachable, first name first."""
         target = self.module(name)
-        return next(list(names) for names, module in self._entries() if module is target)
+        return next(list(names) for names, module in self._entries(restricted=False) if module is target)
 
     def module(self, name: str) -> nn.Module:
         """The submodule called ``name`` (any alias); ``KeyError`` with suggestions otherwise."""
@@ -204,7 +229,7 @@ def _pick(selector: Dict[str, Any], matched: List[str]) -> List[str]:
         positions = set()
         for index in _as_list("indices", selector["indices"]):
             if not -len(matched) <= index < len(matched):
-                raise IndexError(
+                raise SelectorIndexError(
                     f"selector index {index} is out of range: {len(matched)} layers matched {selector!r}"
                 )
             positions.add(index % len(matched))

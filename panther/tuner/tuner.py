@@ -52,7 +52,7 @@ from panther.tuner import _arguments as args
 from panther.tuner._installer import LayerInstaller
 from panther.tuner._loop import SearchLoop
 from panther.tuner._policy import ComposedCheck, group_thresholds
-from panther.tuner._progress import TuningProgress
+from panther.tuner._progress import TuningProgress, planned_trials
 from panther.tuner._trials import INFEASIBLE_SCORE, TrialRunner
 from panther.tuner.budget import Budget
 from panther.tuner.configs import TuningConfigs
@@ -92,6 +92,9 @@ class SKAutoTuner:
             whole margin (``False``: every group is tuned against ``accuracy_threshold`` itself, as
             in the original design). The composed model is checked against ``accuracy_threshold``
             either way.
+        progress_bar: with ``verbose``, ``None`` (default) shows a bar when stdout is a terminal and
+            one line per trial otherwise; ``False`` never shows a bar, ``True`` always does (for
+            callers that own the console, e.g. a trainer with its own progress-bar setting).
     """
 
     def __init__(
@@ -112,6 +115,7 @@ class SKAutoTuner:
         calibration_data: Optional[Iterable[Any]] = None,
         calibration_forward: Optional[Callable[[nn.Module, Any], Any]] = None,
         share_accuracy_drop: bool = True,
+        progress_bar: Optional[bool] = None,
     ) -> None:
         args.check_model(model)
         speed_func = args.speed_function(optmization_eval_func, optimization_eval_func)
@@ -126,6 +130,8 @@ class SKAutoTuner:
         for name, flag in (("verbose", verbose), ("tune_tied", tune_tied),
                            ("share_accuracy_drop", share_accuracy_drop)):
             args.check_flag(name, flag)
+        if progress_bar is not None:
+            args.check_flag("progress_bar", progress_bar)
 
         self.model = model
         self.accuracy_eval_func = accuracy_eval_func
@@ -138,6 +144,7 @@ class SKAutoTuner:
         self.time_budget_s = time_budget_s
         self.tune_tied = tune_tied
         self.share_accuracy_drop = share_accuracy_drop
+        self.progress_bar = progress_bar
         self.calibration_data = calibration_data
         self.calibration_forward = calibration_forward
         self.results = TuningResults()
@@ -154,7 +161,8 @@ class SKAutoTuner:
                              self.results)
         budget = Budget(self.max_total_trials, self.time_budget_s)
         before = self._layers.current()
-        progress = TuningProgress(self.verbose, self.max_total_trials)
+        progress = TuningProgress(self.verbose, planned_trials(self._groups, self.search_algorithm,
+                                                               self.max_total_trials), bar=self.progress_bar)
         runner.on_trial = progress.trial_done
         with progress.shown():
             try:

@@ -22,7 +22,7 @@ from panther_lightning import SketchTuneCallback  # noqa: E402
 
 def main(out_dir: str, calibration_batches: int) -> None:
     pl.seed_everything(0, verbose=False)
-    callback = SketchTuneCallback(max_drop=0.03, objective="size", n_trials=3, verbose=False,
+    callback = SketchTuneCallback(max_drop=0.03, objective="size", n_trials=3, verbose=True,
                                   calibration_batches=calibration_batches,
                                   plan_path=os.path.join(out_dir, "plan.json"))
     trainer = pl.Trainer(max_epochs=2, accelerator="cpu", devices=2, strategy="ddp", logger=False,
@@ -36,7 +36,8 @@ def main(out_dir: str, calibration_batches: int) -> None:
             digest.update(key.encode() + value.detach().cpu().numpy().tobytes())
     result = {"rank": trainer.global_rank, "plan": callback.report.plan, "best_params": callback.best_params,
               "dense_metric": callback.report.dense_metric, "tuned_metric": callback.report.tuned_metric,
-              "final_val_acc": float(trainer.callback_metrics["val_acc"]), "weights": digest.hexdigest()}
+              "final_val_acc": float(trainer.callback_metrics["val_acc"]), "weights": digest.hexdigest(),
+              "trials": len(callback.tuner.results.records)}
     with open(os.path.join(out_dir, f"rank{trainer.global_rank}.json"), "w") as handle:
         json.dump(result, handle)
 

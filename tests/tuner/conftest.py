@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from panther.tuner import SearchAlgorithm
+from pg_server import postgres  # noqa: F401  (a local PostgreSQL server, for the many-workers tests)
 
 Tensors = Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
 

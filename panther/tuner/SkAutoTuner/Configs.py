@@ -1,4 +1,4 @@
-"""Original-Panther path for the configuration classes and the layer/parameter resolvers."""
+"""Original-Panther path for the configuration classes, the parameter specs and the resolvers."""
 
 from panther._lazy import lazy_exports
 
@@ -7,6 +7,10 @@ _EXPORTS = {
     "TuningConfigs": "panther.tuner.configs",
     "LayerNameResolver": "panther.tuner.selectors",
     "ParamsResolver": "panther.tuner.auto",
+    "ParamSpec": "panther.tuner.params",
+    "Categorical": "panther.tuner.params",
+    "Int": "panther.tuner.params",
+    "Float": "panther.tuner.params",
 }
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 __all__ = list(_EXPORTS)

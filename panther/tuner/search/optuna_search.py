@@ -9,15 +9,22 @@ One study per layer group
 
 Budget across runs and processes
     :meth:`OptunaSearch.is_finished` counts the trials already in the group's study (complete,
-    pruned, failed, and running ones of other workers), so a resumed run, or several processes
-    sharing one storage, stop at ``n_trials`` *in total*. A proposal whose trial number is
-    ``>= n_trials`` (two workers raced for the last slot) is failed at once, tagged with the
-    user attribute ``panther_surplus``, and not handed out. A worker that died leaves its trial
-    RUNNING, which still counts; Optuna's heartbeat (``RDBStorage(heartbeat_interval=...)``)
-    fails such trials. Workers must pass ``load_if_exists=True`` and the same ``study_name``.
-    Storage is an RDB URL (``"sqlite:///tuning.db"``, ``"postgresql://..."``) or any Optuna
-    storage object, e.g. a file journal, which needs no database server:
-    ``OptunaSearch.journal_storage("tuning.log")``.
+    pruned, failed, queued, and running ones of other workers), so a resumed run, or several
+    processes sharing one storage, stop at ``n_trials`` *in total*. A proposal beyond the budget
+    (two workers raced for the last slot) is failed at once, tagged with the user attribute
+    ``panther_surplus``, and not handed out. Once the budget is spent, a worker waits for the
+    other workers' running trials, so that every worker ends with the whole study's results.
+    Workers must pass ``load_if_exists=True`` and the same ``study_name``. Storage is an RDB URL
+    (``"sqlite:///tuning.db"``, ``"postgresql://..."``) or any Optuna storage object, e.g. a file
+    journal, which needs no database server: ``OptunaSearch.journal_storage("tuning.log")``.
+
+Workers that die
+    A worker killed mid-trial leaves that trial running. With ``heartbeat_interval`` (an RDB
+    URL), each worker beats for its running trial and the others reclaim a trial whose beat
+    stopped for ``grace_period`` seconds, on any host; on every storage, a trial of a dead process
+    on the same host is reclaimed too. A reclaimed trial is failed and queued again (``max_retry``
+    times at most), the failed attempt stops counting, and a surviving or later worker runs the
+    retry. See :mod:`panther.tuner.search.faults`.
 
 Grid search
     With a ``GridSampler`` the search also finishes once every grid point is evaluated, even if
@@ -36,6 +43,7 @@ import copy
 import json
 import math
 import os
+import time
 import warnings
 from typing import Any, Dict, Iterator, Optional, Union
 
@@ -48,11 +56,30 @@ from optuna.trial import FrozenTrial, Trial, TrialState, create_trial
 
 from panther.tuner.params import ParamSpec, as_spec
 from panther.tuner.search.base import SearchAlgorithm
+from panther.tuner.search.faults import (
+    SURPLUS_ATTR,
+    WORKER_ATTR,
+    Heartbeat,
+    RetryDeadTrials,
+    budget_trials,
+    heartbeat_enabled,
+    may_still_finish,
+    new_nonce,
+    reclaim_dead_trials,
+    retries_pending,
+    superseded_numbers,
+    worker_token,
+)
 
 DEFAULT_STUDY_NAME = "panther"
 _STATE_FORMAT = "panther.tuner.OptunaSearch"
 _STATE_VERSION = 1
-_COUNTED_STATES = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.RUNNING)
+#: Seconds between looks at the study while waiting for other workers' running trials.
+_WAIT_POLL_S = 0.5
+#: Seconds to wait for another worker to queue the retry of a trial it has just reclaimed.
+_RETRY_PATIENCE_S = 30.0
+#: Tries to open an RDB storage while other workers create its tables (see :func:`_connect`).
+_CONNECT_ATTEMPTS = 5
 _SAVED_STATES = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 
 
@@ -69,6 +96,13 @@ class OptunaSearch(SearchAlgorithm):
         load_if_exists: reopen a group's existing study instead of failing.
         seed: seed of the default sampler (ignored, with a warning, when ``sampler`` is given).
         pruner: Optuna pruner consulted by :meth:`should_prune` (Optuna's default when ``None``).
+        heartbeat_interval: seconds between the heartbeats of a running trial; needs ``storage``
+            to be an RDB URL. Lets workers on any host notice a dead worker's trial and retry it.
+        grace_period: seconds without a heartbeat after which a trial is failed (default: twice
+            ``heartbeat_interval``).
+        max_retry: how often a dead worker's trial is queued again (``None``: without limit). An
+            ``RDBStorage`` object given as ``storage`` with a heartbeat of its own is watched the
+            same way; its ``heartbeat_stale_trial_callback`` is not used, retries follow ``max_retry``.
     """
 
     accepts_param_specs = True
@@ -83,6 +117,10 @@ class OptunaSearch(SearchAlgorithm):
         load_if_exists: bool = False,
         seed: Optional[int] = None,
         pruner: Optional[BasePruner] = None,
+        *,
+        heartbeat_interval: Optional[int] = None,
+        grace_period: Optional[int] = None,
+        max_retry: Optional[int] = 3,
     ) -> None:
         if isinstance(n_trials, bool) or not isinstance(n_trials, int) or n_trials < 1:
             raise ValueError(f"n_trials must be a positive integer, got {n_trials!r}")
@@ -96,6 +134,7 @@ class OptunaSearch(SearchAlgorithm):
             raise TypeError(f"sampler must be an optuna sampler, got {type(sampler).__name__}")
         if pruner is not None and not isinstance(pruner, BasePruner):
             raise TypeError(f"pruner must be an optuna pruner, got {type(pruner).__name__}")
+        _check_heartbeat(storage, heartbeat_interval, grace_period, max_retry)
         if sampler is not None and seed is not None:
             warnings.warn("OptunaSearch: seed is ignored because a sampler was given; seed the sampler instead",
                           stacklevel=2)
@@ -106,6 +145,11 @@ class OptunaSearch(SearchAlgorithm):
         self.seed = seed
         self.sampler: BaseSampler = sampler if sampler is not None else TPESampler(seed=seed)
         self.pruner = pruner
+        self.heartbeat_interval = heartbeat_interval
+        self.grace_period = grace_period
+        self._retry = RetryDeadTrials(max_retry)
+        self._nonce = new_nonce()
+        self._heartbeat: Optional[Heartbeat] = None
         self._storage_arg = storage
         self._storage: Optional[BaseStorage] = None
         self._studies: Dict[str, optuna.Study] = {}
@@ -150,9 +194,16 @@ class OptunaSearch(SearchAlgorithm):
         return f"{self.study_name}::{group_name}"
 
     def _resolved_storage(self) -> Optional[BaseStorage]:
-        if self._storage is None and self._storage_arg is not None:
+        if self._storage is None and isinstance(self._storage_arg, str):
+            self._storage = _connect(self._storage_arg, self._rdb_options())
+        elif self._storage is None and self._storage_arg is not None:
             self._storage = optuna.storages.get_storage(self._storage_arg)
         return self._storage
+
+    def _rdb_options(self) -> Dict[str, Any]:
+        if self.heartbeat_interval is None:
+            return {}
+        return {"heartbeat_interval": self.heartbeat_interval, "grace_period": self.grace_period}
 
     def _open_study(self, group_name: str, load_if_exists: bool) -> optuna.Study:
         if self._storage_arg is None and load_if_exists and group_name in self._studies:
@@ -209,15 +260,30 @@ class OptunaSearch(SearchAlgorithm):
         if self.is_finished():
             return None
         space = self._spaces[self._group]  # type: ignore[index]
-        with _quiet_optuna():
-            trial = study.ask({name: spec.to_optuna() for name, spec in space.items()})
-        if trial.number >= self.n_trials:  # another worker took the last slot meanwhile
-            trial.set_user_attr("panther_surplus", True)
-            self._tell(trial, state=TrialState.FAIL)
+        trial = self._ask_within_budget(study, space)
+        if trial is None:
             return None
+        if heartbeat_enabled(study._storage):
+            self._heartbeat = Heartbeat(study._storage, trial._trial_id)
         self._pending = trial
         self._pending_params = {name: spec.decode(trial.params[name]) for name, spec in space.items()}
         return dict(self._pending_params)
+
+    def _ask_within_budget(self, study: optuna.Study, space: Dict[str, ParamSpec]) -> Optional[Trial]:
+        """A new trial inside the budget, or ``None``: a surplus proposal is failed (then see :meth:`_settle`)."""
+        with _quiet_optuna(), warnings.catch_warnings():
+            # Optuna warns that heartbeats belong to study.optimize(); this class beats itself.
+            warnings.filterwarnings("ignore", message="Heartbeat of storage")
+            trial = study.ask({name: spec.to_optuna() for name, spec in space.items()})
+        if self._storage_arg is not None:  # shared: others must be able to tell whether we still run it
+            trial.set_user_attr(WORKER_ATTR, worker_token(self._nonce))
+        earlier = [t for t in budget_trials(study.get_trials(deepcopy=False)) if t.number < trial.number]
+        if len(earlier) < self.n_trials:
+            return trial
+        trial.set_user_attr(SURPLUS_ATTR, True)  # another worker took the last slot meanwhile
+        self._tell(trial, state=TrialState.FAIL)
+        self._settle(study)  # as is_finished() would have: wait for the other workers' last trials
+        return None
 
     def update(self, params: Dict[str, Any], score: Optional[float]) -> None:
         """Tell the pending trial its score; ``None``/NaN marks it failed.
@@ -233,7 +299,7 @@ class OptunaSearch(SearchAlgorithm):
         expected = self._pending_params or {}
         if {name: params.get(name) for name in expected} != expected:
             raise ValueError(f"update() got params {params!r} but the pending trial proposed {expected!r}")
-        trial, self._pending, self._pending_params = self._pending, None, None
+        trial = self._take_pending()
         if failed:
             self._tell(trial, state=TrialState.FAIL)
         else:
@@ -262,12 +328,33 @@ class OptunaSearch(SearchAlgorithm):
         self.set_user_attr(key, value)
 
     def is_finished(self) -> bool:
+        """Whether the group's budget is spent; then first waits for other workers' running trials (:meth:`_settle`)."""
         study = self._current
-        if study is None:
-            return False
-        if len(study.get_trials(deepcopy=False, states=_COUNTED_STATES)) >= self.n_trials:
-            return True
-        return isinstance(study.sampler, GridSampler) and study.sampler.is_exhausted(study)
+        return False if study is None else self._settle(study)
+
+    def _settle(self, study: optuna.Study) -> bool:
+        """Whether ``study``'s budget is spent, once no other worker's trial may still finish.
+
+        A dead worker's trial found meanwhile is failed and queued again, which makes the budget
+        unspent again (see the module docstring).
+        """
+        heartbeat = heartbeat_enabled(study._storage)
+        mine = None if self._pending is None else self._pending.number
+        patience = time.monotonic() + _RETRY_PATIENCE_S
+        while True:
+            reclaim_dead_trials(study, self._retry)
+            trials = study.get_trials(deepcopy=False)
+            counted = budget_trials(trials)
+            if any(t.state == TrialState.WAITING for t in counted):
+                return False  # a queued trial (a retry) is part of the budget: run it
+            spent = len(counted) >= self.n_trials or (
+                isinstance(study.sampler, GridSampler) and study.sampler.is_exhausted(study))
+            running = any(t.number != mine and may_still_finish(t, heartbeat) for t in trials)
+            # (a retry not queued within the patience was lost with the worker that reclaimed it)
+            queuing = time.monotonic() < patience and bool(retries_pending(trials, self._retry))
+            if not spent or not (running or queuing):
+                return spent
+            time.sleep(_WAIT_POLL_S)
 
     def get_best_params(self) -> Optional[Dict[str, Any]]:
         best = self._best_trial()
@@ -301,8 +388,8 @@ class OptunaSearch(SearchAlgorithm):
 
     def prune(self) -> None:
         """Finish the pending trial as pruned (after :meth:`should_prune` said so)."""
-        trial = self._require_pending("prune")
-        self._pending, self._pending_params = None, None
+        self._require_pending("prune")
+        trial = self._take_pending()
         self._tell(trial, state=TrialState.PRUNED)
 
     def get_trials_dataframe(self, all_groups: bool = False) -> Any:
@@ -372,7 +459,9 @@ class OptunaSearch(SearchAlgorithm):
         specs: Optional[Dict[str, Any]] = {k: spec.to_dict() for k, spec in self._spaces.get(name, {}).items()}
         if not _survives_json(specs):
             specs = None  # choices JSON cannot hold exactly (tuples, classes, ...)
-        trials = [_trial_to_json(t) for t in study.get_trials(deepcopy=False, states=_SAVED_STATES)]
+        all_trials = study.get_trials(deepcopy=False)
+        replaced = superseded_numbers(all_trials)  # a retry stands for them (their links are not saved)
+        trials = [_trial_to_json(t) for t in all_trials if t.state in _SAVED_STATES and t.number not in replaced]
         return {"space": specs, "trials": trials}
 
     # -- internals ------------------------------------------------------------------------------
@@ -387,10 +476,17 @@ class OptunaSearch(SearchAlgorithm):
             raise RuntimeError(f"OptunaSearch.{what}: no pending trial; call it between get_next_params() and update()")
         return self._pending
 
+    def _take_pending(self) -> Trial:
+        """Clear the pending proposal (stopping its heartbeat) and return its trial."""
+        trial, self._pending, self._pending_params = self._pending, None, None
+        if self._heartbeat is not None:
+            self._heartbeat.stop()
+            self._heartbeat = None
+        return trial  # type: ignore[return-value]
+
     def _abandon_pending(self) -> None:
         if self._pending is not None:
-            trial, self._pending, self._pending_params = self._pending, None, None
-            self._tell(trial, state=TrialState.FAIL)
+            self._tell(self._take_pending(), state=TrialState.FAIL)
 
     def _tell(self, trial: Trial, value: Optional[float] = None, state: Optional[TrialState] = None) -> None:
         study = trial.study
@@ -423,6 +519,37 @@ class OptunaSearch(SearchAlgorithm):
             params={k: space[k].encode(v) for k, v in params.items()},
             distributions={k: spec.to_optuna() for k, spec in space.items()},
         )
+
+
+def _connect(url: str, options: Dict[str, Any]) -> BaseStorage:
+    """The RDB storage at ``url``, retried while other workers create the tables of a fresh database.
+
+    Workers started together on an empty database all try to create Optuna's schema; all but one
+    get a duplicate-object error, and find the schema complete a moment later.
+    """
+    from sqlalchemy.exc import IntegrityError, ProgrammingError
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # Optuna's heartbeat is "experimental"
+        for attempt in range(1, _CONNECT_ATTEMPTS):
+            try:
+                return optuna.storages.get_storage(optuna.storages.RDBStorage(url, **options))
+            except (IntegrityError, ProgrammingError):
+                time.sleep(0.2 * attempt)
+        return optuna.storages.get_storage(optuna.storages.RDBStorage(url, **options))  # the last try raises
+
+
+def _check_heartbeat(storage: Any, interval: Any, grace_period: Any, max_retry: Any) -> None:
+    """Fail at construction, not in the middle of a distributed run, on bad heartbeat options."""
+    for name, value, low in (("heartbeat_interval", interval, 1), ("grace_period", grace_period, 1),
+                             ("max_retry", max_retry, 0)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < low):
+            raise ValueError(f"{name} must be an integer >= {low} or None, got {value!r}")
+    if interval is None and grace_period is not None:
+        raise ValueError("grace_period needs heartbeat_interval")
+    if interval is not None and not isinstance(storage, str):
+        raise ValueError("heartbeat_interval needs storage to be an RDB URL (e.g. 'postgresql://...'); for an "
+                         "RDBStorage object, set heartbeat_interval on it instead")
 
 
 @contextlib.contextmanager

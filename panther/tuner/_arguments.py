@@ -9,7 +9,9 @@ from typing import Any
 
 from torch import nn
 
-#: The spec's required methods; a search lacking one cannot drive the trial loop.
+from panther.tuner.search.base import SearchAlgorithm
+
+#: The spec's required methods (a duck-typed search is checked for them, then wrapped).
 REQUIRED_SEARCH_METHODS = ("get_next_params", "update", "is_finished", "initialize")
 
 
@@ -69,7 +71,7 @@ def check_calibration(calibration_data: Any, calibration_forward: Any) -> None:
 
 
 def search_or_default(search_algorithm: Any) -> Any:
-    """``search_algorithm`` (checked to have the spec's methods and to maximise) or ``OptunaSearch()``."""
+    """``search_algorithm``, checked to have the spec's methods, or ``OptunaSearch()``."""
     if search_algorithm is None:
         from panther.tuner.search import OptunaSearch
 
@@ -77,6 +79,9 @@ def search_or_default(search_algorithm: Any) -> Any:
     missing = [m for m in REQUIRED_SEARCH_METHODS if not callable(getattr(search_algorithm, m, None))]
     if missing:
         raise TypeError(f"search_algorithm lacks {missing}; implement panther.tuner.SearchAlgorithm")
-    if getattr(search_algorithm, "direction", "maximize") != "maximize":
-        raise ValueError("the tuner maximises its scores; create the search with direction='maximize'")
     return search_algorithm
+
+
+def check_maximises(search: SearchAlgorithm) -> None:
+    if search.direction != "maximize":
+        raise ValueError("the tuner maximises its scores; create the search with direction='maximize'")

@@ -12,13 +12,13 @@ import contextlib
 import logging
 import math
 from collections.abc import Callable, Sequence
-from typing import Any
 
-from panther.tuner._sharing import SharedTrials
+from panther.tuner._sharing import SharedTrials, record_fields
 from panther.tuner._trials import TrialRunner
 from panther.tuner.budget import Budget, Prober, potential, prober_for
 from panther.tuner.groups import TuningGroup
 from panther.tuner.results import TrialRecord
+from panther.tuner.search.base import SearchAlgorithm, param_space_for
 
 logger = logging.getLogger(__name__)
 
@@ -33,7 +33,7 @@ class SearchLoop:
         threshold_of: each group's accuracy threshold (``None`` without one).
     """
 
-    def __init__(self, search: Any, groups: Sequence[TuningGroup], runner: TrialRunner,
+    def __init__(self, search: SearchAlgorithm, groups: Sequence[TuningGroup], runner: TrialRunner,
                  threshold_of: Callable[[str], float | None]) -> None:
         self.search, self.groups, self.runner, self.threshold_of = search, list(groups), runner, threshold_of
         self.shared = SharedTrials(search, runner)
@@ -84,20 +84,11 @@ class SearchLoop:
     def _tune_group(self, group: TuningGroup, budget: Budget, max_trials: int | None = None,
                     known: Sequence[TrialRecord] = ()) -> None:
         search = self.search
-        space = self._search_space(group)
-        if callable(getattr(search, "start_group", None)):
-            search.start_group(group.name, space)
-        else:  # a duck-typed search without the group hook
-            search.initialize(space)
+        search.start_group(group.name, param_space_for(search, group.space))
         self.shared.import_stored(group)
-        add_known = getattr(search, "add_known", None)
         for record in known:  # probe results: let the search learn from them too
-            if record.status == "failed":
-                continue
-            if callable(add_known):
-                add_known(dict(record.params), record.score, self.shared.attributes(record))
-            else:
-                search.update(dict(record.params), record.score)
+            if record.status != "failed":
+                search.add_known(dict(record.params), record.score, record_fields(record))
         evaluated = 0
         while not search.is_finished() and (max_trials is None or evaluated < max_trials) and not budget.exhausted():
             if self._fully_evaluated(group):
@@ -126,8 +117,3 @@ class SearchLoop:
         if any(values is None for values in sizes):
             return False
         return len(self.runner.cache.get(group.name, {})) >= math.prod(len(values) for values in sizes)  # type: ignore[arg-type]
-
-    def _search_space(self, group: TuningGroup) -> dict[str, Any]:
-        if getattr(self.search, "accepts_param_specs", False):
-            return dict(group.space)
-        return {name: spec.values() for name, spec in group.space.items()}

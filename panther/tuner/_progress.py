@@ -18,6 +18,7 @@ from typing import Any
 
 from panther.tuner.groups import TuningGroup
 from panther.tuner.results import TrialRecord
+from panther.tuner.search.base import SearchAlgorithm
 
 #: The package logger: its handler shows the lines of every tuner module (their `__name__` loggers are children).
 LOGGER_NAME = "panther.tuner"
@@ -32,15 +33,15 @@ class _TqdmHandler(logging.Handler):
         tqdm.write(self.format(record), file=sys.stdout)
 
 
-def planned_trials(groups: Sequence[TuningGroup], search: Any, max_total_trials: int | None) -> int | None:
+def planned_trials(groups: Sequence[TuningGroup], search: SearchAlgorithm, max_total_trials: int | None) -> int | None:
     """The most evaluations one ``tune()`` can make (the bar's total), ``None`` when unbounded.
 
     A group evaluates each combination at most once, so a finite space bounds it; a search with
-    ``n_trials`` (OptunaSearch: per group, repeated proposals included) bounds it too; a whole-model
-    ``max_total_trials`` bounds the sum. Runs sharing a study, or searches that stop early, end below it.
+    budget per group (:meth:`~panther.tuner.search.base.SearchAlgorithm.planned_trials`, repeated
+    proposals included) bounds it too; a whole-model ``max_total_trials`` bounds the sum. Runs sharing
+    a study, or searches that stop early, end below it.
     """
-    n_trials = getattr(search, "n_trials", None)
-    per_search = n_trials if isinstance(n_trials, int) and not isinstance(n_trials, bool) else None
+    per_search = search.planned_trials()
     caps = []
     for group in groups:
         values = [spec.values() for spec in group.space.values()]

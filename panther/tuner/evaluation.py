@@ -60,11 +60,5 @@ def measure(func: EvalFunc, model: nn.Module, runs: int, resource_source: Callab
     return statistics.fmean(values), (statistics.pstdev(values) if len(values) > 1 else 0.0)
 
 
-def resource_getter(search: Any) -> Callable[[], Any] | None:
-    """``search.get_resource`` when the algorithm is resource-aware (the optional spec method)."""
-    getter = getattr(search, "get_resource", None)
-    return getter if callable(getter) else None
-
-
 def describe(params: dict[str, Any]) -> str:
     return ", ".join(f"{k}={v}" for k, v in params.items())

@@ -56,9 +56,9 @@ from panther.tuner._progress import TuningProgress, planned_trials
 from panther.tuner._trials import INFEASIBLE_SCORE, TrialRunner
 from panther.tuner.budget import Budget
 from panther.tuner.configs import TuningConfigs
-from panther.tuner.evaluation import resource_getter
 from panther.tuner.groups import GroupBuilder, TuningGroup
 from panther.tuner.results import TrialRecord, TuningResults, results_dataframe, summary_table
+from panther.tuner.search.base import as_search_algorithm
 from panther.tuner.selectors import LayerNameResolver
 
 __all__ = ["INFEASIBLE_SCORE", "SKAutoTuner", "group_thresholds"]
@@ -137,6 +137,8 @@ class SKAutoTuner:
         self.accuracy_eval_func = accuracy_eval_func
         self.optimization_eval_func = speed_func
         self.search_algorithm = args.search_or_default(search_algorithm)
+        self._search = as_search_algorithm(self.search_algorithm)
+        args.check_maximises(self._search)
         self.verbose = verbose
         self.accuracy_threshold = threshold
         self.num_runs_per_param = num_runs_per_param
@@ -157,11 +159,11 @@ class SKAutoTuner:
         """Tune every group; the model is left exactly as it was. Returns :meth:`get_best_params`."""
         self.results = self._new_results()
         runner = TrialRunner(self._layers, self.accuracy_eval_func, self.optimization_eval_func,
-                             self.num_runs_per_param, resource_getter(self.search_algorithm), self._threshold_of,
-                             self.results)
+                             self.num_runs_per_param, self._search.get_resource if self._search.resource_aware
+                             else None, self._threshold_of, self.results)
         budget = Budget(self.max_total_trials, self.time_budget_s)
         before = self._layers.current()
-        progress = TuningProgress(self.verbose, planned_trials(self._groups, self.search_algorithm,
+        progress = TuningProgress(self.verbose, planned_trials(self._groups, self._search,
                                                                self.max_total_trials), bar=self.progress_bar)
         runner.on_trial = progress.trial_done
         with progress.shown():
@@ -169,7 +171,7 @@ class SKAutoTuner:
                 self._layers.put(self._layers.originals)
                 if self.accuracy_threshold is not None:
                     self._measure_baseline(runner)
-                SearchLoop(self.search_algorithm, self._groups, runner, self._threshold_of).run(budget)
+                SearchLoop(self._search, self._groups, runner, self._threshold_of).run(budget)
                 if self.accuracy_threshold is not None:
                     self._check_composed(runner)
             finally:
@@ -289,7 +291,7 @@ class SKAutoTuner:
         """Resolve and validate ``configs`` against the model (nothing in the model changes)."""
         configs = TuningConfigs.coerce(configs)
         builder = GroupBuilder(self.model, self._resolver, self._layers.dense_of,
-                               bool(getattr(self.search_algorithm, "accepts_param_specs", False)), self.tune_tied,
+                               self._search.accepts_param_specs, self.tune_tied,
                                data_aware=self.calibration_data is not None)
         groups, resolved = builder.build(configs)
         if self.calibration_data is None:

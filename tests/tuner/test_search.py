@@ -115,7 +115,8 @@ def test_abstract_methods_are_exactly_the_spec_ones():
     expected = {"initialize", "get_next_params", "update", "save_state", "load_state",
                 "get_best_params", "get_best_score", "reset", "is_finished"}
     assert SearchAlgorithm.__abstractmethods__ == expected
-    assert not hasattr(SearchAlgorithm, "get_resource")
+    # the spec's optional get_resource has a default, and only an override makes a search resource-aware
+    assert not MyCustomSearch().resource_aware and MyCustomSearch().get_resource() is None
 
 
 def test_spec_custom_search_runs_through_the_default_group_path():

@@ -45,7 +45,7 @@ import math
 import os
 import time
 import warnings
-from typing import Any, Dict, Iterator, Optional, Union
+from typing import Any, Dict, Iterator, List, Optional, Union
 
 import optuna
 from optuna.distributions import distribution_to_json, json_to_distribution
@@ -55,7 +55,7 @@ from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, Trial, TrialState, create_trial
 
 from panther.tuner.params import ParamSpec, as_spec
-from panther.tuner.search.base import SearchAlgorithm
+from panther.tuner.search.base import KnownResult, SearchAlgorithm
 from panther.tuner.search.faults import (
     SURPLUS_ATTR,
     WORKER_ATTR,
@@ -74,8 +74,14 @@ from panther.tuner.search.faults import (
 DEFAULT_STUDY_NAME = "panther"
 _STATE_FORMAT = "panther.tuner.OptunaSearch"
 _STATE_VERSION = 1
+#: Prefix of the user attributes holding the tuner's record of a trial (see :meth:`OptunaSearch.publish`).
+RECORD_PREFIX = "panther."
 #: Seconds between looks at the study while waiting for other workers' running trials.
 _WAIT_POLL_S = 0.5
+#: Seconds between looks while waiting for another worker's run of the very same parameters.
+_SAME_TRIAL_POLL_S = 0.05
+#: Longest wait for that run before evaluating the parameters here after all.
+_SAME_TRIAL_PATIENCE_S = 600.0
 #: Seconds to wait for another worker to queue the retry of a trial it has just reclaimed.
 _RETRY_PATIENCE_S = 30.0
 #: Tries to open an RDB storage while other workers create its tables (see :func:`_connect`).
@@ -305,20 +311,72 @@ class OptunaSearch(SearchAlgorithm):
         else:
             self._tell(trial, value=value)
 
-    def add_known(self, params: Dict[str, Any], score: Optional[float], user_attrs: Dict[str, Any]) -> None:
+    def add_known(self, params: Dict[str, Any], score: Optional[float], record: Dict[str, Any]) -> None:
         """Add a configuration evaluated outside the search (e.g. a probe) as a finished trial.
 
-        ``user_attrs`` travel with it, so the study (plots, storage, a resumed run) has the whole
-        record. A configuration the study already holds as a finished trial is not added twice.
+        The tuner's ``record`` travels with it (as for :meth:`publish`), so the study (plots,
+        storage, a resumed run) has the whole record. A configuration the study already holds as a
+        finished trial is not added twice.
         """
         study = self._require_study()
         value = None if score is None or math.isnan(float(score)) else float(score)
         trial = self._external_trial(params, value)
         if any(t.params == trial.params for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))):
             return
-        for key, attr in user_attrs.items():
-            trial.set_user_attr(key, attr)
+        for key, attr in record.items():
+            trial.set_user_attr(RECORD_PREFIX + key, attr)
         study.add_trial(trial)
+
+    def planned_trials(self) -> Optional[int]:
+        """``n_trials``: each group's budget (all workers sharing the study together)."""
+        return self.n_trials
+
+    def publish(self, record: Dict[str, Any]) -> None:
+        """Store the tuner's record on the pending trial as ``panther.<field>`` user attributes."""
+        if self._pending is None:
+            return
+        for key, value in record.items():
+            self.set_user_attr(RECORD_PREFIX + key, value)
+
+    def known_result(self, params: Dict[str, Any]) -> Optional[KnownResult]:
+        """An earlier trial of the same parameters finished with the tuner's record, by any worker.
+
+        Only an earlier trial (lower number) than the pending one is considered, and waited for while
+        it may still finish (see :func:`~panther.tuner.search.faults.may_still_finish`), so two
+        workers never wait on each other.
+        """
+        study, pending = self._current, self._pending
+        if study is None or pending is None:
+            return None
+        space = self._spaces[self._group]  # type: ignore[index]
+        encoded = {name: space[name].encode(value) for name, value in params.items()}
+        heartbeat = heartbeat_enabled(study._storage)
+        deadline = time.monotonic() + _SAME_TRIAL_PATIENCE_S
+        while time.monotonic() < deadline:
+            same = [t for t in study.get_trials(deepcopy=False) if t.number < pending.number and t.params == encoded]
+            done = [t for t in same if t.state == TrialState.COMPLETE and _has_record(t)]
+            if done:
+                return self._known(done[0], space)
+            if not any(may_still_finish(t, heartbeat) for t in same):
+                return None
+            time.sleep(_SAME_TRIAL_POLL_S)
+        return None
+
+    def stored_results(self) -> List[KnownResult]:
+        """The current group's finished trials that carry the tuner's record (a resumed run, other workers)."""
+        study = self._current
+        if study is None:
+            return []
+        space = self._spaces[self._group]  # type: ignore[index]
+        return [self._known(t, space) for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+                if _has_record(t) and set(t.params) == set(space)]
+
+    @staticmethod
+    def _known(trial: FrozenTrial, space: Dict[str, ParamSpec]) -> KnownResult:
+        params = {name: space[name].decode(value) for name, value in trial.params.items()}
+        record = {key[len(RECORD_PREFIX):]: value for key, value in trial.user_attrs.items()
+                  if key.startswith(RECORD_PREFIX)}
+        return KnownResult(params, trial.value, record)
 
     def record(self, key: str, value: Any) -> None:
         """Store ``key=value`` on the pending trial (warns and drops it when none is pending)."""
@@ -519,6 +577,11 @@ class OptunaSearch(SearchAlgorithm):
             params={k: space[k].encode(v) for k, v in params.items()},
             distributions={k: spec.to_optuna() for k, spec in space.items()},
         )
+
+
+def _has_record(trial: FrozenTrial) -> bool:
+    """Whether ``trial`` carries the tuner's record (its ``status`` at least)."""
+    return RECORD_PREFIX + "status" in trial.user_attrs
 
 
 def _connect(url: str, options: Dict[str, Any]) -> BaseStorage:

@@ -12,6 +12,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from lightning.pytorch.utilities.model_helpers import is_overridden
 
 from panther.tuner import SKAutoTuner
+from panther.tuner.results import TuningResults
 from panther.tuner.search import SearchAlgorithm
 from panther_lightning.checkpoint import install_sketch_loading
 from panther_lightning.options import ConfigsLike, Mode, Objective, SketchTuneOptions, SpeedMode, document_options
@@ -57,6 +58,16 @@ def nothing_to_tune(pl_module: "pl.LightningModule", options: SketchTuneOptions)
 
 
 @document_options
+def why_dense(report: SketchTuneReport, results: TuningResults) -> str:
+    """The reason a finished tuning run kept no sketch, for the one warning the user gets."""
+    if report.rejected:
+        return report.rejected
+    failed = [r for r in results.records if r.status == "failed"]
+    if results.records and len(failed) == len(results.records):
+        return f"every trial failed (last error: {failed[-1].error})"
+    return f"no trial kept {report.monitor} within the bound ({report.threshold_metric:.4f})"
+
+
 class SketchTuneCallback(Callback):
     """Tune sketched replacements of the model's layers when training ends, and keep the best.
 
@@ -183,6 +194,8 @@ class SketchTuneCallback(Callback):
         self.plan_file = write_plan(self.report, self.options.plan_path, trainer)
         self.trials_file = write_trials(session.tuner.results, self.plan_file, trainer)
         publish(self.report, session.tuner.results, trainer)
+        if not report.plan:
+            rank_zero_warn(f"SketchTuneCallback: the model stays dense: {why_dense(report, session.tuner.results)}")
 
     # -- checkpointing ---------------------------------------------------------------------------
     def state_dict(self) -> Dict[str, Any]:

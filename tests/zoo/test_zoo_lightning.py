@@ -261,3 +261,19 @@ def test_sketch_tune_hook_restores_the_dense_model_when_tuning_fails(tmp_path):
                                          mode="min", max_drop=0.5, objective="size", n_trials=2, finetune_epochs=1,
                                          verbose=False)
     assert_dense_as_trained(module, trained)
+
+
+def test_when_every_candidate_fails_fit_finishes_dense_with_one_warning_saying_why(tmp_path):
+    pl.seed_everything(0, verbose=False)
+    callback = SketchTuneCallback(monitor="val_loss", mode="min", max_drop=0.5, objective="size", n_trials=2,
+                                  verbose=False)
+    module, trained = FailsWhileSketched(RuntimeError, step="validation"), TrainedState()
+    with warnings.catch_warnings(record=True) as recorded:
+        warnings.simplefilter("always")
+        trainer = fit(str(tmp_path), module, [trained, callback])
+    dense = [str(w.message) for w in recorded if "the model stays dense" in str(w.message)]
+    assert dense == ["SketchTuneCallback: the model stays dense: every trial failed (last error: "
+                     "RuntimeError: sketched layers are not allowed here)"]
+    assert trainer.state.finished and callback.failure is None and not callback.report.plan
+    assert all(r.status == "failed" for r in callback.tuner.results.records)
+    assert_dense_as_trained(module, trained.state)

@@ -57,7 +57,6 @@ def nothing_to_tune(pl_module: "pl.LightningModule", options: SketchTuneOptions)
     return None
 
 
-@document_options
 def why_dense(report: SketchTuneReport, results: TuningResults) -> str:
     """The reason a finished tuning run kept no sketch, for the one warning the user gets."""
     if report.rejected:
@@ -68,6 +67,7 @@ def why_dense(report: SketchTuneReport, results: TuningResults) -> str:
     return f"no trial kept {report.monitor} within the bound ({report.threshold_metric:.4f})"
 
 
+@document_options
 class SketchTuneCallback(Callback):
     """Tune sketched replacements of the model's layers when training ends, and keep the best.
 

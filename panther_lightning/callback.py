@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import warnings
-from typing import Any, Dict, Optional
+from typing import Any
 
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback
@@ -20,7 +20,7 @@ from panther_lightning.reporting import write_trials
 from panther_lightning.session import SketchTuneReport, SketchTuneSession, publish, write_plan
 
 
-def check_trainer_can_tune(trainer: "pl.Trainer", pl_module: "pl.LightningModule", options: SketchTuneOptions) -> None:
+def check_trainer_can_tune(trainer: pl.Trainer, pl_module: pl.LightningModule, options: SketchTuneOptions) -> None:
     """Fail before any work when the set-up cannot produce the monitored metric."""
     if not is_overridden("validation_step", pl_module):
         raise ValueError(f"sketch tuning scores candidates with validation_step, which "
@@ -38,7 +38,7 @@ def check_trainer_can_tune(trainer: "pl.Trainer", pl_module: "pl.LightningModule
                          "with automatic optimization (a manual-optimization step would update the weights)")
 
 
-def nothing_to_tune(pl_module: "pl.LightningModule", options: SketchTuneOptions) -> Optional[str]:
+def nothing_to_tune(pl_module: pl.LightningModule, options: SketchTuneOptions) -> str | None:
     """Why none of ``pl_module``'s layers can be tuned with ``options.configs``, or ``None`` if some can.
 
     Runs the tuner's own config resolution on the (dense) module, before any training, so that a
@@ -91,38 +91,38 @@ class SketchTuneCallback(Callback):
 
     def __init__(
         self,
-        configs: Optional[ConfigsLike] = None,
+        configs: ConfigsLike | None = None,
         monitor: str = "val_acc",
         mode: Mode = "max",
-        accuracy_threshold: Optional[float] = None,
-        max_drop: Optional[float] = None,
+        accuracy_threshold: float | None = None,
+        max_drop: float | None = None,
         objective: Objective = "speed",
         speed_mode: SpeedMode = "inference",
-        n_trials: Optional[int] = None,
-        search_algorithm: Optional[SearchAlgorithm] = None,
+        n_trials: int | None = None,
+        search_algorithm: SearchAlgorithm | None = None,
         seed: int = 0,
-        screen_batches: Optional[int] = None,
+        screen_batches: int | None = None,
         speed_batches: int = 4,
         timing_repeats: int = 15,
         tie_tolerance: float = 0.05,
-        max_total_trials: Optional[int] = None,
-        time_budget_s: Optional[float] = None,
+        max_total_trials: int | None = None,
+        time_budget_s: float | None = None,
         finetune_epochs: int = 0,
         calibration_batches: int = 0,
         share_accuracy_drop: bool = True,
-        plan_path: Optional[str] = None,
+        plan_path: str | None = None,
         verbose: bool = True,
     ) -> None:
         super().__init__()
         self.options = SketchTuneOptions.from_arguments(locals())
-        self.tuner: Optional[SKAutoTuner] = None
-        self.report: Optional[SketchTuneReport] = None
-        self.plan_file: Optional[str] = None
-        self.trials_file: Optional[str] = None
-        self._restored_report: Optional[Dict[str, Any]] = None
+        self.tuner: SKAutoTuner | None = None
+        self.report: SketchTuneReport | None = None
+        self.plan_file: str | None = None
+        self.trials_file: str | None = None
+        self._restored_report: dict[str, Any] | None = None
         #: Why tuning was skipped (found at setup) or failed; ``None`` when it ran.
-        self.failure: Optional[str] = None
-        self._nothing_to_tune: Optional[str] = None
+        self.failure: str | None = None
+        self._nothing_to_tune: str | None = None
         self._monitor_checked = False
 
     @property
@@ -130,7 +130,7 @@ class SketchTuneCallback(Callback):
         return self._generate_state_key(monitor=self.options.monitor, mode=self.options.mode)
 
     @property
-    def best_params(self) -> Dict[str, Dict[str, Any]]:
+    def best_params(self) -> dict[str, dict[str, Any]]:
         """The parameters applied to the model (empty before tuning or if nothing was kept)."""
         if self.report is not None:
             return self.report.best_params
@@ -142,7 +142,7 @@ class SketchTuneCallback(Callback):
         return self.report is not None or self._restored_report is not None
 
     # -- hooks -----------------------------------------------------------------------------------
-    def setup(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", stage: str) -> None:
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         # Runs before a checkpoint's weights are loaded: a sketched checkpoint must load into the dense module.
         install_sketch_loading(pl_module)
         if stage == "fit":
@@ -153,7 +153,7 @@ class SketchTuneCallback(Callback):
                 rank_zero_warn(f"SketchTuneCallback: nothing to tune, the model will stay dense: "
                                f"{self._nothing_to_tune}")
 
-    def on_validation_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Check on the first validation of ``fit`` (the sanity check, if any) that ``monitor`` is logged.
 
         As ``EarlyStopping`` does: a misnamed metric should stop the run before training, not be
@@ -167,7 +167,7 @@ class SketchTuneCallback(Callback):
             raise KeyError(f"validation did not log {self.options.monitor!r} (logged: {available}); "
                            "set SketchTuneCallback(monitor=...) to a metric your validation_step logs")
 
-    def on_train_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.done:
             rank_zero_info("SketchTuneCallback: the model was already tuned (restored from the checkpoint)")
             return
@@ -198,12 +198,12 @@ class SketchTuneCallback(Callback):
             rank_zero_warn(f"SketchTuneCallback: the model stays dense: {why_dense(report, session.tuner.results)}")
 
     # -- checkpointing ---------------------------------------------------------------------------
-    def state_dict(self) -> Dict[str, Any]:
+    def state_dict(self) -> dict[str, Any]:
         if self.report is not None:
             from dataclasses import asdict
 
             return {"report": asdict(self.report)}
         return {"report": self._restored_report}
 
-    def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._restored_report = state_dict.get("report")

@@ -16,15 +16,16 @@ import inspect
 import math
 import re
 import textwrap
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
-from typing import Any, Dict, List, Literal, Mapping, Optional, TypeVar, Union, get_args
+from typing import Any, Literal, TypeVar, get_args
 
 from panther.tuner.configs import LayerConfig, TuningConfigs
 from panther.tuner.search import SearchAlgorithm
 
 #: What ``configs`` may be: a ``TuningConfigs``, ``LayerConfig``s, or their plain-dict (YAML) forms.
 #: Plain-data forms come first so that a command line / YAML list of dicts stays a list of dicts.
-ConfigsLike = Union[List[Dict[str, Any]], Dict[str, Any], TuningConfigs, LayerConfig, List[LayerConfig]]
+ConfigsLike = list[dict[str, Any]] | dict[str, Any] | TuningConfigs | LayerConfig | list[LayerConfig]
 Mode = Literal["max", "min"]
 Objective = Literal["speed", "size"]
 SpeedMode = Literal["inference", "train"]
@@ -51,7 +52,7 @@ class SketchTuneOptions:
     always a ``TuningConfigs`` (``None`` becomes :data:`DEFAULT_CONFIGS`).
     """
 
-    configs: Optional[ConfigsLike] = _option(
+    configs: ConfigsLike | None = _option(
         None, "which layers to tune and their search spaces: a ``TuningConfigs``, a list of ``LayerConfig`` or "
         'of dicts such as ``{"layer_names": {"type": "Linear"}, "params": "auto"}`` (YAML-friendly). '
         'Default: every ``nn.Linear`` (and Hugging Face ``Conv1D``), separately, with ``params="auto"``.')
@@ -59,9 +60,9 @@ class SketchTuneOptions:
         "val_acc", "validation metric deciding whether a candidate is acceptable (logged by ``validation_step``).")
     mode: Mode = _option(
         "max", '``"max"`` if higher ``monitor`` is better (accuracy), ``"min"`` if lower is (loss).')
-    accuracy_threshold: Optional[float] = _option(
+    accuracy_threshold: float | None = _option(
         None, 'absolute bound on ``monitor``: at least this (``mode="max"``) or at most this (``mode="min"``).')
-    max_drop: Optional[float] = _option(
+    max_drop: float | None = _option(
         None, "largest allowed worsening of ``monitor`` relative to the dense model's value, measured at the start "
         "of tuning, in the metric's units (e.g. 0.01 = one point of accuracy). With both bounds the stricter one "
         "applies; with neither, candidates must match the dense value.")
@@ -70,20 +71,20 @@ class SketchTuneOptions:
         'faster than the dense model are rejected) or ``"size"`` (fewest weights).')
     speed_mode: SpeedMode = _option(
         "inference", '``"inference"`` (forward under no_grad) or ``"train"`` (forward + backward) timing.')
-    n_trials: Optional[int] = _option(
+    n_trials: int | None = _option(
         None, f"search trials per tuned layer group (default {DEFAULT_N_TRIALS}); not with ``search_algorithm``.")
-    search_algorithm: Optional[SearchAlgorithm] = _option(
+    search_algorithm: SearchAlgorithm | None = _option(
         None, "a ``panther.tuner`` search algorithm (default ``OptunaSearch(n_trials, seed)``).")
     seed: int = _option(0, "seed of the default search (all DDP ranks must propose the same candidates).")
-    screen_batches: Optional[int] = _option(
+    screen_batches: int | None = _option(
         None, "score candidates on the first N validation batches and re-score those that pass on the full set "
         "(cheaper search); ``None`` scores every candidate on the full set.")
     speed_batches: int = _option(4, "validation batches whose forward inputs are replayed for timing.")
     timing_repeats: int = _option(15, "timed repetitions per measurement (median reported).")
     tie_tolerance: float = _option(
         0.05, "speed-ups within this fraction of 1 are re-measured, longer and interleaved.")
-    max_total_trials: Optional[int] = _option(None, "whole-model trial budget shared by all layer groups.")
-    time_budget_s: Optional[float] = _option(None, "stop starting new trials after this many seconds.")
+    max_total_trials: int | None = _option(None, "whole-model trial budget shared by all layer groups.")
+    time_budget_s: float | None = _option(None, "stop starting new trials after this many seconds.")
     finetune_epochs: int = _option(0, "epochs of recovery training after the sketches are applied (0: none).")
     calibration_batches: int = _option(
         0, "data-aware initialisation: run the first N batches of the training dataloader through "
@@ -94,7 +95,7 @@ class SketchTuneOptions:
     share_accuracy_drop: bool = _option(
         True, "hold each layer group to its share (by weight) of the allowed drop, so the tuned layers meet the "
         "bound together; ``False``: each group may use the whole margin.")
-    plan_path: Optional[str] = _option(
+    plan_path: str | None = _option(
         None, "where to write the applied plan as JSON (default ``<log_dir>/sketch_plan.json``).")
     verbose: bool = _option(
         True, "show tuning progress on rank 0: a progress bar (trials done of the budget, current layer group, best "
@@ -106,7 +107,7 @@ class SketchTuneOptions:
         self._check()
 
     @classmethod
-    def from_arguments(cls, arguments: Mapping[str, Any]) -> "SketchTuneOptions":
+    def from_arguments(cls, arguments: Mapping[str, Any]) -> SketchTuneOptions:
         """The options among a public signature's ``locals()``; raises ``ValueError``/``TypeError`` naming a bad one.
 
         The signatures list every field (checked by the tests), so each is found under its name.
@@ -162,7 +163,7 @@ def _choice(name: str, value: Any, allowed: tuple) -> None:
         raise ValueError(f"{name} must be one of {list(allowed)}, got {value!r}")
 
 
-def _number(name: str, value: Any, minimum: Optional[float], optional: bool = True, strict: bool = False) -> None:
+def _number(name: str, value: Any, minimum: float | None, optional: bool = True, strict: bool = False) -> None:
     if value is None and optional:
         return
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
@@ -171,7 +172,7 @@ def _number(name: str, value: Any, minimum: Optional[float], optional: bool = Tr
         raise ValueError(f"{name} must be {'>' if strict else '>='} {minimum}, got {value!r}")
 
 
-def _integer(name: str, value: Any, minimum: Optional[int], optional: bool = True) -> None:
+def _integer(name: str, value: Any, minimum: int | None, optional: bool = True) -> None:
     if value is None and optional:
         return
     if isinstance(value, bool) or not isinstance(value, int) or (minimum is not None and value < minimum):

@@ -11,9 +11,10 @@ from __future__ import annotations
 import json
 import os
 import warnings
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional
+from typing import Any
 
 import lightning.pytorch as pl
 import torch
@@ -41,23 +42,23 @@ class SketchTuneReport:
     mode: str
     dense_metric: float
     threshold_metric: float
-    best_params: Dict[str, Dict[str, Any]] = field(default_factory=dict)
-    plan: Dict[str, Dict[str, Any]] = field(default_factory=dict)
-    tuned_metric: Optional[float] = None
-    finetuned_metric: Optional[float] = None
+    best_params: dict[str, dict[str, Any]] = field(default_factory=dict)
+    plan: dict[str, dict[str, Any]] = field(default_factory=dict)
+    tuned_metric: float | None = None
+    finetuned_metric: float | None = None
     dense_weights: int = 0
     tuned_weights: int = 0
-    dense_timing: Optional[Dict[str, Any]] = None
-    tuned_timing: Optional[Dict[str, Any]] = None
-    rejected: Optional[str] = None  # why the tuned sketches were not kept
+    dense_timing: dict[str, Any] | None = None
+    tuned_timing: dict[str, Any] | None = None
+    rejected: str | None = None  # why the tuned sketches were not kept
 
     @property
-    def speedup(self) -> Optional[float]:
+    def speedup(self) -> float | None:
         if not self.dense_timing or not self.tuned_timing:
             return None
         return self.dense_timing["median_s"] / self.tuned_timing["median_s"]
 
-    def logged_metrics(self) -> Dict[str, float]:
+    def logged_metrics(self) -> dict[str, float]:
         """Numbers for the trainer's loggers (prefixed ``sketch/``)."""
         metrics = {f"sketch/dense_{self.monitor}": self.dense_metric,
                    "sketch/sketched_layers": float(len(self.plan)),
@@ -71,10 +72,10 @@ class SketchTuneReport:
 
     def table(self) -> str:
         """A small results table: metric, weights and step time, dense versus tuned."""
-        def ms(timing: Optional[Dict[str, Any]]) -> str:
+        def ms(timing: dict[str, Any] | None) -> str:
             return "-" if not timing else f"{timing['median_s'] * 1e3:.3f} ms"
 
-        def num(value: Optional[float]) -> str:
+        def num(value: float | None) -> str:
             return "-" if value is None else f"{value:.4f}"
 
         rows = [("", "dense", "tuned"),
@@ -106,16 +107,16 @@ class SketchTuneSession:
         train_batches: source of training batches for the optional fine-tune and calibration.
     """
 
-    def __init__(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", options: SketchTuneOptions,
-                 train_batches: Optional[Callable[[], Iterable[Any]]] = None) -> None:
+    def __init__(self, trainer: pl.Trainer, pl_module: pl.LightningModule, options: SketchTuneOptions,
+                 train_batches: Callable[[], Iterable[Any]] | None = None) -> None:
         self.trainer, self.pl_module, self.options = trainer, pl_module, options
         self.train_batches = train_batches
-        self.tuner: Optional[SKAutoTuner] = None
-        self.timer: Optional[StepTimer] = None
-        self.dense_timing: Optional[Timing] = None
-        self.dense_layers: Dict[str, nn.Module] = {}
-        self._dense_score: Optional[float] = None
-        self._dense_plan: Optional[str] = None
+        self.tuner: SKAutoTuner | None = None
+        self.timer: StepTimer | None = None
+        self.dense_timing: Timing | None = None
+        self.dense_layers: dict[str, nn.Module] = {}
+        self._dense_score: float | None = None
+        self._dense_plan: str | None = None
         self._threshold = 0.0
         self._progress_bar = progress_bar_setting(trainer)  # now: the session detaches the callbacks
 
@@ -162,7 +163,7 @@ class SketchTuneSession:
         search = opts.search_algorithm
         if search is None:
             search = OptunaSearch(n_trials=opts.n_trials or DEFAULT_N_TRIALS, seed=opts.seed)
-        calibration: Dict[str, Any] = {}
+        calibration: dict[str, Any] = {}
         if opts.calibration_batches:
             calibration = {"calibration_data": calibration_batches(self.trainer, self._train_batches(),
                                                                    opts.calibration_batches),
@@ -205,7 +206,7 @@ class SketchTuneSession:
         report.dense_weights = sum(layer_weights(m) for m in self.dense_layers.values())
         report.tuned_weights = sum(layer_weights(model.get_submodule(n)) for n in self.dense_layers)
 
-    def _drop_slower_groups(self, best: Dict[str, Dict[str, Any]]) -> Dict[str, Dict[str, Any]]:
+    def _drop_slower_groups(self, best: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
         """Keep dense the groups whose best sketch was not measured faster than the dense model."""
         results = self.tuner.results
         for group, layers in results.groups.items():
@@ -242,15 +243,15 @@ class SketchTuneSession:
     def _ab_timing(self, rounds: int = 3) -> tuple:
         """Dense and installed model timed alternately (drift hits both), each over 3x the repeats."""
         assert self.timer is not None
-        dense: List[Timing] = []
-        tuned: List[Timing] = []
+        dense: list[Timing] = []
+        tuned: list[Timing] = []
         for _ in range(rounds):
             with self._dense_installed():
                 dense.append(self.timer.time(self.pl_module))
             tuned.append(self.timer.time(self.pl_module))
         return min(dense, key=lambda t: t.median_s), min(tuned, key=lambda t: t.median_s)
 
-    def _metric(self, max_batches: Optional[int]) -> float:
+    def _metric(self, max_batches: int | None) -> float:
         metrics = run_validation(self.trainer, max_batches)
         return read_metric(metrics, self.options.monitor, self.trainer)
 
@@ -304,7 +305,7 @@ class SketchTuneSession:
         return self.train_batches()
 
 
-def write_plan(report: SketchTuneReport, path: Optional[str], trainer: "pl.Trainer") -> Optional[str]:
+def write_plan(report: SketchTuneReport, path: str | None, trainer: pl.Trainer) -> str | None:
     """Write the applied plan as JSON (rank 0 only); default ``<log_dir>/sketch_plan.json``."""
     if path is None:
         log_dir = trainer.log_dir
@@ -317,7 +318,7 @@ def write_plan(report: SketchTuneReport, path: Optional[str], trainer: "pl.Train
     return path
 
 
-def publish(report: SketchTuneReport, results: TuningResults, trainer: "pl.Trainer") -> None:
+def publish(report: SketchTuneReport, results: TuningResults, trainer: pl.Trainer) -> None:
     """Results table through ``rank_zero_info``; summary numbers and every trial through the trainer's loggers."""
     rank_zero_info("Sketch tuning results\n" + report.table())
     metrics = report.logged_metrics()

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable, Optional
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback
@@ -21,12 +22,12 @@ from panther_lightning.session import SketchTuneReport, SketchTuneSession, publi
 class _TuneAtValidationEnd(Callback):
     """Runs the session once, when the ``validate`` pass that set up device and data ends."""
 
-    def __init__(self, options: SketchTuneOptions, train_batches: Optional[Callable[[], Iterable[Any]]]) -> None:
+    def __init__(self, options: SketchTuneOptions, train_batches: Callable[[], Iterable[Any]] | None) -> None:
         self.options, self.train_batches = options, train_batches
-        self.session: Optional[SketchTuneSession] = None
-        self.report: Optional[SketchTuneReport] = None
+        self.session: SketchTuneSession | None = None
+        self.report: SketchTuneReport | None = None
 
-    def on_validation_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking or self.session is not None:
             return
         self.session = SketchTuneSession(trainer, pl_module, self.options, self.train_batches)
@@ -48,41 +49,41 @@ class SketchTuner(Tuner):
         print(autotuner.summary())  # per-layer trials; tuner.report: dense versus tuned model
     """
 
-    def __init__(self, trainer: "pl.Trainer") -> None:
+    def __init__(self, trainer: pl.Trainer) -> None:
         super().__init__(trainer)
         self._sketch_trainer = trainer  # Tuner keeps its own reference private
-        self.report: Optional[SketchTuneReport] = None  # set by sketch_tune
-        self.plan_file: Optional[str] = None
-        self.trials_file: Optional[str] = None
+        self.report: SketchTuneReport | None = None  # set by sketch_tune
+        self.plan_file: str | None = None
+        self.trials_file: str | None = None
 
     @document_options
     def sketch_tune(
         self,
-        model: "pl.LightningModule",
-        datamodule: Optional["pl.LightningDataModule"] = None,
-        train_dataloaders: Optional[TRAIN_DATALOADERS] = None,
-        val_dataloaders: Optional[EVAL_DATALOADERS] = None,
+        model: pl.LightningModule,
+        datamodule: pl.LightningDataModule | None = None,
+        train_dataloaders: TRAIN_DATALOADERS | None = None,
+        val_dataloaders: EVAL_DATALOADERS | None = None,
         *,
-        configs: Optional[ConfigsLike] = None,
+        configs: ConfigsLike | None = None,
         monitor: str = "val_acc",
         mode: Mode = "max",
-        accuracy_threshold: Optional[float] = None,
-        max_drop: Optional[float] = None,
+        accuracy_threshold: float | None = None,
+        max_drop: float | None = None,
         objective: Objective = "speed",
         speed_mode: SpeedMode = "inference",
-        n_trials: Optional[int] = None,
-        search_algorithm: Optional[SearchAlgorithm] = None,
+        n_trials: int | None = None,
+        search_algorithm: SearchAlgorithm | None = None,
         seed: int = 0,
-        screen_batches: Optional[int] = None,
+        screen_batches: int | None = None,
         speed_batches: int = 4,
         timing_repeats: int = 15,
         tie_tolerance: float = 0.05,
-        max_total_trials: Optional[int] = None,
-        time_budget_s: Optional[float] = None,
+        max_total_trials: int | None = None,
+        time_budget_s: float | None = None,
         finetune_epochs: int = 0,
         calibration_batches: int = 0,
         share_accuracy_drop: bool = True,
-        plan_path: Optional[str] = None,
+        plan_path: str | None = None,
         verbose: bool = True,
     ) -> SKAutoTuner:
         """Tune and apply sketched layers to a trained ``model`` in place; return the ``SKAutoTuner`` that searched.
@@ -132,8 +133,8 @@ class SketchTuner(Tuner):
         return hook.session.tuner
 
 
-def _train_source(datamodule: Optional["pl.LightningDataModule"], train_dataloaders: Optional[TRAIN_DATALOADERS]
-                  ) -> Optional[Callable[[], Iterable[Any]]]:
+def _train_source(datamodule: pl.LightningDataModule | None, train_dataloaders: TRAIN_DATALOADERS | None
+                  ) -> Callable[[], Iterable[Any]] | None:
     """Where the session reads training batches from (each call a fresh iterable), if anywhere."""
     if train_dataloaders is not None:
         return lambda: train_dataloaders

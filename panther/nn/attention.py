@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from typing import Any, Dict, Optional, Tuple
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -28,8 +28,9 @@ from panther.ops.random_features import (
     random_features,
 )
 
+
 # -- cost model ----------------------------------------------------------------------------------
-def attention_is_cheaper(seq_len: int, num_random_features: int, head_dim: int, key_len: Optional[int] = None) -> bool:
+def attention_is_cheaper(seq_len: int, num_random_features: int, head_dim: int, key_len: int | None = None) -> bool:
     """Whether random-feature attention needs fewer multiply-adds per head than exact attention.
 
     Exact attention: ``q kᵀ`` and ``weights·v`` cost ``2·L·S·d``. Random features: ``φ(q)``, ``φ(k)``
@@ -92,8 +93,8 @@ class RandMultiHeadAttention(SketchedModule):
 
     dense_type = nn.MultiheadAttention
     runtime_hyperparameters = frozenset({"dropout", "batch_first", "feature_redraw_interval", "iscausal"})
-    bias_k: Optional[torch.Tensor]
-    bias_v: Optional[torch.Tensor]
+    bias_k: torch.Tensor | None
+    bias_v: torch.Tensor | None
     projection_matrix: torch.Tensor
 
     def __init__(
@@ -104,16 +105,16 @@ class RandMultiHeadAttention(SketchedModule):
         bias: bool = True,
         add_bias_kv: bool = False,
         add_zero_attn: bool = False,
-        kdim: Optional[int] = None,
-        vdim: Optional[int] = None,
+        kdim: int | None = None,
+        vdim: int | None = None,
         batch_first: bool = False,
-        device: Optional[torch.device | str] = None,
-        dtype: Optional[torch.dtype] = None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
         *,
         num_random_features: int = 64,
         kernel_fn: str = "softmax",
-        generator: Optional[torch.Generator] = None,
-        feature_redraw_interval: Optional[int] = None,
+        generator: torch.Generator | None = None,
+        feature_redraw_interval: int | None = None,
         iscausal: bool = False,
     ) -> None:
         super().__init__()
@@ -145,7 +146,7 @@ class RandMultiHeadAttention(SketchedModule):
         self._generator = generator if generator is not None else _generator_seeded_from_global_rng()
         self._forwards_since_redraw = 0
 
-        kw: Dict[str, Any] = {"device": device, "dtype": dtype}
+        kw: dict[str, Any] = {"device": device, "dtype": dtype}
         if self._packed_in_proj:
             self.in_proj_weight = nn.Parameter(torch.empty(3 * embed_dim, embed_dim, **kw))
             self.register_parameter("q_proj_weight", None)
@@ -212,9 +213,9 @@ class RandMultiHeadAttention(SketchedModule):
     # -- conversion ------------------------------------------------------------------------
     @classmethod
     def from_dense(cls, layer: nn.Module, num_random_features: int = 64, kernel_fn: str = "softmax",
-                   generator: Optional[torch.Generator] = None,
-                   feature_redraw_interval: Optional[int] = None,
-                   iscausal: bool = False) -> "RandMultiHeadAttention":
+                   generator: torch.Generator | None = None,
+                   feature_redraw_interval: int | None = None,
+                   iscausal: bool = False) -> RandMultiHeadAttention:
         """A random-feature twin of ``layer`` with copies of its projections, on its device and dtype."""
         if not isinstance(layer, nn.MultiheadAttention):
             raise TypeError(f"RandMultiHeadAttention.from_dense expects an nn.MultiheadAttention, "
@@ -244,12 +245,12 @@ class RandMultiHeadAttention(SketchedModule):
         query: torch.Tensor,
         key: torch.Tensor,
         value: torch.Tensor,
-        key_padding_mask: Optional[torch.Tensor] = None,
+        key_padding_mask: torch.Tensor | None = None,
         need_weights: bool = True,
-        attn_mask: Optional[torch.Tensor] = None,
+        attn_mask: torch.Tensor | None = None,
         average_attn_weights: bool = True,
         is_causal: bool = False,
-    ) -> Tuple[torch.Tensor, None]:
+    ) -> tuple[torch.Tensor, None]:
         """As ``nn.MultiheadAttention.forward``; the weights are always ``None`` (see the class doc).
 
         ``need_weights`` and ``average_attn_weights`` only concern the weights and are accepted for
@@ -280,7 +281,7 @@ class RandMultiHeadAttention(SketchedModule):
         return (out if self.batch_first else out.transpose(0, 1)), None
 
     def _forward_nested(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-                        key_padding_mask: Optional[torch.Tensor], attn_mask: Optional[torch.Tensor],
+                        key_padding_mask: torch.Tensor | None, attn_mask: torch.Tensor | None,
                         is_causal: bool) -> torch.Tensor:
         """Nested (ragged, batch-first) sequences, as ``nn.TransformerEncoder`` passes them in inference:
         run on the zero-padded batch with the padding masked out, then drop the padded positions."""
@@ -297,7 +298,7 @@ class RandMultiHeadAttention(SketchedModule):
         padding = torch.arange(padded_key.shape[1], device=padded_key.device)[None, :] >= key_lengths[:, None]
         out, _ = self.forward(padded_query, padded_key, padded_value, key_padding_mask=padding, need_weights=False,
                               is_causal=is_causal)
-        return torch.nested.as_nested_tensor([row[: q.shape[0]] for row, q in zip(out, query.unbind())])
+        return torch.nested.as_nested_tensor([row[: q.shape[0]] for row, q in zip(out, query.unbind(), strict=True)])
 
     def _check_inputs(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> bool:
         """Validate shapes as ``nn.MultiheadAttention`` expects them; return whether the input is batched."""
@@ -317,7 +318,7 @@ class RandMultiHeadAttention(SketchedModule):
                              f"(batch_first={self.batch_first})")
         return query.dim() == 3
 
-    def _is_causal(self, attn_mask: Optional[torch.Tensor], is_causal: bool, tgt_len: int, src_len: int,
+    def _is_causal(self, attn_mask: torch.Tensor | None, is_causal: bool, tgt_len: int, src_len: int,
                    batch: int) -> bool:
         causal = bool(is_causal) or self.iscausal
         if attn_mask is not None:
@@ -337,7 +338,7 @@ class RandMultiHeadAttention(SketchedModule):
         self._forwards_since_redraw += 1
 
     def _project(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-                 self_attention: bool) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                 self_attention: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The input projections of ``nn.MultiheadAttention`` (one matmul for packed self-attention)."""
         E = self.embed_dim
         b_q, b_k, b_v = (None, None, None) if self.in_proj_bias is None else self.in_proj_bias.split(E)
@@ -350,7 +351,7 @@ class RandMultiHeadAttention(SketchedModule):
         w_q, w_k, w_v = self.in_proj_weight.split(E)
         return F.linear(query, w_q, b_q), F.linear(key, w_k, b_k), F.linear(value, w_v, b_v)
 
-    def _append_global_tokens(self, k: torch.Tensor, v: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, int]:
+    def _append_global_tokens(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
         """Append ``bias_k/bias_v`` and the zero key/value (``add_zero_attn``), seen by every query."""
         batch = k.shape[0]
         extra_k, extra_v = [], []
@@ -364,7 +365,7 @@ class RandMultiHeadAttention(SketchedModule):
             return k, v, 0
         return torch.cat([k, *extra_k], dim=1), torch.cat([v, *extra_v], dim=1), len(extra_k)
 
-    def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, log_weights: Optional[torch.Tensor],
+    def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, log_weights: torch.Tensor | None,
                 causal: bool, num_global: int) -> torch.Tensor:
         """Random-feature attention of projected ``(B, ·, E)`` tensors, in at least float32 and outside autocast."""
         batch, tgt_len = q.shape[:2]
@@ -397,7 +398,7 @@ class RandMultiHeadAttention(SketchedModule):
         return out.transpose(1, 2).reshape(batch, tgt_len, self.embed_dim).to(q.dtype)
 
     # -- bookkeeping -----------------------------------------------------------------------
-    def hyperparameters(self) -> Dict[str, Any]:
+    def hyperparameters(self) -> dict[str, Any]:
         return {"embed_dim": self.embed_dim, "num_heads": self.num_heads, "dropout": self.dropout,
                 "bias": self.in_proj_bias is not None, "add_bias_kv": self.bias_k is not None,
                 "add_zero_attn": self.add_zero_attn, "kdim": self.kdim, "vdim": self.vdim,

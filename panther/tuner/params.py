@@ -20,7 +20,8 @@ from __future__ import annotations
 import abc
 import math
 import numbers
-from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # Optuna is imported only when a distribution is actually requested.
     from optuna.distributions import BaseDistribution
@@ -39,7 +40,7 @@ class ParamSpec(abc.ABC):
         """Value used without tuning (``replace_without_tuning``)."""
 
     @abc.abstractmethod
-    def values(self) -> Optional[List[Any]]:
+    def values(self) -> list[Any] | None:
         """All values in order, or ``None`` when the space is continuous."""
 
     @abc.abstractmethod
@@ -47,11 +48,11 @@ class ParamSpec(abc.ABC):
         """Whether ``value`` lies in this space."""
 
     @abc.abstractmethod
-    def to_optuna(self) -> "BaseDistribution":
+    def to_optuna(self) -> BaseDistribution:
         """The equivalent Optuna distribution (see :meth:`decode` for what it samples)."""
 
     @abc.abstractmethod
-    def to_dict(self) -> Dict[str, Any]:
+    def to_dict(self) -> dict[str, Any]:
         """Plain-dict form, inverse of :meth:`ParamSpec.from_dict`."""
 
     def decode(self, optuna_value: Any) -> Any:
@@ -63,7 +64,7 @@ class ParamSpec(abc.ABC):
         return value
 
     @abc.abstractmethod
-    def _key(self) -> Tuple[Any, ...]:
+    def _key(self) -> tuple[Any, ...]:
         """Fields that define equality."""
 
     def __eq__(self, other: object) -> bool:
@@ -78,7 +79,7 @@ class ParamSpec(abc.ABC):
             return hash((type(self).__name__, len(self._key()[0])))
 
     @staticmethod
-    def from_dict(data: Mapping[str, Any]) -> "ParamSpec":
+    def from_dict(data: Mapping[str, Any]) -> ParamSpec:
         """Build a spec from ``{"type": "categorical"|"int"|"float", ...}``."""
         if not isinstance(data, Mapping):
             raise TypeError(f"a parameter spec dict is required, got {type(data).__name__}: {data!r}")
@@ -108,7 +109,7 @@ class Categorical(ParamSpec):
             )
         if not isinstance(choices, Sequence):
             raise TypeError(f"Categorical choices must be a list or tuple, got {type(choices).__name__}")
-        self.choices: List[Any] = list(choices)  # a list, as in the original Panther
+        self.choices: list[Any] = list(choices)  # a list, as in the original Panther
         if not self.choices:
             raise ValueError("Categorical needs at least one choice")
         self._by_index = _needs_index_encoding(self.choices)
@@ -116,13 +117,13 @@ class Categorical(ParamSpec):
     def default(self) -> Any:
         return self.choices[0]
 
-    def values(self) -> List[Any]:
+    def values(self) -> list[Any]:
         return list(self.choices)
 
     def contains(self, value: Any) -> bool:
         return _index_of(self.choices, value) is not None
 
-    def to_optuna(self) -> "BaseDistribution":
+    def to_optuna(self) -> BaseDistribution:
         from optuna.distributions import CategoricalDistribution
 
         if self._by_index:
@@ -140,10 +141,10 @@ class Categorical(ParamSpec):
             raise ValueError(f"{value!r} is not one of {self!r}")
         return index
 
-    def to_dict(self) -> Dict[str, Any]:
+    def to_dict(self) -> dict[str, Any]:
         return {"type": "categorical", "choices": list(self.choices)}
 
-    def _key(self) -> Tuple[Any, ...]:
+    def _key(self) -> tuple[Any, ...]:
         return (tuple(self.choices),)
 
     def __repr__(self) -> str:
@@ -182,7 +183,7 @@ class Int(ParamSpec):
     def default(self) -> int:
         return self.low
 
-    def values(self) -> List[int]:
+    def values(self) -> list[int]:
         return list(range(self.low, self.high + 1, self.step))
 
     def contains(self, value: Any) -> bool:
@@ -190,20 +191,20 @@ class Int(ParamSpec):
             return False
         return self.low <= value <= self.high and (value - self.low) % self.step == 0
 
-    def to_optuna(self) -> "BaseDistribution":
+    def to_optuna(self) -> BaseDistribution:
         from optuna.distributions import IntDistribution
 
         return IntDistribution(self.low, self.high, log=self.log, step=self.step)
 
-    def to_dict(self) -> Dict[str, Any]:
-        data: Dict[str, Any] = {"type": "int", "low": self.low, "high": self.high}
+    def to_dict(self) -> dict[str, Any]:
+        data: dict[str, Any] = {"type": "int", "low": self.low, "high": self.high}
         if self.step != 1:
             data["step"] = self.step
         if self.log:
             data["log"] = True
         return data
 
-    def _key(self) -> Tuple[Any, ...]:
+    def _key(self) -> tuple[Any, ...]:
         return (self.low, self.high, self.step, self.log)
 
     def __repr__(self) -> str:
@@ -218,7 +219,7 @@ class Float(ParamSpec):
     be ``False`` (Optuna's rules). ``log=True`` needs ``low > 0``.
     """
 
-    def __init__(self, low: float, high: float, step: Optional[float] = None, log: bool = False) -> None:
+    def __init__(self, low: float, high: float, step: float | None = None, log: bool = False) -> None:
         self.low = _as_float("low", low)
         self.high = _as_float("high", high)
         self.step = None if step is None else _as_float("step", step)
@@ -248,7 +249,7 @@ class Float(ParamSpec):
     def default(self) -> float:
         return self.low
 
-    def values(self) -> Optional[List[float]]:
+    def values(self) -> list[float] | None:
         if self.step is None:
             return None
         return [_tidy(self.low + i * self.step) for i in range(self._count)]
@@ -264,20 +265,20 @@ class Float(ParamSpec):
         offset = (value - self.low) / self.step
         return abs(offset - round(offset)) <= _FLOAT_TOL * max(1.0, offset)
 
-    def to_optuna(self) -> "BaseDistribution":
+    def to_optuna(self) -> BaseDistribution:
         from optuna.distributions import FloatDistribution
 
         return FloatDistribution(self.low, self.high, log=self.log, step=self.step)
 
-    def to_dict(self) -> Dict[str, Any]:
-        data: Dict[str, Any] = {"type": "float", "low": self.low, "high": self.high}
+    def to_dict(self) -> dict[str, Any]:
+        data: dict[str, Any] = {"type": "float", "low": self.low, "high": self.high}
         if self.step is not None:
             data["step"] = self.step
         if self.log:
             data["log"] = True
         return data
 
-    def _key(self) -> Tuple[Any, ...]:
+    def _key(self) -> tuple[Any, ...]:
         return (self.low, self.high, self.step, self.log)
 
     def __repr__(self) -> str:
@@ -297,9 +298,9 @@ def as_spec(value: Any) -> ParamSpec:
     )
 
 
-def enumerate_space(space: Mapping[str, ParamSpec]) -> Dict[str, List[Any]]:
+def enumerate_space(space: Mapping[str, ParamSpec]) -> dict[str, list[Any]]:
     """``{name: values}`` for search algorithms that take lists (``accepts_param_specs=False``)."""
-    listed: Dict[str, List[Any]] = {}
+    listed: dict[str, list[Any]] = {}
     for name, spec in space.items():
         values = as_spec(spec).values()
         if values is None:
@@ -347,7 +348,7 @@ def _same(a: Any, b: Any) -> bool:
         return False
 
 
-def _index_of(choices: Sequence[Any], value: Any) -> Optional[int]:
+def _index_of(choices: Sequence[Any], value: Any) -> int | None:
     """Index of ``value``, preferring a same-type match so ``True`` finds ``True`` not ``1``."""
     loose = None
     for i, choice in enumerate(choices):

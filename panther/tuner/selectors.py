@@ -27,11 +27,13 @@ from __future__ import annotations
 
 import difflib
 import re
-from typing import Any, Callable, Dict, List, Mapping, Optional, Pattern, Sequence, Tuple, Union
+from collections.abc import Callable, Mapping, Sequence
+from re import Pattern
+from typing import Any
 
 from torch import nn
 
-Selector = Union[str, Sequence[str], Dict[str, Any]]
+Selector = str | Sequence[str] | dict[str, Any]
 
 _FILTER_KEYS = ("pattern", "type", "contains")
 _PICK_KEYS = ("indices", "range")
@@ -74,7 +76,7 @@ def validate_selector(selector: Any) -> None:
         )
 
 
-def _validate_dict(selector: Dict[str, Any]) -> None:
+def _validate_dict(selector: dict[str, Any]) -> None:
     unknown = set(selector) - set(_FILTER_KEYS + _PICK_KEYS)
     if unknown:
         raise ValueError(f"unknown layer-selector keys {sorted(map(str, unknown))}; "
@@ -106,7 +108,7 @@ def _validate_dict(selector: Dict[str, Any]) -> None:
             raise ValueError("'range' step must not be zero")
 
 
-def _as_list(key: str, value: Any) -> List[Any]:
+def _as_list(key: str, value: Any) -> list[Any]:
     items = list(value) if isinstance(value, (list, tuple)) else [value]
     if not items:
         raise ValueError(f"selector key {key!r} must not be an empty list")
@@ -121,7 +123,7 @@ def _validate_strings(key: str, values: Sequence[Any]) -> None:
             raise TypeError(f"{key} entries must be strings, got {type(value).__name__}: {value!r}")
 
 
-def _type_matcher(kind: Union[type, str]) -> Callable[[nn.Module], bool]:
+def _type_matcher(kind: type | str) -> Callable[[nn.Module], bool]:
     if isinstance(kind, type):
         return lambda module: isinstance(module, kind)
 
@@ -143,20 +145,20 @@ class LayerNameResolver:
             ``None``: every submodule.
     """
 
-    def __init__(self, model: nn.Module, layer_map: Optional[Mapping[str, nn.Module]] = None) -> None:
+    def __init__(self, model: nn.Module, layer_map: Mapping[str, nn.Module] | None = None) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"LayerNameResolver needs an nn.Module, got {type(model).__name__}")
         if layer_map is not None and not isinstance(layer_map, Mapping):
             raise TypeError(f"layer_map must be a mapping of layer names to modules, got {type(layer_map).__name__}")
         self.model = model
-        self.layer_map: Dict[str, nn.Module] = dict(layer_map or {})
+        self.layer_map: dict[str, nn.Module] = dict(layer_map or {})
         self._only = None if layer_map is None else set(self.layer_map)
         for name in self.layer_map:
             self.module(name)  # KeyError with suggestions for a name the model lacks
 
-    def _entries(self, restricted: bool = True) -> List[Tuple[List[str], nn.Module]]:
+    def _entries(self, restricted: bool = True) -> list[tuple[list[str], nn.Module]]:
         """``(all names, module)`` for each distinct submodule, in model order (``layer_map``'s only if restricted)."""
-        by_module: Dict[int, Tuple[List[str], nn.Module]] = {}
+        by_module: dict[int, tuple[list[str], nn.Module]] = {}
         for name, module in self.model.named_modules(remove_duplicate=False):
             if name:
                 by_module.setdefault(id(module), ([], module))[0].append(name)
@@ -165,11 +167,11 @@ class LayerNameResolver:
             entries = [(names, module) for names, module in entries if self._only.intersection(names)]
         return entries
 
-    def names(self) -> List[str]:
+    def names(self) -> list[str]:
         """Each candidate submodule's first name, in model order."""
         return [names[0] for names, _ in self._entries()]
 
-    def aliases(self, name: str) -> List[str]:
+    def aliases(self, name: str) -> list[str]:
         """All names under which the module called ``name`` is reachable, first name first."""
         target = self.module(name)
         return next(list(names) for names, module in self._entries(restricted=False) if module is target)
@@ -189,7 +191,7 @@ class LayerNameResolver:
         """Class name of the submodule called ``name``."""
         return type(self.module(name)).__name__
 
-    def resolve(self, selector: Selector) -> List[str]:
+    def resolve(self, selector: Selector) -> list[str]:
         """Names matched by ``selector``: model order, one name per module object, maybe empty.
 
         Strings are regexes over whole dot-separated name components; lists are unions; dicts AND
@@ -202,17 +204,17 @@ class LayerNameResolver:
         return _pick(selector, matched) if isinstance(selector, dict) else matched
 
 
-Predicate = Callable[[List[str], nn.Module], bool]
+Predicate = Callable[[list[str], nn.Module], bool]
 
 
-def _names_predicate(patterns: Union[str, Sequence[str]]) -> Predicate:
+def _names_predicate(patterns: str | Sequence[str]) -> Predicate:
     regexes = [compile_pattern(p) for p in ([patterns] if isinstance(patterns, str) else patterns)]
     return lambda names, _module: any(regex.search(name) for regex in regexes for name in names)
 
 
-def _dict_predicate(selector: Dict[str, Any]) -> Predicate:
+def _dict_predicate(selector: dict[str, Any]) -> Predicate:
     """AND of the dict's filters (each an OR over its list)."""
-    checks: List[Predicate] = []
+    checks: list[Predicate] = []
     if "pattern" in selector:
         checks.append(_names_predicate(_as_list("pattern", selector["pattern"])))
     if "contains" in selector:
@@ -224,7 +226,7 @@ def _dict_predicate(selector: Dict[str, Any]) -> Predicate:
     return lambda names, module: all(check(names, module) for check in checks)
 
 
-def _pick(selector: Dict[str, Any], matched: List[str]) -> List[str]:
+def _pick(selector: dict[str, Any], matched: list[str]) -> list[str]:
     if "indices" in selector:
         positions = set()
         for index in _as_list("indices", selector["indices"]):

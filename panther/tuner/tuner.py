@@ -43,7 +43,8 @@ from __future__ import annotations
 import logging
 import os
 import warnings
-from typing import Any, Callable, Dict, Iterable, List, Optional, Union
+from collections.abc import Callable, Iterable
+from typing import Any
 
 from torch import nn
 
@@ -104,18 +105,18 @@ class SKAutoTuner:
         accuracy_eval_func: Callable[..., float],
         search_algorithm: Any = None,
         verbose: bool = False,
-        accuracy_threshold: Optional[float] = None,
-        optmization_eval_func: Optional[Callable[..., float]] = None,
+        accuracy_threshold: float | None = None,
+        optmization_eval_func: Callable[..., float] | None = None,
         num_runs_per_param: int = 1,
         *,
-        optimization_eval_func: Optional[Callable[..., float]] = None,
-        max_total_trials: Optional[int] = None,
-        time_budget_s: Optional[float] = None,
+        optimization_eval_func: Callable[..., float] | None = None,
+        max_total_trials: int | None = None,
+        time_budget_s: float | None = None,
         tune_tied: bool = False,
-        calibration_data: Optional[Iterable[Any]] = None,
-        calibration_forward: Optional[Callable[[nn.Module, Any], Any]] = None,
+        calibration_data: Iterable[Any] | None = None,
+        calibration_forward: Callable[[nn.Module, Any], Any] | None = None,
         share_accuracy_drop: bool = True,
-        progress_bar: Optional[bool] = None,
+        progress_bar: bool | None = None,
     ) -> None:
         args.check_model(model)
         speed_func = args.speed_function(optmization_eval_func, optimization_eval_func)
@@ -155,7 +156,7 @@ class SKAutoTuner:
         self._set_configs(configs)
 
     # -- tuning --------------------------------------------------------------------------------
-    def tune(self) -> Dict[str, Dict[str, Any]]:
+    def tune(self) -> dict[str, dict[str, Any]]:
         """Tune every group; the model is left exactly as it was. Returns :meth:`get_best_params`."""
         self.results = self._new_results()
         runner = TrialRunner(self._layers, self.accuracy_eval_func, self.optimization_eval_func,
@@ -199,23 +200,23 @@ class SKAutoTuner:
         groups = {g.name: g for g in self._groups}
         speed = self.optimization_eval_func
 
-        def measure_accuracy(kept: Dict[str, TrialRecord]) -> float:
+        def measure_accuracy(kept: dict[str, TrialRecord]) -> float:
             return runner.measure_composed(kept, groups, self.accuracy_eval_func)
 
-        def measure_speed(kept: Dict[str, TrialRecord]) -> float:
+        def measure_speed(kept: dict[str, TrialRecord]) -> float:
             return runner.measure_composed(kept, groups, speed)  # type: ignore[arg-type]
 
         check = ComposedCheck(self.results, self._dense_weights(), self.accuracy_threshold,  # type: ignore[arg-type]
                               measure_accuracy, measure_speed if speed is not None else None)
         check.run(spend_margin=self.share_accuracy_drop)
 
-    def _threshold_of(self, group: str) -> Optional[float]:
+    def _threshold_of(self, group: str) -> float | None:
         """The accuracy a trial of ``group`` must reach (its share of the drop, or the global threshold)."""
         if self.accuracy_threshold is None:
             return None
         return self.results.group_thresholds.get(group, self.accuracy_threshold)
 
-    def _dense_weights(self) -> Dict[str, int]:
+    def _dense_weights(self) -> dict[str, int]:
         return {g.name: self._layers.dense_weights(g.layers) for g in self._groups}
 
     # -- installing ----------------------------------------------------------------------------
@@ -241,9 +242,9 @@ class SKAutoTuner:
         return self.model
 
     # -- results -------------------------------------------------------------------------------
-    def get_best_params(self) -> Dict[str, Dict[str, Any]]:
+    def get_best_params(self) -> dict[str, dict[str, Any]]:
         """``{layer: params}`` of the selected trial per layer (see the composed check), minus reverted ones."""
-        best: Dict[str, Dict[str, Any]] = {}
+        best: dict[str, dict[str, Any]] = {}
         for group, layers in self.results.groups.items():
             record = self.results.selected_record(group)
             if record is not None:
@@ -251,16 +252,16 @@ class SKAutoTuner:
         return best
 
     @property
-    def reverted_layers(self) -> List[str]:
+    def reverted_layers(self) -> list[str]:
         """Layers whose tuned sketch was dropped because the composed model missed the threshold."""
         return [name for group in self.results.reverted for name in self.results.groups.get(group, [])]
 
-    def best_plan(self) -> Dict[str, Dict[str, Any]]:
+    def best_plan(self) -> dict[str, dict[str, Any]]:
         """The best parameters as a :mod:`panther.nn.rebuild` plan ``{layer: {"type", "params"}}``."""
         return {name: {"type": self._layers.kinds[name].name, "params": params}
                 for name, params in self.get_best_params().items()}
 
-    def save_plan(self, path: Union[str, os.PathLike]) -> None:
+    def save_plan(self, path: str | os.PathLike) -> None:
         """Write :meth:`best_plan` as JSON; ``panther.nn.rebuild.apply_plan`` re-applies it to a fresh model."""
         from panther.nn.rebuild import save_plan
 
@@ -274,11 +275,11 @@ class SKAutoTuner:
         """A table per layer: chosen parameters, accuracy, speed, weights kept and the outcome."""
         return summary_table(self.results)
 
-    def save_tuning_results(self, file_path: Union[str, os.PathLike]) -> None:
+    def save_tuning_results(self, file_path: str | os.PathLike) -> None:
         """Save the results as a pickle of plain data (loading it never runs code)."""
         self.results.save(file_path)
 
-    def load_tuning_results(self, file_path: Union[str, os.PathLike]) -> None:
+    def load_tuning_results(self, file_path: str | os.PathLike) -> None:
         """Load results saved by :meth:`save_tuning_results` for this model's tuned layers."""
         results = TuningResults.load(file_path)
         unknown = {name for layers in results.groups.values() for name in layers} - set(self._layers.originals)
@@ -300,7 +301,7 @@ class SKAutoTuner:
                 if init is not None and "data_svd" in (init.values() or []):
                     raise ValueError(f"{group.name}: init='data_svd' needs calibration_data (batches of real inputs) "
                                      "passed to SKAutoTuner")
-        self._groups: List[TuningGroup] = groups
+        self._groups: list[TuningGroup] = groups
         self._resolved_configs = resolved
         self._skipped = dict(builder.skipped)
         self._layers.remember({name: kind_of(self._layers.dense_of(name)) for g in groups for name in g.layers})
@@ -311,7 +312,7 @@ class SKAutoTuner:
 
     # -- the spec's names (camelCase and its spelling, kept as the API spec writes them) ----------
     @property
-    def optmization_eval_func(self) -> Optional[Callable[..., float]]:  # noqa: N802 - spec spelling
+    def optmization_eval_func(self) -> Callable[..., float] | None:  # noqa: N802 - spec spelling
         """The spec's spelling of :attr:`optimization_eval_func`."""
         return self.optimization_eval_func
 

@@ -15,8 +15,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 torch.set_num_threads(1)
 
 import lightning.pytorch as pl  # noqa: E402
-
 from digits_lightning import DigitsClassifier, DigitsDataModule  # noqa: E402
+
 from panther_lightning import SketchTuneCallback  # noqa: E402
 
 

@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import copy
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 import torch
+from pg_server import postgres  # noqa: F401  (a local PostgreSQL server, for the many-workers tests)
 from torch import nn
 
 from panther.tuner import SearchAlgorithm
-from pg_server import postgres  # noqa: F401  (a local PostgreSQL server, for the many-workers tests)
 
-Tensors = Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
+Tensors = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
 
 
 class DigitsMLP(nn.Module):
@@ -46,7 +47,7 @@ def digits() -> Tensors:
 
 
 @pytest.fixture(scope="session")
-def trained_digits(digits: Tensors) -> Tuple[Dict[str, torch.Tensor], float]:
+def trained_digits(digits: Tensors) -> tuple[dict[str, torch.Tensor], float]:
     """State dict of a trained 64-256-256-10 MLP and its validation accuracy."""
     x_train, y_train, x_val, y_val = digits
     torch.manual_seed(0)
@@ -89,25 +90,25 @@ def accuracy_fn(digits: Tensors) -> Callable[[nn.Module], float]:
 class ScriptedSearch(SearchAlgorithm):
     """Proposes a fixed list of parameter dicts (per group) and records what it is told."""
 
-    def __init__(self, proposals: List[Dict[str, Any]]) -> None:
+    def __init__(self, proposals: list[dict[str, Any]]) -> None:
         self.proposals = [dict(p) for p in proposals]
-        self.groups: List[str] = []
-        self.spaces: List[Dict[str, Any]] = []
-        self.told: List[Tuple[Dict[str, Any], float]] = []
-        self._queue: List[Dict[str, Any]] = []
+        self.groups: list[str] = []
+        self.spaces: list[dict[str, Any]] = []
+        self.told: list[tuple[dict[str, Any], float]] = []
+        self._queue: list[dict[str, Any]] = []
 
-    def initialize(self, param_space: Dict[str, Any]) -> None:
+    def initialize(self, param_space: dict[str, Any]) -> None:
         self.spaces.append(param_space)
         self._queue = [dict(p) for p in self.proposals]
 
-    def start_group(self, group_name: str, param_space: Dict[str, Any]) -> None:
+    def start_group(self, group_name: str, param_space: dict[str, Any]) -> None:
         self.groups.append(group_name)
         self.initialize(param_space)
 
-    def get_next_params(self) -> Optional[Dict[str, Any]]:
+    def get_next_params(self) -> dict[str, Any] | None:
         return self._queue.pop(0) if self._queue else None
 
-    def update(self, params: Dict[str, Any], score: float) -> None:
+    def update(self, params: dict[str, Any], score: float) -> None:
         self.told.append((dict(params), score))
 
     def is_finished(self) -> bool:
@@ -119,10 +120,10 @@ class ScriptedSearch(SearchAlgorithm):
     def load_state(self, filepath: str) -> None:
         raise NotImplementedError
 
-    def get_best_params(self) -> Optional[Dict[str, Any]]:
+    def get_best_params(self) -> dict[str, Any] | None:
         return None
 
-    def get_best_score(self) -> Optional[float]:
+    def get_best_score(self) -> float | None:
         return None
 
     def reset(self) -> None:

@@ -13,15 +13,15 @@ import pwd
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator, List, Optional
 
 import pytest
 
 SUPERUSER = "panther"
 
 
-def find_bindir() -> Optional[Path]:
+def find_bindir() -> Path | None:
     """Folder with ``initdb``/``pg_ctl``: ``$PANTHER_PG_BINDIR``, Debian's layout (newest), or ``PATH``."""
     candidates = [os.environ.get("PANTHER_PG_BINDIR", "")]
     candidates += sorted(glob.glob("/usr/lib/postgresql/*/bin"), key=lambda p: int(Path(p).parent.name),
@@ -34,7 +34,7 @@ def find_bindir() -> Optional[Path]:
     return None
 
 
-def _server_user() -> Optional[pwd.struct_passwd]:
+def _server_user() -> pwd.struct_passwd | None:
     """The unprivileged account to run the server as when we are root (``None``: run as ourselves)."""
     if os.geteuid() != 0:
         return None
@@ -69,7 +69,7 @@ class LocalPostgres:
             raise
 
     def _run(self, program: str, *args: str) -> None:
-        command: List[str] = [str(self.bindir / program), *args]
+        command: list[str] = [str(self.bindir / program), *args]
         if self.user is not None:
             command = ["runuser", "-u", self.user.pw_name, "--", *command]
         result = subprocess.run(command, capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=120)

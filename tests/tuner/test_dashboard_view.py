@@ -10,10 +10,10 @@ import pytest
 import torch
 from optuna.samplers import GridSampler
 from optuna.trial import TrialState
+from sketch_copies import with_sketches
 from torch import nn
 
 from panther.tuner import Categorical, LayerConfig, OptunaSearch, SKAutoTuner, TuningConfigs
-from sketch_copies import with_sketches
 
 RANKS = [2, 4, 8]
 

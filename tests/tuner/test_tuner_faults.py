@@ -12,9 +12,9 @@ import signal
 import optuna
 import pytest
 from optuna.trial import TrialState
+from tuning_worker import RANKS, STUDY, THRESHOLD, finish, start, wait_for
 
 from panther.tuner import OptunaSearch
-from tuning_worker import RANKS, STUDY, THRESHOLD, finish, start, wait_for
 
 
 def kill_when_hanging(worker, out) -> int:
@@ -61,7 +61,7 @@ def test_killed_worker_on_postgres_is_retried_by_the_others(postgres, tmp_path):
         wait_for(out.with_name(out.name + ".ready"), [victim, *survivors])
     go.touch()
     hung_rank = kill_when_hanging(victim, outs[0])
-    results = [finish(worker, out) for worker, out in zip(survivors, outs[1:])]
+    results = [finish(worker, out) for worker, out in zip(survivors, outs[1:], strict=True)]
 
     trials = optuna.load_study(study_name=f"{STUDY}::0", storage=url).trials
     assert ranks_of(trials, TrialState.COMPLETE) == RANKS  # none lost, none counted twice

@@ -7,7 +7,6 @@ with the same seed, as on several machines.
 
 import optuna
 from optuna.trial import TrialState
-
 from tuning_worker import RANKS, STUDY, THRESHOLD, finish, start, wait_for
 
 
@@ -27,7 +26,7 @@ def test_three_workers_on_postgres_split_the_trials_and_agree(postgres, tmp_path
         wait_for(out.with_name(out.name + ".ready"), workers)
     go.touch()  # all three start tuning together
 
-    results = [finish(worker, out) for worker, out in zip(workers, outs)]
+    results = [finish(worker, out) for worker, out in zip(workers, outs, strict=True)]
     single = finish(reference, tmp_path / "alone.json")
 
     evaluated = [r["evaluated"] for r in results]

@@ -24,7 +24,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any
 
 RANKS = list(range(1, 13))
 THRESHOLD = 0.9
@@ -99,13 +99,13 @@ if __name__ == "__main__":
     main()
 
 
-def start(storage: str, out: Path, *options: str) -> "subprocess.Popen[bytes]":
+def start(storage: str, out: Path, *options: str) -> subprocess.Popen[bytes]:
     """Launch this script as a worker process (stdin closed, output kept for failure messages)."""
     return subprocess.Popen([sys.executable, __file__, storage, str(out), *options], stdin=subprocess.DEVNULL,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 
 
-def wait_for(path: Path, workers: List["subprocess.Popen[bytes]"], timeout: float = 120) -> None:
+def wait_for(path: Path, workers: list[subprocess.Popen[bytes]], timeout: float = 120) -> None:
     """Wait until ``path`` exists; fail early with the output of a worker that died meanwhile."""
     deadline = time.monotonic() + timeout
     while not path.exists():
@@ -117,7 +117,7 @@ def wait_for(path: Path, workers: List["subprocess.Popen[bytes]"], timeout: floa
         time.sleep(0.05)
 
 
-def finish(worker: "subprocess.Popen[bytes]", out: Path, timeout: float = 180) -> Dict[str, Any]:
+def finish(worker: subprocess.Popen[bytes], out: Path, timeout: float = 180) -> dict[str, Any]:
     """Wait for a worker to exit cleanly and return what it wrote."""
     output, _ = worker.communicate(timeout=timeout)
     assert worker.returncode == 0, output.decode()

@@ -27,7 +27,8 @@ import os
 import socket
 import threading
 import uuid
-from typing import Any, List, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import optuna
 from optuna.storages import BaseStorage
@@ -70,7 +71,7 @@ def process_gone(token: Any) -> bool:
     return False
 
 
-def heartbeat_enabled(storage: Optional[BaseStorage]) -> bool:
+def heartbeat_enabled(storage: BaseStorage | None) -> bool:
     """Whether ``storage`` records heartbeats (an RDB storage created with ``heartbeat_interval``)."""
     interval = getattr(storage, "get_heartbeat_interval", None)
     return callable(interval) and interval() is not None
@@ -84,7 +85,7 @@ class RetryDeadTrials:
     trial already retried by another worker is not queued again.
     """
 
-    def __init__(self, max_retry: Optional[int] = 3) -> None:
+    def __init__(self, max_retry: int | None = 3) -> None:
         self.max_retry = max_retry
 
     def allows(self, trial: FrozenTrial) -> bool:
@@ -112,7 +113,7 @@ def superseded_numbers(trials: Sequence[FrozenTrial]) -> set:
     return {number for t in trials for number in t.system_attrs.get("retry_history", ())}
 
 
-def budget_trials(trials: Sequence[FrozenTrial]) -> List[FrozenTrial]:
+def budget_trials(trials: Sequence[FrozenTrial]) -> list[FrozenTrial]:
     """The trials that use up ``n_trials``: all but surplus proposals and the trials a retry replaced."""
     replaced = superseded_numbers(trials)
     return [t for t in trials if t.state in _BUDGET_STATES and t.number not in replaced
@@ -136,7 +137,7 @@ def may_still_finish(trial: FrozenTrial, heartbeat: bool) -> bool:
     return heartbeat or (local and not process_gone(token))
 
 
-def retries_pending(trials: Sequence[FrozenTrial], retry: RetryDeadTrials) -> List[FrozenTrial]:
+def retries_pending(trials: Sequence[FrozenTrial], retry: RetryDeadTrials) -> list[FrozenTrial]:
     """Reclaimed trials whose retry is due but not queued yet (the reclaiming worker is about to)."""
     replaced = superseded_numbers(trials)
     return [t for t in trials if t.state == TrialState.FAIL and t.user_attrs.get(RECLAIM_ATTR)

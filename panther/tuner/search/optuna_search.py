@@ -45,7 +45,8 @@ import math
 import os
 import time
 import warnings
-from typing import Any, Dict, Iterator, List, Optional, Union
+from collections.abc import Iterator
+from typing import Any
 
 import optuna
 from optuna.distributions import distribution_to_json, json_to_distribution
@@ -116,17 +117,17 @@ class OptunaSearch(SearchAlgorithm):
     def __init__(
         self,
         n_trials: int = 100,
-        sampler: Optional[BaseSampler] = None,
+        sampler: BaseSampler | None = None,
         direction: str = "maximize",
-        study_name: Optional[str] = None,
-        storage: Union[None, str, BaseStorage] = None,
+        study_name: str | None = None,
+        storage: None | str | BaseStorage = None,
         load_if_exists: bool = False,
-        seed: Optional[int] = None,
-        pruner: Optional[BasePruner] = None,
+        seed: int | None = None,
+        pruner: BasePruner | None = None,
         *,
-        heartbeat_interval: Optional[int] = None,
-        grace_period: Optional[int] = None,
-        max_retry: Optional[int] = 3,
+        heartbeat_interval: int | None = None,
+        grace_period: int | None = None,
+        max_retry: int | None = 3,
     ) -> None:
         if isinstance(n_trials, bool) or not isinstance(n_trials, int) or n_trials < 1:
             raise ValueError(f"n_trials must be a positive integer, got {n_trials!r}")
@@ -155,25 +156,25 @@ class OptunaSearch(SearchAlgorithm):
         self.grace_period = grace_period
         self._retry = RetryDeadTrials(max_retry)
         self._nonce = new_nonce()
-        self._heartbeat: Optional[Heartbeat] = None
+        self._heartbeat: Heartbeat | None = None
         self._storage_arg = storage
-        self._storage: Optional[BaseStorage] = None
-        self._studies: Dict[str, optuna.Study] = {}
-        self._spaces: Dict[str, Dict[str, ParamSpec]] = {}
-        self._restored: Dict[str, optuna.Study] = {}
-        self._last: Optional[optuna.Study] = None
+        self._storage: BaseStorage | None = None
+        self._studies: dict[str, optuna.Study] = {}
+        self._spaces: dict[str, dict[str, ParamSpec]] = {}
+        self._restored: dict[str, optuna.Study] = {}
+        self._last: optuna.Study | None = None
         self._auto_groups = 0
         self._clear_group()
 
     def _clear_group(self) -> None:
-        self._group: Optional[str] = None
-        self._current: Optional[optuna.Study] = None
-        self._pending: Optional[Trial] = None
-        self._pending_params: Optional[Dict[str, Any]] = None
+        self._group: str | None = None
+        self._current: optuna.Study | None = None
+        self._pending: Trial | None = None
+        self._pending_params: dict[str, Any] | None = None
 
     # -- storage and studies -------------------------------------------------------------------
     @staticmethod
-    def journal_storage(path: Union[str, os.PathLike]) -> BaseStorage:
+    def journal_storage(path: str | os.PathLike) -> BaseStorage:
         """A file-based storage that several local processes can share (no database needed)."""
         from optuna.storages import JournalStorage
         from optuna.storages.journal import JournalFileBackend
@@ -181,17 +182,17 @@ class OptunaSearch(SearchAlgorithm):
         return JournalStorage(JournalFileBackend(os.fspath(path)))
 
     @property
-    def study(self) -> Optional[optuna.Study]:
+    def study(self) -> optuna.Study | None:
         """The current layer group's study (the last one after :meth:`reset`)."""
         return self._current if self._current is not None else self._last
 
     @property
-    def studies(self) -> Dict[str, optuna.Study]:
+    def studies(self) -> dict[str, optuna.Study]:
         """Every group's study, by group name."""
         return dict(self._studies)
 
     @property
-    def pending_trial(self) -> Optional[Trial]:
+    def pending_trial(self) -> Trial | None:
         """The trial handed out by :meth:`get_next_params` and not yet reported."""
         return self._pending
 
@@ -199,14 +200,14 @@ class OptunaSearch(SearchAlgorithm):
         """Name of ``group_name``'s study in the storage."""
         return f"{self.study_name}::{group_name}"
 
-    def _resolved_storage(self) -> Optional[BaseStorage]:
+    def _resolved_storage(self) -> BaseStorage | None:
         if self._storage is None and isinstance(self._storage_arg, str):
             self._storage = _connect(self._storage_arg, self._rdb_options())
         elif self._storage is None and self._storage_arg is not None:
             self._storage = optuna.storages.get_storage(self._storage_arg)
         return self._storage
 
-    def _rdb_options(self) -> Dict[str, Any]:
+    def _rdb_options(self) -> dict[str, Any]:
         if self.heartbeat_interval is None:
             return {}
         return {"heartbeat_interval": self.heartbeat_interval, "grace_period": self.grace_period}
@@ -237,12 +238,12 @@ class OptunaSearch(SearchAlgorithm):
         return study
 
     # -- SearchAlgorithm -----------------------------------------------------------------------
-    def initialize(self, param_space: Dict[str, Any]) -> None:
+    def initialize(self, param_space: dict[str, Any]) -> None:
         """Start a group with an automatic name (``group0``, ``group1``, ... per call)."""
         self.start_group(f"group{self._auto_groups}", param_space)
         self._auto_groups += 1
 
-    def start_group(self, group_name: str, param_space: Dict[str, Any]) -> None:
+    def start_group(self, group_name: str, param_space: dict[str, Any]) -> None:
         """Open (or, with ``load_if_exists``/after :meth:`load_state`, reopen) the group's study."""
         if not isinstance(group_name, str) or not group_name:
             raise ValueError(f"group_name must be a non-empty string, got {group_name!r}")
@@ -258,7 +259,7 @@ class OptunaSearch(SearchAlgorithm):
         self._studies[group_name] = study
         self._spaces[group_name] = space
 
-    def get_next_params(self) -> Optional[Dict[str, Any]]:
+    def get_next_params(self) -> dict[str, Any] | None:
         study = self._require_study()
         if self._pending is not None:
             warnings.warn("OptunaSearch: the previous proposal was never reported; marking it failed", stacklevel=2)
@@ -275,7 +276,7 @@ class OptunaSearch(SearchAlgorithm):
         self._pending_params = {name: spec.decode(trial.params[name]) for name, spec in space.items()}
         return dict(self._pending_params)
 
-    def _ask_within_budget(self, study: optuna.Study, space: Dict[str, ParamSpec]) -> Optional[Trial]:
+    def _ask_within_budget(self, study: optuna.Study, space: dict[str, ParamSpec]) -> Trial | None:
         """A new trial inside the budget, or ``None``: a surplus proposal is failed (then see :meth:`_settle`)."""
         with _quiet_optuna(), warnings.catch_warnings():
             # Optuna warns that heartbeats belong to study.optimize(); this class beats itself.
@@ -291,7 +292,7 @@ class OptunaSearch(SearchAlgorithm):
         self._settle(study)  # as is_finished() would have: wait for the other workers' last trials
         return None
 
-    def update(self, params: Dict[str, Any], score: Optional[float]) -> None:
+    def update(self, params: dict[str, Any], score: float | None) -> None:
         """Tell the pending trial its score; ``None``/NaN marks it failed.
 
         Without a pending trial the result is added as a finished trial (a known configuration).
@@ -311,7 +312,7 @@ class OptunaSearch(SearchAlgorithm):
         else:
             self._tell(trial, value=value)
 
-    def add_known(self, params: Dict[str, Any], score: Optional[float], record: Dict[str, Any]) -> None:
+    def add_known(self, params: dict[str, Any], score: float | None, record: dict[str, Any]) -> None:
         """Add a configuration evaluated outside the search (e.g. a probe) as a finished trial.
 
         The tuner's ``record`` travels with it (as for :meth:`publish`), so the study (plots,
@@ -327,18 +328,18 @@ class OptunaSearch(SearchAlgorithm):
             trial.set_user_attr(RECORD_PREFIX + key, attr)
         study.add_trial(trial)
 
-    def planned_trials(self) -> Optional[int]:
+    def planned_trials(self) -> int | None:
         """``n_trials``: each group's budget (all workers sharing the study together)."""
         return self.n_trials
 
-    def publish(self, record: Dict[str, Any]) -> None:
+    def publish(self, record: dict[str, Any]) -> None:
         """Store the tuner's record on the pending trial as ``panther.<field>`` user attributes."""
         if self._pending is None:
             return
         for key, value in record.items():
             self.set_user_attr(RECORD_PREFIX + key, value)
 
-    def known_result(self, params: Dict[str, Any]) -> Optional[KnownResult]:
+    def known_result(self, params: dict[str, Any]) -> KnownResult | None:
         """An earlier trial of the same parameters finished with the tuner's record, by any worker.
 
         Only an earlier trial (lower number) than the pending one is considered, and waited for while
@@ -362,7 +363,7 @@ class OptunaSearch(SearchAlgorithm):
             time.sleep(_SAME_TRIAL_POLL_S)
         return None
 
-    def stored_results(self) -> List[KnownResult]:
+    def stored_results(self) -> list[KnownResult]:
         """The current group's finished trials that carry the tuner's record (a resumed run, other workers)."""
         study = self._current
         if study is None:
@@ -372,7 +373,7 @@ class OptunaSearch(SearchAlgorithm):
                 if _has_record(t) and set(t.params) == set(space)]
 
     @staticmethod
-    def _known(trial: FrozenTrial, space: Dict[str, ParamSpec]) -> KnownResult:
+    def _known(trial: FrozenTrial, space: dict[str, ParamSpec]) -> KnownResult:
         params = {name: space[name].decode(value) for name, value in trial.params.items()}
         record = {key[len(RECORD_PREFIX):]: value for key, value in trial.user_attrs.items()
                   if key.startswith(RECORD_PREFIX)}
@@ -414,14 +415,14 @@ class OptunaSearch(SearchAlgorithm):
                 return spent
             time.sleep(_WAIT_POLL_S)
 
-    def get_best_params(self) -> Optional[Dict[str, Any]]:
+    def get_best_params(self) -> dict[str, Any] | None:
         best = self._best_trial()
         if best is None:
             return None
         space = self._spaces.get(self._group or "", {})
         return {name: space[name].decode(v) if name in space else v for name, v in best.params.items()}
 
-    def get_best_score(self) -> Optional[float]:
+    def get_best_score(self) -> float | None:
         best = self._best_trial()
         return None if best is None else best.value
 
@@ -513,8 +514,8 @@ class OptunaSearch(SearchAlgorithm):
             self._group, self._current = current, self._studies[current]
             self._spaces.setdefault(current, {})
 
-    def _group_state(self, name: str, study: optuna.Study) -> Dict[str, Any]:
-        specs: Optional[Dict[str, Any]] = {k: spec.to_dict() for k, spec in self._spaces.get(name, {}).items()}
+    def _group_state(self, name: str, study: optuna.Study) -> dict[str, Any]:
+        specs: dict[str, Any] | None = {k: spec.to_dict() for k, spec in self._spaces.get(name, {}).items()}
         if not _survives_json(specs):
             specs = None  # choices JSON cannot hold exactly (tuples, classes, ...)
         all_trials = study.get_trials(deepcopy=False)
@@ -546,7 +547,7 @@ class OptunaSearch(SearchAlgorithm):
         if self._pending is not None:
             self._tell(self._take_pending(), state=TrialState.FAIL)
 
-    def _tell(self, trial: Trial, value: Optional[float] = None, state: Optional[TrialState] = None) -> None:
+    def _tell(self, trial: Trial, value: float | None = None, state: TrialState | None = None) -> None:
         study = trial.study
         try:
             with _quiet_optuna():
@@ -557,7 +558,7 @@ class OptunaSearch(SearchAlgorithm):
             if not _is_finished(study, trial.number):
                 raise
 
-    def _best_trial(self) -> Optional[FrozenTrial]:
+    def _best_trial(self) -> FrozenTrial | None:
         study = self._current
         if study is None:
             return None
@@ -566,7 +567,7 @@ class OptunaSearch(SearchAlgorithm):
         except ValueError:  # no completed trial yet
             return None
 
-    def _external_trial(self, params: Dict[str, Any], value: Optional[float]) -> FrozenTrial:
+    def _external_trial(self, params: dict[str, Any], value: float | None) -> FrozenTrial:
         space = self._spaces[self._group]  # type: ignore[index]
         if set(params) != set(space) or not all(space[k].contains(v) for k, v in params.items()):
             raise ValueError(f"update() without a pending trial needs params inside the space {space!r}, "
@@ -584,7 +585,7 @@ def _has_record(trial: FrozenTrial) -> bool:
     return RECORD_PREFIX + "status" in trial.user_attrs
 
 
-def _connect(url: str, options: Dict[str, Any]) -> BaseStorage:
+def _connect(url: str, options: dict[str, Any]) -> BaseStorage:
     """The RDB storage at ``url``, retried while other workers create the tables of a fresh database.
 
     Workers started together on an empty database all try to create Optuna's schema; all but one
@@ -628,7 +629,7 @@ def _quiet_optuna() -> Iterator[None]:
         optuna.logging.set_verbosity(optuna.logging.INFO)
 
 
-def _survives_json(specs: Dict[str, Any]) -> bool:
+def _survives_json(specs: dict[str, Any]) -> bool:
     try:
         loaded = json.loads(json.dumps(specs))
     except (TypeError, ValueError):
@@ -648,7 +649,7 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def _trial_to_json(trial: FrozenTrial) -> Dict[str, Any]:
+def _trial_to_json(trial: FrozenTrial) -> dict[str, Any]:
     return {
         "number": trial.number,
         "state": trial.state.name,
@@ -660,7 +661,7 @@ def _trial_to_json(trial: FrozenTrial) -> Dict[str, Any]:
     }
 
 
-def _trial_from_json(data: Dict[str, Any]) -> FrozenTrial:
+def _trial_from_json(data: dict[str, Any]) -> FrozenTrial:
     state = TrialState[data["state"]]
     return create_trial(
         state=state,

@@ -14,17 +14,18 @@ from __future__ import annotations
 
 import importlib
 import inspect
-from typing import Any, Dict, Hashable, List, Mapping, Optional, Set, Tuple
+from collections.abc import Hashable, Mapping
+from typing import Any
 
 from torch import nn
 
 from panther.tuner.params import Categorical, ParamSpec
 
-Space = Dict[str, ParamSpec]
+Space = dict[str, ParamSpec]
 
 #: Built-in kinds, most specific dense type first (an attention block holds Linear layers).
 _BUILTIN_MODULES = ("panther.kinds.attention", "panther.kinds.conv2d", "panther.kinds.linear")
-_REGISTRY: Dict[str, "LayerKind"] = {}
+_REGISTRY: dict[str, LayerKind] = {}
 _loaded = False
 
 
@@ -41,7 +42,7 @@ class LayerKind:
     data_aware: bool = False
 
     # -- what it replaces ---------------------------------------------------------------------
-    def dense_types(self) -> Tuple[type, ...]:
+    def dense_types(self) -> tuple[type, ...]:
         """The dense classes this kind replaces."""
         raise NotImplementedError
 
@@ -49,7 +50,12 @@ class LayerKind:
         """The class of the replacement module."""
         raise NotImplementedError
 
-    def dense_type_of(self, layer: nn.Module) -> Optional[type]:
+    def replacements(self) -> tuple[type, ...]:
+        """Every class :meth:`build` may return: :meth:`replacement` first, then any a parameter picks
+        (``SKLinear``'s ``quantize=True`` builds int8 modules), so plans and checkpoints know them all."""
+        return (self.replacement(),)
+
+    def dense_type_of(self, layer: nn.Module) -> type | None:
         return next((t for t in self.dense_types() if isinstance(layer, t)), None)
 
     def accepts(self, layer: nn.Module) -> bool:
@@ -66,20 +72,25 @@ class LayerKind:
             module.reset_parameters()
         return module
 
-    def parameter_names(self) -> Optional[Set[str]]:
+    def parameter_names(self) -> set[str] | None:
         """Keyword arguments :meth:`build` accepts in ``params`` (``None``: any)."""
         parameters = list(inspect.signature(self.replacement().from_dense).parameters.values())[1:]
         if any(p.kind is p.VAR_KEYWORD for p in parameters):
             return None
         return {p.name for p in parameters}
 
-    def plan_params(self, module: nn.Module) -> Dict[str, Any]:
+    def plan_params(self, module: nn.Module) -> dict[str, Any]:
         """The plan's ``"params"`` for an installed replacement (what :meth:`build` needs again)."""
         return module.sketch_params()  # type: ignore[operator]
 
-    def plan_params_from_state(self, hyperparameters: Mapping[str, Any]) -> Dict[str, Any]:
-        """The plan's ``"params"`` recovered from the ``_extra_state`` a state dict carries."""
-        return self.replacement().sketch_params_of(dict(hyperparameters))
+    def plan_params_from_state(self, hyperparameters: Mapping[str, Any],
+                               class_name: str | None = None) -> dict[str, Any]:
+        """The plan's ``"params"`` recovered from the ``_extra_state`` a state dict carries.
+
+        ``class_name`` is that state's ``"class"``: which of :meth:`replacements` wrote it.
+        """
+        cls = next((c for c in self.replacements() if c.__name__ == class_name), self.replacement())
+        return cls.sketch_params_of(dict(hyperparameters))
 
     # -- cost and search ----------------------------------------------------------------------
     def is_cheaper(self, dense: nn.Module, params: Mapping[str, Any]) -> bool:
@@ -90,7 +101,7 @@ class LayerKind:
         """Layers with equal keys share one ``"auto"`` space."""
         raise NotImplementedError
 
-    def auto_space(self, dense: nn.Module, copy_weights: bool, data_aware: bool) -> Optional[Space]:
+    def auto_space(self, dense: nn.Module, copy_weights: bool, data_aware: bool) -> Space | None:
         """The ``params="auto"`` space: only cheaper configurations; ``None`` when "auto" cannot help."""
         return None
 
@@ -108,13 +119,13 @@ def unregister(name: str) -> None:
     _REGISTRY.pop(name, None)
 
 
-def all_kinds() -> List[LayerKind]:
+def all_kinds() -> list[LayerKind]:
     """Registered kinds, the built-in ones in their matching order first."""
     _load_builtins()
     return list(_REGISTRY.values())
 
 
-def kind_of(layer: nn.Module) -> Optional[LayerKind]:
+def kind_of(layer: nn.Module) -> LayerKind | None:
     """The kind replacing ``layer``, or ``None`` (see :meth:`LayerKind.accepts`)."""
     for kind in all_kinds():
         if kind.dense_type_of(layer) is not None:
@@ -131,12 +142,18 @@ def kind_named(name: str) -> LayerKind:
         raise ValueError(f"unknown layer type {name!r}; known: {sorted(_REGISTRY)}") from None
 
 
-def kind_of_replacement(module: nn.Module) -> Optional[LayerKind]:
+def kind_of_replacement(module: nn.Module) -> LayerKind | None:
     """The kind whose replacement ``module`` is (to describe an installed layer in a plan)."""
-    return next((k for k in all_kinds() if type(module) is k.replacement()), None)
+    return next((k for k in all_kinds() if type(module) in k.replacements()), None)
 
 
-def rank_grid(is_cheaper: Any, upper: int) -> List[int]:
+def kind_of_class_name(class_name: Any) -> LayerKind | None:
+    """The kind one of whose :meth:`~LayerKind.replacements` is called ``class_name`` (a state dict's
+    ``_extra_state`` names the class, not the kind)."""
+    return next((k for k in all_kinds() if any(c.__name__ == class_name for c in k.replacements())), None)
+
+
+def rank_grid(is_cheaper: Any, upper: int) -> list[int]:
     """Ascending ``1, 2, 3, 4, 6, 8, 12, 16, ...`` up to ``upper``, keeping ranks that pass the check."""
     grid, power = [], 1
     while power <= upper:
@@ -147,7 +164,7 @@ def rank_grid(is_cheaper: Any, upper: int) -> List[int]:
     return grid
 
 
-def rank_space(ranks: List[int], copy_weights: bool, data_aware: bool) -> Optional[Space]:
+def rank_space(ranks: list[int], copy_weights: bool, data_aware: bool) -> Space | None:
     """The "auto" space of a low-rank kind: one term, the cheaper ranks, the init that fits."""
     if not ranks:
         return None

@@ -6,7 +6,8 @@ space for it: tune it with explicit ``num_random_features`` / ``kernel_fn`` choi
 
 from __future__ import annotations
 
-from typing import Any, Hashable, Mapping, Tuple
+from collections.abc import Hashable, Mapping
+from typing import Any
 
 from torch import nn
 
@@ -16,7 +17,7 @@ from panther.kinds import LayerKind, register
 class AttentionKind(LayerKind):
     name = "RandMultiHeadAttention"
 
-    def dense_types(self) -> Tuple[type, ...]:
+    def dense_types(self) -> tuple[type, ...]:
         return (nn.MultiheadAttention,)
 
     def replacement(self) -> type:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Hashable, Mapping, Optional, Tuple
+from collections.abc import Hashable, Mapping
+from typing import Any
 
 from torch import nn
 
@@ -13,7 +14,7 @@ class Conv2dKind(LayerKind):
     name = "SKConv2d"
     data_aware = True
 
-    def dense_types(self) -> Tuple[type, ...]:
+    def dense_types(self) -> tuple[type, ...]:
         return (nn.Conv2d,)
 
     def replacement(self) -> type:
@@ -32,7 +33,7 @@ class Conv2dKind(LayerKind):
         assert isinstance(dense, nn.Conv2d)
         return ("Conv2d", dense.in_channels, dense.out_channels, tuple(dense.kernel_size), dense.groups)
 
-    def auto_space(self, dense: nn.Module, copy_weights: bool, data_aware: bool) -> Optional[Space]:
+    def auto_space(self, dense: nn.Module, copy_weights: bool, data_aware: bool) -> Space | None:
         assert isinstance(dense, nn.Conv2d)
         fan_in = dense.in_channels // dense.groups * dense.kernel_size[0] * dense.kernel_size[1]
         ranks = rank_grid(lambda k: self.is_cheaper(dense, {"low_rank": k}),

@@ -6,6 +6,8 @@ _EXPORTS = {
     "SKLinear": ".linear",
     "SKConv2d": ".conv",
     "RandMultiHeadAttention": ".attention",
+    "Int8Linear": ".quantized",
+    "Int8SKLinear": ".quantized",
     "SketchedModule": ".base",
     "rebuild_sketched_layers": ".rebuild",
 }

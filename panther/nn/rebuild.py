@@ -13,23 +13,24 @@ from __future__ import annotations
 import json
 import os
 import warnings
-from typing import Any, Dict, List, Mapping, Optional, Union
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 from torch import nn
 
-from panther.kinds import kind_named
+from panther.kinds import kind_named, kind_of_class_name
 
-Plan = Dict[str, Dict[str, Any]]
+Plan = dict[str, dict[str, Any]]
 _EXTRA_STATE_SUFFIX = "._extra_state"
 
 
-def module_paths(model: nn.Module, target: nn.Module) -> List[str]:
+def module_paths(model: nn.Module, target: nn.Module) -> list[str]:
     """Every dotted name under which ``target`` is reachable in ``model`` (shared modules have several)."""
     return [name for name, module in model.named_modules(remove_duplicate=False) if module is target and name]
 
 
-def replace_module(model: nn.Module, name: str, new: nn.Module) -> List[str]:
+def replace_module(model: nn.Module, name: str, new: nn.Module) -> list[str]:
     """Put ``new`` wherever the module called ``name`` sits (all its aliases); return those names.
 
     A module shared under two names stays shared: both names get the same new module.
@@ -68,7 +69,7 @@ def validate_plan(plan: Any) -> Plan:
     return dict(plan)
 
 
-def apply_plan(model: nn.Module, plan: Plan, input_covs: Optional[Mapping[str, torch.Tensor]] = None) -> nn.Module:
+def apply_plan(model: nn.Module, plan: Plan, input_covs: Mapping[str, torch.Tensor] | None = None) -> nn.Module:
     """Replace the dense layers named in ``plan`` by their sketched versions (in place).
 
     Weights are copied from each dense layer with ``from_dense``. Layers already sketched as
@@ -82,7 +83,7 @@ def apply_plan(model: nn.Module, plan: Plan, input_covs: Optional[Mapping[str, t
         except AttributeError:
             raise ValueError(f"plan names layer {name!r}, which the model does not have") from None
         kind = kind_named(entry["type"])
-        if isinstance(layer, kind.replacement()):
+        if isinstance(layer, kind.replacements()):
             continue
         if kind.dense_type_of(layer) is None:
             raise ValueError(f"plan maps {name!r} to {kind.name}, but it is a {type(layer).__name__}")
@@ -106,17 +107,15 @@ def plan_from_state_dict(state_dict: Mapping[str, Any]) -> Plan:
     for key, value in state_dict.items():
         if not (key.endswith(_EXTRA_STATE_SUFFIX) and isinstance(value, Mapping)):
             continue
-        try:
-            kind = kind_named(value.get("class"))  # type: ignore[arg-type]
-        except ValueError:  # extra state of some other module
-            continue
-        if isinstance(value.get("hyperparameters"), Mapping):
+        kind = kind_of_class_name(value.get("class"))
+        if kind is not None and isinstance(value.get("hyperparameters"), Mapping):  # else: some other module's
             name = key[: -len(_EXTRA_STATE_SUFFIX)]
-            plan[name] = {"type": kind.name, "params": kind.plan_params_from_state(value["hyperparameters"])}
+            plan[name] = {"type": kind.name,
+                          "params": kind.plan_params_from_state(value["hyperparameters"], value["class"])}
     return plan
 
 
-def rebuild_sketched_layers(model: nn.Module, source: Union[Mapping[str, Any], str, os.PathLike]) -> nn.Module:
+def rebuild_sketched_layers(model: nn.Module, source: Mapping[str, Any] | str | os.PathLike) -> nn.Module:
     """Give a dense ``model`` the sketched layers described by ``source``, so it can load their weights.
 
     ``source`` is a sketched model's state dict, a plan, or a path to a plan JSON file. Afterwards
@@ -133,13 +132,13 @@ def rebuild_sketched_layers(model: nn.Module, source: Union[Mapping[str, Any], s
         return apply_plan(model, plan)
 
 
-def save_plan(plan: Plan, path: Union[str, os.PathLike]) -> None:
+def save_plan(plan: Plan, path: str | os.PathLike) -> None:
     """Write a plan as JSON (human-readable, safe to load)."""
     with open(path, "w", encoding="utf-8") as handle:
         json.dump(validate_plan(plan), handle, indent=2, sort_keys=False)
 
 
-def load_plan(path: Union[str, os.PathLike]) -> Plan:
+def load_plan(path: str | os.PathLike) -> Plan:
     """Read and validate a plan JSON file."""
     with open(path, encoding="utf-8") as handle:
         return validate_plan(json.load(handle))

@@ -36,6 +36,7 @@ def test_two_process_ddp_tuning_agrees_across_ranks(tmp_path, calibration_batche
     assert inits == ({"data_svd"} if calibration_batches else {"svd"})
     # progress and the trials table come from rank 0 only (both ranks share stdout and the output folder)
     assert ranks[0]["trials"] == ranks[1]["trials"] > 0
-    assert len(re.findall(r"^\[net\.\d\] trial \d+:", completed.stdout, flags=re.MULTILINE)) == ranks[0]["trials"]
+    # (not anchored at line starts: under load the two ranks' output may interleave within a line)
+    assert len(re.findall(r"\[net\.\d\] trial \d+:", completed.stdout)) == ranks[0]["trials"]
     with open(tmp_path / "sketch_trials.csv", newline="") as handle:
         assert len(list(csv.DictReader(handle))) == ranks[0]["trials"]  # one layer per group

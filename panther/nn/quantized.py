@@ -1,0 +1,230 @@
+"""Int8 stand-ins for a linear layer: ``Int8Linear`` (dense weight) and ``Int8SKLinear`` (a sketch's factors).
+
+Both are inference layers built from a trained layer (``from_dense``). Their state is plain
+tensors (int8 weights, float32 per-channel scales, float32 bias, all buffers) plus the usual
+``_extra_state`` of hyperparameters, so a checkpoint loads with ``torch.load(weights_only=True)``
+and :func:`panther.nn.rebuild.rebuild_sketched_layers` rebuilds them like any sketched layer. The
+int8 products themselves are :mod:`panther.nn.int8`'s.
+
+Without gradients (``eval``, ``no_grad``) the int8 kernel runs. When the input needs a gradient (a
+layer before this one is trained) the layer computes with its dequantized weights in float32 instead:
+the kernel has no backward and would silently cut the gradient. The int8 weights stay frozen.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from panther.nn.base import SketchedModule, SketchedWeight, check_positive_int
+from panther.nn.dense import is_linear_like, linear_dims, linear_weight
+from panther.nn.int8 import dequantize, int8_available, int8_linear, pack, quantize_per_channel
+from panther.nn.linear import SKLinear
+
+#: ``(int8 weight, scales, bias or None)`` of one int8 product ``x·Wᵀ + b``.
+Factor = tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]
+
+
+class _Int8Chain(SketchedModule):
+    """``y = x·W1ᵀ·W2ᵀ··· + b``: int8 factors applied in turn (the last one adds the bias)."""
+
+    dense_type = nn.Linear
+    in_features: int
+    out_features: int
+    _pack_cache: tuple | None = None  # (buffers, their versions, packed factors), see _packs
+
+    def _factors(self) -> Sequence[Factor]:
+        raise NotImplementedError
+
+    def _register_factor(self, prefix: str, rows: int, cols: int, device: Any) -> None:
+        self.register_buffer(f"{prefix}_int8", torch.zeros(rows, cols, dtype=torch.int8, device=device))
+        self.register_buffer(f"{prefix}_scale", torch.ones(rows, device=device))
+
+    def _set_factor(self, prefix: str, weight: torch.Tensor) -> None:
+        q, scale = quantize_per_channel(weight)
+        getattr(self, f"{prefix}_int8").copy_(q)
+        getattr(self, f"{prefix}_scale").copy_(scale)
+
+    def _register_bias(self, bias: bool, device: Any) -> None:
+        self.register_buffer("bias", torch.zeros(self.out_features, device=device) if bias else None)
+
+    # -- forward ---------------------------------------------------------------------------
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        if input.is_nested:  # e.g. inside torch's TransformerEncoder on padded batches
+            return torch.nested.as_nested_tensor([self(c) for c in input.unbind()], layout=input.layout)
+        if input.shape[-1] != self.in_features:
+            raise ValueError(f"{type(self).__name__} expected last dimension {self.in_features}, "
+                             f"got shape {tuple(input.shape)}")
+        x = input.reshape(-1, self.in_features)
+        if torch.is_grad_enabled() and input.requires_grad:
+            for q, scale, bias in self._factors():
+                x = F.linear(x.float(), dequantize(q, scale), None if bias is None else bias.float())
+        else:
+            if not int8_available(x.device):
+                raise RuntimeError(f"{type(self).__name__} runs its int8 kernel on CPU only, got an input on "
+                                   f"{x.device}; use to_dense() for other devices")
+            for packed in self._packs():
+                x = int8_linear(x, packed)
+        return x.to(input.dtype).view(*input.shape[:-1], self.out_features)
+
+    def _packs(self) -> list[Any]:
+        """The kernel's packed factors, cached while the buffers are the same tensors, unchanged."""
+        tensors = tuple(t for factor in self._factors() for t in factor if t is not None)
+        try:
+            versions = tuple(t._version for t in tensors)
+        except RuntimeError:  # built under torch.inference_mode: no version counter, so no safe cache
+            return [pack(*factor) for factor in self._factors()]
+        cache = self._pack_cache
+        if cache is not None and cache[1] == versions and all(a is b for a, b in zip(cache[0], tensors, strict=True)):
+            return cache[2]
+        packs = [pack(*factor) for factor in self._factors()]
+        self._pack_cache = (tensors, versions, packs)  # holding the tensors keeps identities unique
+        return packs
+
+    # -- conversion and bookkeeping --------------------------------------------------------
+    def to_dense(self) -> nn.Linear:
+        """The ``nn.Linear`` with the dequantized weight (no activation quantization)."""
+        weight = None
+        for q, scale, _ in self._factors():
+            factor = dequantize(q, scale)
+            weight = factor if weight is None else factor @ weight
+        dense = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None, device=weight.device)
+        with torch.no_grad():
+            dense.weight.copy_(weight)
+            if self.bias is not None:
+                dense.bias.copy_(self.bias)
+        return dense
+
+    @property
+    def weight(self) -> SketchedWeight:
+        """Metadata of the ``(out_features, in_features)`` float weight for parents that read it."""
+        return self._sketched_weight((self.out_features, self.in_features), self._factors()[0][1])
+
+    def _apply(self, fn, recurse=True):  # type: ignore[override]
+        self._pack_cache = None  # moves make new storages; drop the packed copies of the old ones
+        return super()._apply(fn, recurse)
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(super().__getstate__() if hasattr(super(), "__getstate__") else self.__dict__)
+        state["_pack_cache"] = None  # the packed form is an opaque kernel object: rebuild, never pickle
+        return state
+
+
+class Int8Linear(_Int8Chain):
+    """``nn.Linear`` with an int8 weight (one scale per output channel); activations quantized per call.
+
+    Plan params: ``{"low_rank": None, "quantize": True}`` (the full-rank weight, quantized).
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True,
+                 device: torch.device | str | None = None) -> None:
+        super().__init__()
+        self.in_features = check_positive_int("in_features", in_features)
+        self.out_features = check_positive_int("out_features", out_features)
+        self._register_factor("weight", out_features, in_features, device)
+        self._register_bias(bias, device)
+
+    @classmethod
+    def from_dense(cls, layer: nn.Module) -> Int8Linear:
+        """Quantize a (trained) ``nn.Linear`` or ``transformers`` ``Conv1D``."""
+        if not is_linear_like(layer):
+            raise TypeError(f"Int8Linear.from_dense expects an nn.Linear (or a transformers Conv1D), "
+                            f"got {type(layer).__name__}")
+        weight = linear_weight(layer)
+        module = cls(*linear_dims(layer), bias=layer.bias is not None, device=weight.device)
+        module._set_factor("weight", weight)
+        if layer.bias is not None:
+            module.bias.copy_(layer.bias.detach())
+        return module
+
+    def reset_parameters(self, generator: torch.Generator | None = None) -> None:
+        """Quantize a fresh ``nn.Linear`` initialisation (Kaiming-uniform weight, uniform bias)."""
+        weight = torch.empty(self.out_features, self.in_features, device=self.weight_scale.device)
+        nn.init.kaiming_uniform_(weight, a=math.sqrt(5), generator=generator)
+        self._set_factor("weight", weight)
+        if self.bias is not None:
+            bound = 1 / math.sqrt(self.in_features)
+            nn.init.uniform_(self.bias, -bound, bound, generator=generator)
+
+    def _factors(self) -> Sequence[Factor]:
+        return ((self.weight_int8, self.weight_scale, self.bias),)
+
+    def hyperparameters(self) -> dict[str, Any]:
+        return {"in_features": self.in_features, "out_features": self.out_features, "bias": self.bias is not None}
+
+    @classmethod
+    def sketch_params_of(cls, hyperparameters: dict[str, Any]) -> dict[str, Any]:
+        return {"low_rank": None, "quantize": True}
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
+
+
+class Int8SKLinear(_Int8Chain):
+    r"""An :class:`~panther.nn.SKLinear` with both factors int8: ``y = (x·W1ᵀ)·W2ᵀ + b``.
+
+    The sketch computes ``x·A·B/(2T)`` with ``A (d_in, r)``, ``B (r, d_out)``, ``r = 2·T·k``. Its
+    columns have very different scales (an SVD init puts the singular values into half of ``A``'s
+    columns and half of ``B``'s rows), so per-tensor scales round the small ones away. Here each
+    column of ``A`` is normalised to unit length and its norm moved into ``B``'s row
+    (``W1 = (A·D⁻¹)ᵀ``, ``W2 = (D·B/(2T))ᵀ``): the intermediate ``x·W1ᵀ``, quantized per tensor, has
+    columns of comparable scale (as close as equalising them on real inputs, measured), and both
+    factors get per-channel scales. ``bench/bench_int8.py`` measures the effect: the error the factors
+    add drops two- to threefold against per-tensor scales.
+
+    Plan params: those of the ``SKLinear`` plus ``"quantize": True``.
+    """
+
+    def __init__(self, in_features: int, out_features: int, num_terms: int, low_rank: int, bias: bool = True,
+                 device: torch.device | str | None = None, *, init: str = "svd") -> None:
+        super().__init__()
+        self.in_features = check_positive_int("in_features", in_features)
+        self.out_features = check_positive_int("out_features", out_features)
+        self.num_terms = check_positive_int("num_terms", num_terms)
+        self.low_rank = check_positive_int("low_rank", low_rank)
+        self.init = init
+        rank = 2 * num_terms * low_rank
+        self._register_factor("first", rank, in_features, device)
+        self._register_factor("second", out_features, rank, device)
+        self._register_bias(bias, device)
+
+    @classmethod
+    def from_sketch(cls, sketch: SKLinear) -> Int8SKLinear:
+        """Quantize the factors of ``sketch`` (see the class docstring for the balancing)."""
+        A, B = sketch._packed_factors()  # the sketch's own product is x·A·B/(2T)
+        A, B = A.detach().float(), B.detach().float() / (2 * sketch.num_terms)
+        norms = A.norm(dim=0).clamp_min(torch.finfo(torch.float32).tiny)
+        module = cls(sketch.in_features, sketch.out_features, sketch.num_terms, sketch.low_rank,
+                     bias=sketch.bias is not None, device=A.device, init=sketch.init)
+        module._set_factor("first", (A / norms).T)
+        module._set_factor("second", (B * norms[:, None]).T)
+        if sketch.bias is not None:
+            module.bias.copy_(sketch.bias.detach())
+        return module
+
+    @classmethod
+    def from_dense(cls, layer: nn.Module, num_terms: int = 1, low_rank: int = 16, init: str = "svd",
+                   input_cov: torch.Tensor | None = None,
+                   generator: torch.Generator | None = None) -> Int8SKLinear:
+        """Sketch ``layer`` as :meth:`SKLinear.from_dense` does, then quantize the factors."""
+        return cls.from_sketch(SKLinear.from_dense(layer, num_terms, low_rank, init, input_cov, generator))
+
+    def _factors(self) -> Sequence[Factor]:
+        return ((self.first_int8, self.first_scale, None), (self.second_int8, self.second_scale, self.bias))
+
+    def hyperparameters(self) -> dict[str, Any]:
+        return {"in_features": self.in_features, "out_features": self.out_features, "num_terms": self.num_terms,
+                "low_rank": self.low_rank, "bias": self.bias is not None, "init": self.init}
+
+    @classmethod
+    def sketch_params_of(cls, hyperparameters: dict[str, Any]) -> dict[str, Any]:
+        return {**super().sketch_params_of(hyperparameters), "quantize": True}
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, num_terms={self.num_terms}, "
+                f"low_rank={self.low_rank}, bias={self.bias is not None}, init={self.init!r}")

@@ -19,7 +19,7 @@ from panther.kinds import kind_of
 from panther.tuner.auto import ParamsResolver
 from panther.tuner.configs import LayerConfig, TuningConfigs
 from panther.tuner.layers import attention_internals, tied_layers, unsupported_reason
-from panther.tuner.params import ParamSpec
+from panther.tuner.params import ParamSpec, enumerate_space
 from panther.tuner.selectors import LayerNameResolver
 
 logger = logging.getLogger(__name__)
@@ -136,10 +136,10 @@ class GroupBuilder:
                 raise ValueError(f"configs[{index}]: {kind.name} (for {name!r}) has no parameter "  # type: ignore[union-attr]
                                  f"{sorted(unknown)}; it accepts {sorted(accepted)}")  # type: ignore[arg-type]
         if not self.accepts_param_specs:
-            continuous = [p for p, spec in space.items() if spec.values() is None]
-            if continuous:
-                raise ValueError(f"configs[{index}]: parameter(s) {continuous} are continuous, but the search "
-                                 "algorithm only takes finite value lists; give Float a step or use OptunaSearch")
+            try:
+                enumerate_space(space)  # the form such a search gets (see param_space_for)
+            except ValueError as exc:
+                raise ValueError(f"configs[{index}]: {exc}") from None
 
     def _auto_groups(self, index: int, config: LayerConfig,
                      names: list[str]) -> tuple[list[TuningGroup], list[LayerConfig]]:

@@ -34,7 +34,7 @@ import optuna
 from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, TrialState, create_trial
 
-logger = logging.getLogger("panther.tuner")
+logger = logging.getLogger(__name__)
 
 #: User attribute holding the token of the worker evaluating a trial (the tuner writes the same key).
 WORKER_ATTR = "panther.worker"

@@ -1,0 +1,76 @@
+"""Per-layer error curves: the output error of every rank of a linear layer, from one SVD.
+
+The sketched layers the tuner builds with ``init="svd"`` / ``"data_svd"`` are the best rank-``r``
+approximations of the dense weight (``r = 2·num_terms·low_rank``, see ``SKLinear``), so their damage
+is known before they are built (Eckart–Young):
+
+- without input statistics, the relative error of ``x ↦ x·Wᵀ`` for isotropic inputs is
+  ``err(r)² = Σ_{i>r} σ_i² / Σ_i σ_i²`` over the singular values of ``W``;
+- with the input second moment ``C = E[x xᵀ]``, ``E‖x·(W − Ŵ)ᵀ‖² / E‖x·Wᵀ‖²`` follows the same
+  formula over the singular values of the whitened weight ``W·C^{1/2}``, which is what ``"data_svd"``
+  truncates.
+
+The spectrum comes from :func:`panther.nn.factorize.low_rank_basis`, so it is the very decomposition
+(same whitening ridge, same working precision) the layer will be built from, and its content-keyed
+cache makes the later ``from_dense`` calls of the same layer free.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+
+from panther.nn.dense import linear_dims, linear_weight
+from panther.nn.factorize import low_rank_basis
+from panther.tuner._allocation.planner import Option
+
+
+def sketch_rank(num_terms: int, low_rank: int) -> int:
+    """Rank of an ``SKLinear`` with these parameters: each of its ``T`` terms has two rank-``k`` halves."""
+    return 2 * num_terms * low_rank
+
+
+def rank_error_curve(weight: torch.Tensor, input_cov: torch.Tensor | None = None) -> torch.Tensor:
+    """``err[r]``, ``r = 0..min(out, in)``: relative output error of the best rank-``r`` approximation.
+
+    ``weight`` is ``(out_features, in_features)``; ``input_cov`` the ``(in_features, in_features)``
+    input second moment, or ``None`` for the plain (isotropic-input) error. The error is relative to
+    the bias-free output ``x·Wᵀ`` (a bias is copied unchanged, so it adds nothing to the numerator).
+    ``err[0] = 1``, ``err[min(out, in)] = 0``, non-increasing; float64 on the CPU.
+    """
+    w_t = weight.detach().to(device="cpu", dtype=torch.float64).T  # low_rank_basis's (d_in, d_out)
+    # Converting to float64 is exact, so the cache key (taken after low_rank_basis casts to its own
+    # working dtype) is the one SKLinear.from_dense will use.
+    _, sigma, _ = low_rank_basis(w_t, min(w_t.shape), input_cov=input_cov)
+    energy = sigma.to(torch.float64).square()
+    tail = torch.cat([energy.flip(0).cumsum(0).flip(0), energy.new_zeros(1)])  # tail[r] = Σ_{i≥r} σ_i²
+    total = tail[0]
+    if total <= 0:  # a zero weight: every rank is exact
+        return torch.zeros_like(tail)
+    return (tail / total).clamp(0.0, 1.0).sqrt()
+
+
+def linear_options(layer: nn.Module, low_ranks: Iterable[int], num_terms: int = 1,
+                   input_cov: torch.Tensor | None = None) -> list[Option]:
+    """The planner's options for one linear layer: dense, and an ``SKLinear`` per ``low_rank``.
+
+    ``params`` of a sketch are those of ``SKLinear.from_dense`` (``init="data_svd"`` when
+    ``input_cov`` is given, else ``"svd"``); ``None`` means the layer stays dense.
+
+    Error is the predicted relative output error (:func:`rank_error_curve`); cost is the number of
+    weights, ``d_in·d_out`` dense and ``2·T·k·(d_in + d_out)`` sketched (bias is the same either
+    way). Sketches that cost more than dense are kept: the planner discards dominated options.
+    """
+    in_features, out_features = linear_dims(layer)
+    curve = rank_error_curve(linear_weight(layer), input_cov)
+    full = curve.numel() - 1
+    init = "svd" if input_cov is None else "data_svd"
+    options = [Option(params=None, error=0.0, cost=float(in_features * out_features))]
+    for k in low_ranks:
+        rank = sketch_rank(num_terms, k)
+        options.append(Option(params={"num_terms": num_terms, "low_rank": k, "init": init},
+                              error=float(curve[min(rank, full)]),
+                              cost=float(rank * (in_features + out_features))))
+    return options

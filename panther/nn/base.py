@@ -7,7 +7,8 @@ holding it can be rebuilt from a plain ``state_dict`` (see :mod:`panther.nn.rebu
 from __future__ import annotations
 
 import inspect
-from typing import Any, ClassVar, NoReturn
+from collections.abc import Callable, Sequence
+from typing import Any, ClassVar, NoReturn, TypeVar
 
 import torch
 from torch import nn
@@ -62,6 +63,51 @@ class SketchedWeight:
 
     def __repr__(self) -> str:
         return f"SketchedWeight(owner={self._owner}, shape={tuple(self.shape)}, dtype={self.dtype})"
+
+
+V = TypeVar("V")
+
+
+class DerivedCache:
+    """A value computed from some tensors (packed factors), reused while they are unchanged.
+
+    "Unchanged" means the same storages (``data_ptr``) at the same version counters: in-place
+    updates (optimizer steps, ``load_state_dict``) bump the version, moves and reassignments change
+    the storage. The entry holds detached aliases of the sources, so a freed storage's address
+    cannot be reused to fool the check. Tensors made under ``torch.inference_mode`` have no version
+    counter: then nothing is cached. A cache is never pickled or copied with its module.
+    """
+
+    def __init__(self) -> None:
+        self._entry: tuple[tuple[torch.Tensor, ...], tuple[int, ...], Any] | None = None
+
+    def get(self, sources: Sequence[torch.Tensor], build: Callable[[], V]) -> V:
+        try:
+            versions = tuple(t._version for t in sources)
+        except RuntimeError:  # inference-mode tensors: no version counter, so no safe cache
+            return build()
+        entry = self._entry
+        if entry is not None and entry[1] == versions and all(
+                t.data_ptr() == c.data_ptr() for t, c in zip(sources, entry[0], strict=True)):
+            return entry[2]
+        value = build()
+        self._entry = (tuple(t.detach() for t in sources), versions, value)
+        return value
+
+    def clear(self) -> None:
+        self._entry = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self._entry = None
+
+
+def per_sequence(module: nn.Module, input: torch.Tensor) -> torch.Tensor:
+    """``module`` applied to each sequence of a nested-tensor ``input`` (a layer's matmul needs a
+    regular tensor; torch's ``TransformerEncoder`` hands nested ones to its children on padded batches)."""
+    return torch.nested.as_nested_tensor([module(component) for component in input.unbind()], layout=input.layout)
 
 
 class SketchedModule(nn.Module):
@@ -120,6 +166,12 @@ class SketchedModule(nn.Module):
     def to_dense(self) -> nn.Module:
         """The dense layer this sketch computes (same outputs up to rounding)."""
         raise NotImplementedError
+
+    def _apply(self, fn, recurse=True):  # type: ignore[override]
+        for value in vars(self).values():  # moves make new storages: free the derived copies of the old ones
+            if isinstance(value, DerivedCache):
+                value.clear()
+        return super()._apply(fn, recurse)
 
     def _sketched_weight(self, shape: tuple[int, ...], like: torch.Tensor) -> SketchedWeight:
         """The :class:`SketchedWeight` of a dense weight of ``shape`` held in ``like``'s dtype and device."""

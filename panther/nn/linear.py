@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import math
-from typing import Any, NamedTuple
+from typing import Any
 
 import torch
 from torch import nn
 
-from panther.nn.base import SketchedModule, SketchedWeight, check_init, check_positive_int
+from panther.nn.base import DerivedCache, SketchedModule, SketchedWeight, check_init, check_positive_int, per_sequence
 from panther.nn.dense import is_linear_like, linear_dims, linear_weight
 from panther.nn.factorize import low_rank_basis, random_signs
 from panther.ops import pack_left, pack_right, sketched_linear
@@ -17,15 +17,6 @@ from panther.ops import pack_left, pack_right, sketched_linear
 def linear_is_cheaper(in_features: int, out_features: int, num_terms: int, low_rank: int) -> bool:
     """Whether ``SKLinear`` stores and multiplies fewer numbers, ``2Tk(d_in + d_out)``, than ``d_in·d_out`` dense."""
     return 2 * num_terms * low_rank * (in_features + out_features) < in_features * out_features
-
-
-class _PackCache(NamedTuple):
-    """Packed ``A``/``B`` for inference, valid while the source tensors are unchanged."""
-
-    sources: tuple[torch.Tensor, ...]  # detached aliases: keep storages alive so pointers stay unique
-    versions: tuple[int, ...]
-    A: torch.Tensor
-    B: torch.Tensor
 
 
 class SKLinear(SketchedModule):
@@ -85,7 +76,7 @@ class SKLinear(SketchedModule):
         self.register_buffer("U1s", torch.empty(T, k, out_features, **kw))
         self.register_buffer("U2s", torch.empty(T, in_features, k, **kw))
         self.bias = nn.Parameter(torch.empty(out_features, **kw)) if bias else None
-        self._pack_cache: _PackCache | None = None
+        self._pack_cache = DerivedCache()  # packed A/B for inference
         if W_init is None:
             self.reset_parameters(generator=generator)
         else:
@@ -177,30 +168,18 @@ class SKLinear(SketchedModule):
     # -- forward ---------------------------------------------------------------------------
     def _packed_factors(self) -> tuple[torch.Tensor, torch.Tensor]:
         """``A = [S1|U2]``, ``B = [U1;S2]``; cached across calls that cannot change the weights."""
-        sources = (self.S1s, self.S2s, self.U1s, self.U2s)
         if torch.is_grad_enabled() and (self.S1s.requires_grad or self.S2s.requires_grad):
-            self._pack_cache = None  # training: weights change every step, packing is cheap
-            with torch.no_grad():
-                return pack_left(self.S1s, self.U2s), pack_right(self.U1s, self.S2s)
-        try:
-            versions = tuple(t._version for t in sources)
-        except RuntimeError:  # built under torch.inference_mode: no version counter, so no safe cache
-            with torch.no_grad():
-                return pack_left(self.S1s, self.U2s), pack_right(self.U1s, self.S2s)
-        cache = self._pack_cache
-        if cache is not None and versions == cache.versions and all(
-            t.data_ptr() == c.data_ptr() for t, c in zip(sources, cache.sources, strict=True)
-        ):
-            return cache.A, cache.B
-        with torch.no_grad():
-            A, B = pack_left(self.S1s, self.U2s), pack_right(self.U1s, self.S2s)
-        self._pack_cache = _PackCache(tuple(t.detach() for t in sources), versions, A, B)
-        return A, B
+            self._pack_cache.clear()  # training: weights change every step, packing is cheap
+            return self._pack()
+        return self._pack_cache.get((self.S1s, self.S2s, self.U1s, self.U2s), self._pack)
+
+    @torch.no_grad()
+    def _pack(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return pack_left(self.S1s, self.U2s), pack_right(self.U1s, self.S2s)
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        if input.is_nested:  # e.g. inside torch's TransformerEncoder on padded batches
-            outputs = [self(component) for component in input.unbind()]
-            return torch.nested.as_nested_tensor(outputs, layout=input.layout)
+        if input.is_nested:
+            return per_sequence(self, input)
         if input.shape[-1] != self.in_features:
             raise ValueError(f"SKLinear expected last dimension {self.in_features}, got shape {tuple(input.shape)}")
         A, B = self._packed_factors()
@@ -222,13 +201,3 @@ class SKLinear(SketchedModule):
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, num_terms={self.num_terms}, "
                 f"low_rank={self.low_rank}, bias={self.bias is not None}, init={self.init!r}")
-
-    def _apply(self, fn, recurse=True):  # type: ignore[override]
-        self._pack_cache = None  # device/dtype moves make new storages; drop the stale copy now
-        return super()._apply(fn, recurse)
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = super().__getstate__() if hasattr(super(), "__getstate__") else self.__dict__.copy()
-        state = dict(state)
-        state["_pack_cache"] = None
-        return state

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from panther.nn.base import SketchedModule, SketchedWeight, check_positive_int
+from panther.nn.base import DerivedCache, SketchedModule, SketchedWeight, check_positive_int, per_sequence
 from panther.nn.dense import is_linear_like, linear_dims, linear_weight
 from panther.nn.int8 import dequantize, int8_available, int8_linear, pack, quantize_per_channel
 from panther.nn.linear import SKLinear
@@ -36,7 +36,10 @@ class _Int8Chain(SketchedModule):
     dense_type = nn.Linear
     in_features: int
     out_features: int
-    _pack_cache: tuple | None = None  # (buffers, their versions, packed factors), see _packs
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._pack_cache = DerivedCache()  # the kernel's packed factors
 
     def _factors(self) -> Sequence[Factor]:
         raise NotImplementedError
@@ -55,8 +58,8 @@ class _Int8Chain(SketchedModule):
 
     # -- forward ---------------------------------------------------------------------------
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        if input.is_nested:  # e.g. inside torch's TransformerEncoder on padded batches
-            return torch.nested.as_nested_tensor([self(c) for c in input.unbind()], layout=input.layout)
+        if input.is_nested:
+            return per_sequence(self, input)
         if input.shape[-1] != self.in_features:
             raise ValueError(f"{type(self).__name__} expected last dimension {self.in_features}, "
                              f"got shape {tuple(input.shape)}")
@@ -73,18 +76,9 @@ class _Int8Chain(SketchedModule):
         return x.to(input.dtype).view(*input.shape[:-1], self.out_features)
 
     def _packs(self) -> list[Any]:
-        """The kernel's packed factors, cached while the buffers are the same tensors, unchanged."""
+        """The kernel's packed factors (opaque, never pickled), cached while the buffers are unchanged."""
         tensors = tuple(t for factor in self._factors() for t in factor if t is not None)
-        try:
-            versions = tuple(t._version for t in tensors)
-        except RuntimeError:  # built under torch.inference_mode: no version counter, so no safe cache
-            return [pack(*factor) for factor in self._factors()]
-        cache = self._pack_cache
-        if cache is not None and cache[1] == versions and all(a is b for a, b in zip(cache[0], tensors, strict=True)):
-            return cache[2]
-        packs = [pack(*factor) for factor in self._factors()]
-        self._pack_cache = (tensors, versions, packs)  # holding the tensors keeps identities unique
-        return packs
+        return self._pack_cache.get(tensors, lambda: [pack(*factor) for factor in self._factors()])
 
     # -- conversion and bookkeeping --------------------------------------------------------
     def to_dense(self) -> nn.Linear:
@@ -104,15 +98,6 @@ class _Int8Chain(SketchedModule):
     def weight(self) -> SketchedWeight:
         """Metadata of the ``(out_features, in_features)`` float weight for parents that read it."""
         return self._sketched_weight((self.out_features, self.in_features), self._factors()[0][1])
-
-    def _apply(self, fn, recurse=True):  # type: ignore[override]
-        self._pack_cache = None  # moves make new storages; drop the packed copies of the old ones
-        return super()._apply(fn, recurse)
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = dict(super().__getstate__() if hasattr(super(), "__getstate__") else self.__dict__)
-        state["_pack_cache"] = None  # the packed form is an opaque kernel object: rebuild, never pickle
-        return state
 
 
 class Int8Linear(_Int8Chain):

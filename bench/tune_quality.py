@@ -1,27 +1,32 @@
-"""End-to-end: the original design's tuning procedure against SKAutoTuner, at one evaluation budget.
+"""End-to-end: whole plans for a trained model, from the tuner and from what users pick instead.
 
-    python bench/tune_quality.py --workload digits                 # ~1 min
-    python bench/tune_quality.py --workload minilm --budget 60     # needs [transformers] + gensim, ~10 min
-    python bench/tune_quality.py --json tune_quality.json --plot docs/tune_digits.png   # needs [plots]
+    python bench/tune_quality.py --workload digits                  # ~1 min
+    python bench/tune_quality.py --workload minilm                  # needs [transformers], ~10 min
+    python bench/tune_quality.py --table design --workload digits   # the original design's procedure
+    python bench/tune_quality.py --table design --json out.json --plot docs/tune_digits.png  # [plots]
 
-Per workload the same trained model, layers, accuracy threshold and budget of full evaluations
-(one evaluation = the whole model on the validation/tuning data) go to:
+``--table methods`` (default): per workload, plans for every tuned layer (digits: the MLP's three
+Linear layers; MiniLM: all 36 encoder Linear layers) at one bar on held-out data (digits: test
+accuracy one point below the dense model's validation accuracy; MiniLM: mean embedding cosine 0.95
+to the dense model on sentences from articles nothing else saw). Searches see only the tuning data
+(validation digits / tuning sentences) and hold a slightly stricter bound there (``--margin``):
 
-* ``original``: a re-creation of the original design's procedure: random-sign sketch init
-  (``init="sketch"``), every layer tuned on its own with the others dense (an Optuna study per
-  layer over ``num_terms`` x ``low_rank``, the budget split evenly), and the per-layer winners
-  combined without checking the combination.
-* ``SKAutoTuner``: the tuner's defaults (``params="auto"``: ``svd`` init, only ranks cheaper than
-  the dense layer; the allowed drop shared between layers by weight; a whole-model trial budget,
-  each layer's rank bisected against its share; the composed model re-checked, the worst
-  trade-offs stepped up or reverted, and any margin left spent on cheaper ranks).
-* ``SKAutoTuner + calibration``: the same, given calibration batches of training inputs, so its
-  candidates use ``init="data_svd"`` (input covariances measured once, reused by every trial).
+* ``int8 all (torch.ao, per-tensor)``: ``torch.ao.quantization.quantize_dynamic`` on every tuned
+  layer with its default qconfig, what a CPU user tries first; and the same ``per-channel``.
+* ``accuracy-aware int8``: quantize every layer (per channel); while the bound misses, put back to
+  fp32 the layer whose fp32 copy recovers the most (each layer's recovery measured once).
+* ``sketch search (today)``: ``SKAutoTuner(strategy="search")`` with calibration, sketch ranks only,
+  on the layers a user would hand-pick (MiniLM: the 12 FFN layers; digits: all three).
+* ``SKAutoTuner (allocate)``: the tuner's defaults on every tuned layer with calibration data and a
+  throughput objective: whole-model allocation over sketch, int8 and sketch + int8 per layer.
 
-Both searches maximise the fraction of the tuned layers' weights saved subject to the threshold
-(digits: validation accuracy one point below the dense model; MiniLM: mean embedding cosine 0.95
-on the tuning sentences). Reported: the final metric on held-out data, whether the threshold still
-holds there, weight ratios, measured CPU speed-up, evaluations spent and wall time.
+Reported: the held-out metric and whether it holds the bar, stored bytes of the tuned layers and of
+the whole model over dense, the CPU speed-up of the whole model (median of paired back-to-back runs
+against dense, in this process), full evaluations of the tuning metric, and wall time.
+
+``--table design``: the original design's procedure (random-sign sketch init, an Optuna study per
+layer, winners combined unchecked) against ``SKAutoTuner``'s per-group search, each layer's rank
+bisected against its share of the allowed drop, at one evaluation budget.
 """
 
 from __future__ import annotations
@@ -65,10 +70,11 @@ class Workload:
     metric: str
     tune_metric: Callable[[nn.Module], float]  # what the searches see (validation / tuning data)
     final_metric: Callable[[nn.Module], float]  # reported only (test / held-out data)
-    threshold: float  # on both metrics
+    threshold: float  # on both metrics (the methods table tunes against threshold + margin)
     forward: Callable[[nn.Module], Any]  # one inference batch, for the speed measurement
     calibration: Sequence[Any]  # batches of training inputs, for data-aware init
     calibration_forward: Callable[[nn.Module, Any], Any] | None = None  # runs one calibration batch
+    hand_picked: list[str] | None = None  # the layers a user sketches by hand (default: ``layers``)
 
 
 @dataclass
@@ -90,10 +96,11 @@ class Outcome:
 
 @dataclass
 class SearchResult:
-    plan: dict[str, dict[str, Any]]  # panther.nn.rebuild plan
+    plan: dict[str, dict[str, Any]]  # panther.nn.rebuild plan (empty for torch.ao models)
     evaluations: int  # full evaluations spent
     wall_s: float
     tuner: SKAutoTuner | None = None  # SKAutoTuner procedures: its records, for the plot
+    build: Callable[[nn.Module], nn.Module] | None = None  # makes the model from a dense copy, if not a plan
 
 
 class CountingMetric:
@@ -121,7 +128,7 @@ def original_procedure(work: Workload, budget: int, seed: int) -> SearchResult:
         if space is None:
             continue
         ranks = list(space["low_rank"].values())
-        dense_weights = sum(p.numel() for p in dense.parameters())
+        dense_bytes = sum(p.numel() for p in dense.parameters())
         study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=seed + index))
         for _ in range(per_layer):
             trial = study.ask()
@@ -136,7 +143,7 @@ def original_procedure(work: Workload, budget: int, seed: int) -> SearchResult:
             weights = sum(p.numel() for p in candidate.parameters()) + sum(b.numel() for b in candidate.buffers())
             feasible = score >= work.threshold
             trial.set_user_attr("params", params)
-            study.tell(trial, 1.0 - weights / dense_weights if feasible else -1.0 + score)
+            study.tell(trial, 1.0 - weights / dense_bytes if feasible else -1.0 + score)
         if study.best_value >= 0.0:  # infeasible trials score below 0
             plan[name] = {"type": "SKLinear", "params": study.best_trial.user_attrs["params"]}
     return SearchResult(plan, metric.calls, time.perf_counter() - start)
@@ -156,7 +163,7 @@ def autotuner_procedure(work: Workload, budget: int, seed: int, calibrated: bool
         model=work.model,
         configs=TuningConfigs([LayerConfig(layer_names=list(work.layers), params="auto", separate=True)]),
         accuracy_eval_func=metric,
-        accuracy_threshold=work.threshold,
+        accuracy_threshold=work.threshold, strategy="search",
         search_algorithm=OptunaSearch(n_trials=budget, seed=seed),
         max_total_trials=max(1, budget - reserve),
         calibration_data=work.calibration if calibrated else None,
@@ -167,17 +174,157 @@ def autotuner_procedure(work: Workload, budget: int, seed: int, calibrated: bool
 
 
 def outcome(work: Workload, procedure: str, search: SearchResult, threads: int,
-            input_covs: dict[str, torch.Tensor] | None = None) -> Outcome:
-    """Rebuild the plan on a fresh copy of the dense model and measure it on held-out data."""
-    model = apply_plan(copy.deepcopy(work.model), search.plan, input_covs=input_covs)
+            input_covs: dict[str, torch.Tensor] | None = None, by_bytes: bool = False) -> Outcome:
+    """Rebuild the plan on a fresh copy of the dense model and measure it on held-out data.
+
+    Sizes are stored numbers (``by_bytes=False``, the design table) or bytes (the methods table).
+    """
+    if search.build is not None:
+        model = search.build(copy.deepcopy(work.model))
+    else:
+        model = apply_plan(copy.deepcopy(work.model), search.plan, input_covs=input_covs)
     final = work.final_metric(model)
     _, _, ratio = speedup(lambda: work.forward(work.model), lambda: work.forward(model), threads)
-    return Outcome(work.name, procedure, final, work.threshold, final >= work.threshold, len(search.plan),
-                   len(work.layers), layer_ratio(work.model, model, work.layers), model_ratio(work.model, model),
-                   ratio, search.evaluations, search.wall_s, search.plan)
+    changed = sum(1 for n in work.layers if type(model.get_submodule(n)) is not type(work.model.get_submodule(n)))
+    if by_bytes:
+        layers, whole = bytes_ratio(work.model, model, work.layers), bytes_ratio(work.model, model, None)
+    else:
+        layers, whole = layer_ratio(work.model, model, work.layers), model_ratio(work.model, model)
+    return Outcome(work.name, procedure, final, work.threshold, final >= work.threshold, changed,
+                   len(work.layers), layers, whole, ratio, search.evaluations, search.wall_s, search.plan)
 
 
-def compare(work: Workload, budget: int, seed: int, threads: int) -> tuple[list[Outcome], SearchResult]:
+# -- the methods table: what users would pick instead, and the allocating tuner ------------------
+def stored_bytes(module: nn.Module) -> int:
+    """Bytes a module stores; ``torch.ao`` dynamic Linear keeps its int8 weight in packed params."""
+    from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
+
+    total = 0
+    for sub in module.modules():
+        if isinstance(sub, DynamicLinear):
+            weight, bias = sub.weight(), sub.bias()
+            scales = weight.q_per_channel_scales().numel() if weight.qscheme() in (
+                torch.per_channel_affine, torch.per_channel_symmetric) else 1
+            total += weight.numel() + 8 * scales + (0 if bias is None else bias.numel() * bias.element_size())
+        else:
+            tensors = [*sub.parameters(recurse=False), *sub.buffers(recurse=False)]
+            total += sum(t.numel() * t.element_size() for t in tensors)
+    return total
+
+
+def bytes_ratio(dense: nn.Module, tuned: nn.Module, names: Sequence[str] | None) -> float:
+    """Stored bytes of ``names`` (``None``: the whole model) in ``tuned`` over ``dense``."""
+    if names is None:
+        return stored_bytes(tuned) / stored_bytes(dense)
+    return (sum(stored_bytes(tuned.get_submodule(n)) for n in names)
+            / sum(stored_bytes(dense.get_submodule(n)) for n in names))
+
+
+def torch_ao_int8(model: nn.Module, names: Sequence[str], per_channel: bool) -> nn.Module:
+    """``torch.ao.quantization.quantize_dynamic`` on ``names`` (int8 weights, activations per call)."""
+    import warnings
+
+    from torch.ao.quantization import default_dynamic_qconfig, per_channel_dynamic_qconfig, quantize_dynamic
+
+    qconfig = per_channel_dynamic_qconfig if per_channel else default_dynamic_qconfig
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch 2.13 deprecates torch.ao.quantization
+        return quantize_dynamic(model, {name: qconfig for name in names}, dtype=torch.qint8)
+
+
+def int8_everywhere(work: Workload, per_channel: bool) -> SearchResult:
+    return SearchResult({}, 0, 0.0, build=lambda model: torch_ao_int8(model, work.layers, per_channel))
+
+
+def accuracy_aware_int8(work: Workload, bound: float) -> SearchResult:
+    """Quantize all (per channel); while ``bound`` misses, fall back the layer that recovers most."""
+    start = time.perf_counter()
+    metric = CountingMetric(work.tune_metric)
+
+    def score(fp32: set[str]) -> float:
+        return metric(torch_ao_int8(copy.deepcopy(work.model), [n for n in work.layers if n not in fp32], True))
+
+    fp32: set[str] = set()
+    if score(fp32) < bound:
+        recovered = {name: score({name}) for name in work.layers}
+        for name in sorted(work.layers, key=lambda n: -recovered[n]):
+            fp32.add(name)
+            if len(fp32) == len(work.layers) or score(fp32) >= bound:
+                break
+    kept = [n for n in work.layers if n not in fp32]
+    return SearchResult({}, metric.calls, time.perf_counter() - start,
+                        build=lambda model: torch_ao_int8(model, kept, True))
+
+
+def sketch_search(work: Workload, bound: float, budget: int, seed: int) -> SearchResult:
+    """Today's per-group sketch search with calibration, on the hand-picked layers."""
+    start = time.perf_counter()
+    metric = CountingMetric(work.tune_metric)
+    layers = work.hand_picked or work.layers
+    tuner = SKAutoTuner(
+        model=work.model,
+        configs=TuningConfigs([LayerConfig(layer_names=list(layers), params="auto", separate=True)]),
+        accuracy_eval_func=metric, accuracy_threshold=bound, strategy="search",
+        search_algorithm=OptunaSearch(n_trials=budget, seed=seed),
+        max_total_trials=max(1, budget - 1 - 2 * len(layers)),  # baseline and composed checks
+        calibration_data=work.calibration, calibration_forward=work.calibration_forward)
+    tuner.tune()
+    covs = collect_input_covariances(work.model, list(tuner.best_plan()), work.calibration, work.calibration_forward)
+    plan = tuner.best_plan()
+    return SearchResult(plan, metric.calls, time.perf_counter() - start, tuner,
+                        build=lambda model: apply_plan(model, plan, input_covs=covs))
+
+
+def throughput(work: Workload, calls: int = 5) -> Callable[[nn.Module], float]:
+    """The tuner's speed objective: batches per second of the inference batch (median of ``calls``)."""
+    def speed(model: nn.Module) -> float:
+        with torch.no_grad():
+            work.forward(model)
+            times = []
+            for _ in range(calls):
+                started = time.perf_counter()
+                work.forward(model)
+                times.append(time.perf_counter() - started)
+        return 1.0 / sorted(times)[len(times) // 2]
+    return speed
+
+
+def allocating_tuner(work: Workload, bound: float, budget: int) -> SearchResult:
+    """``SKAutoTuner`` defaults on every layer: calibration data, a throughput objective, a trial budget."""
+    start = time.perf_counter()
+    metric = CountingMetric(work.tune_metric)
+    tuner = SKAutoTuner(
+        model=work.model,
+        configs=TuningConfigs([LayerConfig(layer_names=list(work.layers), params="auto", separate=True)]),
+        accuracy_eval_func=metric, accuracy_threshold=bound, optmization_eval_func=throughput(work),
+        max_total_trials=budget - 1,  # plus the baseline
+        calibration_data=work.calibration, calibration_forward=work.calibration_forward)
+    assert tuner.allocates
+    tuner.tune()
+    plan = tuner.best_plan()
+    covs = collect_input_covariances(work.model, list(plan), work.calibration, work.calibration_forward)
+    return SearchResult(plan, metric.calls, time.perf_counter() - start, tuner,
+                        build=lambda model: apply_plan(model, plan, input_covs=covs))
+
+
+def compare_methods(work: Workload, budget: int, seed: int, threads: int, margin: float) -> list[Outcome]:
+    bound = work.threshold + margin
+    procedures = [
+        ("int8 all (torch.ao, per-tensor)", lambda: int8_everywhere(work, per_channel=False)),
+        ("int8 all (torch.ao, per-channel)", lambda: int8_everywhere(work, per_channel=True)),
+        ("accuracy-aware int8 (fall back to fp32)", lambda: accuracy_aware_int8(work, bound)),
+        (f"sketch search (today, {len(work.hand_picked or work.layers)} layers)",
+         lambda: sketch_search(work, bound, budget, seed)),
+        ("SKAutoTuner (allocate: sketch / int8 per layer)", lambda: allocating_tuner(work, bound, budget)),
+    ]
+    rows = []
+    for name, run in procedures:
+        rows.append(outcome(work, name, run(), threads, by_bytes=True))
+        print(markdown(rows[-1:], header=False), flush=True)
+    return rows
+
+
+def compare_design(work: Workload, budget: int, seed: int, threads: int) -> tuple[list[Outcome], SearchResult]:
     """The three rows of one workload, and the calibrated tuner's search (for the plot)."""
     original = original_procedure(work, budget, seed)
     rows = [outcome(work, "original (sketch init, per layer, unchecked)", original, threads)]
@@ -207,8 +354,9 @@ def digits_workload(seed: int = 0, epochs: int = 40) -> Workload:
     )
 
 
-def minilm_workload(threshold: float = 0.95) -> Workload:
-    """all-MiniLM-L6-v2's 12 FFN layers; metric: mean cosine to the original embeddings."""
+def minilm_workload(threshold: float = 0.95, all_layers: bool = False) -> Workload:
+    """all-MiniLM-L6-v2's 12 FFN layers (``all_layers``: all 36 encoder Linear layers, the FFN ones
+    hand-picked); metric: mean cosine to the original embeddings."""
     from minilm_model import FFN_PATTERN, embed, embedding_cosine, linear_names, load_minilm, make_batches, run_batch
     from text_data import load_text_split
 
@@ -218,8 +366,11 @@ def minilm_workload(threshold: float = 0.95) -> Workload:
     calibration = make_batches(model, text.calibration)
     tuning_ref, held_out_ref = embed(model, tuning), embed(model, held_out)
     speed_batch = make_batches(model, text.held_out[:32], batch_size=32)[0]
+    every = linear_names(model, r"encoder\.layer\.\d+\.")
+    ffn = linear_names(model, FFN_PATTERN)
     return Workload(
-        name="all-MiniLM-L6-v2 FFN", model=model, layers=linear_names(model, FFN_PATTERN), metric="embedding cosine",
+        name="all-MiniLM-L6-v2" if all_layers else "all-MiniLM-L6-v2 FFN", model=model,
+        layers=every if all_layers else ffn, hand_picked=ffn, metric="embedding cosine",
         tune_metric=lambda m: embedding_cosine(m, tuning, tuning_ref),
         final_metric=lambda m: embedding_cosine(m, held_out, held_out_ref),
         threshold=threshold,
@@ -229,10 +380,11 @@ def minilm_workload(threshold: float = 0.95) -> Workload:
 
 
 # -- reporting ------------------------------------------------------------------------------------
-def markdown(rows: Sequence[Outcome]) -> str:
-    lines = ["| workload | procedure | final metric | threshold | met | layers sketched | tuned-layer weights "
-             "| whole-model weights "
-             "| CPU speed-up | evaluations | wall (s) |", "|" + "---|" * 11]
+def markdown(rows: Sequence[Outcome], header: bool = True, size: str = "weights") -> str:
+    lines = ["| workload | procedure | final metric | threshold | met | layers replaced | tuned-layer " + size
+             + " | whole-model " + size + " | CPU speed-up | evaluations | wall (s) |", "|" + "---|" * 11]
+    if not header:
+        lines = []
     for r in rows:
         lines.append(f"| {r.workload} | {r.procedure} | {r.final_metric:.4f} | {r.threshold:.4f} "
                      f"| {'yes' if r.threshold_met else 'NO'} | {r.layers_sketched}/{r.layers_tuned} "
@@ -284,8 +436,11 @@ def save_rank_plot(search: SearchResult | None, metric_name: str, whole_threshol
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--table", choices=("methods", "design"), default="methods")
     parser.add_argument("--workload", choices=("digits", "minilm", "both"), default="digits")
     parser.add_argument("--budget", type=int, default=40, help="full evaluations per procedure")
+    parser.add_argument("--margin", type=float, default=0.005,
+                        help="methods table: how far above the held-out bar searches hold the tuning metric")
     parser.add_argument("--minilm-threshold", type=float, default=0.95)
     parser.add_argument("--threads", type=int, default=1, help="CPU threads for the speed measurement")
     parser.add_argument("--seed", type=int, default=0)
@@ -300,15 +455,20 @@ def main(argv: Sequence[str] | None = None) -> None:
     rows: list[Outcome] = []
     search: SearchResult | None = None
     metric_name, whole_threshold = "metric", math.nan
-    workloads = {"digits": lambda: digits_workload(args.seed), "minilm": lambda: minilm_workload(args.minilm_threshold)}
+    methods = args.table == "methods"
+    workloads = {"digits": lambda: digits_workload(args.seed),
+                 "minilm": lambda: minilm_workload(args.minilm_threshold, all_layers=methods)}
     for name, make in workloads.items():
         if args.workload in (name, "both"):
             work = make()
-            new_rows, search = compare(work, args.budget, args.seed, args.threads)
+            if methods:
+                rows += compare_methods(work, args.budget, args.seed, args.threads, args.margin)
+                continue
+            new_rows, search = compare_design(work, args.budget, args.seed, args.threads)
             metric_name = f"validation {work.metric}" if work.metric == "accuracy" else f"tuning {work.metric}"
             whole_threshold = work.threshold
             rows += new_rows
-    print(markdown(rows))
+    print(markdown(rows, size="bytes" if methods else "weights"))
     if args.json:
         args.json.write_text(json.dumps([asdict(r) for r in rows], indent=2))
     if args.plot:

@@ -63,7 +63,7 @@ def main() -> None:
     print("\nApplied parameters:", callback.best_params or "none (kept dense)")
     report = callback.report
     print(f"dense val_acc {report.dense_metric:.4f}, tuned val_acc {report.tuned_metric:.4f}, "
-          f"weights {report.dense_weights} -> {report.tuned_weights}, "
+          f"weights {report.dense_bytes} -> {report.tuned_bytes}, "
           f"speed-up {'-' if report.speedup is None else f'x{report.speedup:.2f}'}")
 
 

@@ -4,7 +4,7 @@
 
 ``SketchTuner(trainer)`` still offers ``lr_find`` and ``scale_batch_size``; ``sketch_tune`` runs one
 validation pass of the trained model and tunes at its end, on the trainer's device and precision.
-Here the objective is size (fewest weights) within 1 point of accuracy, followed by a one-epoch
+Here the objective is size (fewest stored bytes) within 1 point of accuracy, followed by a one-epoch
 recovery fine-tune of the sketched model.
 """
 

@@ -29,6 +29,7 @@ ConfigsLike = list[dict[str, Any]] | dict[str, Any] | TuningConfigs | LayerConfi
 Mode = Literal["max", "min"]
 Objective = Literal["speed", "size"]
 SpeedMode = Literal["inference", "train"]
+Strategy = Literal["auto", "allocate", "search"]
 
 #: Default: every ``nn.Linear`` (and Hugging Face ``Conv1D``, GPT-2's projections), each tuned on its
 #: own, parameter ranges from the layer's size. ``Conv1D`` is matched by class name: no import needed.
@@ -68,7 +69,7 @@ class SketchTuneOptions:
         "applies; with neither, candidates must match the dense value.")
     objective: Objective = _option(
         "speed", 'what to gain among acceptable candidates: ``"speed"`` (measured step time, plans not measured '
-        'faster than the dense model are rejected) or ``"size"`` (fewest weights).')
+        'faster than the dense model are rejected) or ``"size"`` (fewest stored bytes).')
     speed_mode: SpeedMode = _option(
         "inference", '``"inference"`` (forward under no_grad) or ``"train"`` (forward + backward) timing.')
     n_trials: int | None = _option(
@@ -95,6 +96,11 @@ class SketchTuneOptions:
     share_accuracy_drop: bool = _option(
         True, "hold each layer group to its share (by weight) of the allowed drop, so the tuned layers meet the "
         "bound together; ``False``: each group may use the whole margin.")
+    strategy: Strategy = _option(
+        "auto", 'how the allowed drop is spent (``SKAutoTuner(strategy=...)``): ``"allocate"`` weighs every '
+        "layer's options (sketch ranks, int8 on CPU) by predicted error and cost and bisects one whole-model plan "
+        'with a few validations; ``"search"`` searches each layer group (``n_trials`` each); ``"auto"``: allocate '
+        "unless ``search_algorithm`` or ``n_trials`` is given or a selected layer cannot be allocated.")
     plan_path: str | None = _option(
         None, "where to write the applied plan as JSON (default ``<log_dir>/sketch_plan.json``).")
     verbose: bool = _option(

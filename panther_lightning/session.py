@@ -20,12 +20,14 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities.rank_zero import rank_zero_debug
 from torch import nn
 
 from panther.nn.rebuild import replace_module, save_plan, sketch_plan
 from panther.tuner import SKAutoTuner
-from panther.tuner.layers import layer_weights
+from panther.tuner.layers import layer_bytes
 from panther.tuner.results import TuningResults
+from panther.tuner.tuner import AllocationUnavailableError
 from panther_lightning.calibration import calibration_batches, training_step_forward
 from panther_lightning.finetune import finetune
 from panther_lightning.isolation import detached_trainer, read_metric, run_validation
@@ -46,8 +48,8 @@ class SketchTuneReport:
     plan: dict[str, dict[str, Any]] = field(default_factory=dict)
     tuned_metric: float | None = None
     finetuned_metric: float | None = None
-    dense_weights: int = 0
-    tuned_weights: int = 0
+    dense_bytes: int = 0
+    tuned_bytes: int = 0
     dense_timing: dict[str, Any] | None = None
     tuned_timing: dict[str, Any] | None = None
     rejected: str | None = None  # why the tuned sketches were not kept
@@ -62,7 +64,7 @@ class SketchTuneReport:
         """Numbers for the trainer's loggers (prefixed ``sketch/``)."""
         metrics = {f"sketch/dense_{self.monitor}": self.dense_metric,
                    "sketch/sketched_layers": float(len(self.plan)),
-                   "sketch/weights_ratio": self.tuned_weights / max(self.dense_weights, 1)}
+                   "sketch/size_ratio": self.tuned_bytes / max(self.dense_bytes, 1)}
         final = self.finetuned_metric if self.finetuned_metric is not None else self.tuned_metric
         if final is not None:
             metrics[f"sketch/tuned_{self.monitor}"] = final
@@ -80,7 +82,7 @@ class SketchTuneReport:
 
         rows = [("", "dense", "tuned"),
                 (self.monitor, num(self.dense_metric), num(self.tuned_metric)),
-                ("weights (tuned layers)", str(self.dense_weights), str(self.tuned_weights)),
+                ("bytes (tuned layers)", str(self.dense_bytes), str(self.tuned_bytes)),
                 ("step time", ms(self.dense_timing), ms(self.tuned_timing))]
         if self.finetuned_metric is not None:
             rows.insert(2, (f"{self.monitor} after fine-tune", "", num(self.finetuned_metric)))
@@ -136,12 +138,18 @@ class SketchTuneSession:
                 self.dense_timing = self.timer.time(self.pl_module)
             self.tuner.tune()
             self._apply(report)
-            if report.plan and opts.finetune_epochs:
+            trainable = any(p.requires_grad for p in self.pl_module.parameters())  # int8 layers are frozen
+            if report.plan and opts.finetune_epochs and trainable:
                 finetune(trainer, self.pl_module, self._train_batches(), opts.finetune_epochs)
                 self._sync_weights()
                 report.finetuned_metric = self._metric(None)
+            elif report.plan and opts.finetune_epochs:
+                rank_zero_info("sketch tuning: nothing left to fine-tune (every tuned layer is int8)")
         if report.plan and trainer.state.fn == TrainerFn.FITTING:
-            trainer.strategy.setup_optimizers(trainer)  # the old optimizers hold the dense parameters
+            if trainable:
+                trainer.strategy.setup_optimizers(trainer)  # the old optimizers hold the dense parameters
+            else:  # no optimizer can hold an empty parameter list; the old ones point at removed layers
+                trainer.strategy.optimizers, trainer.strategy.lr_scheduler_configs = [], []
         return report
 
     def _measure_dense(self) -> float:
@@ -168,12 +176,24 @@ class SketchTuneSession:
             calibration = {"calibration_data": calibration_batches(self.trainer, self._train_batches(),
                                                                    opts.calibration_batches),
                            "calibration_forward": training_step_forward(self.trainer)}
-        return SKAutoTuner(
-            self.pl_module, opts.configs, self._accuracy, search_algorithm=search,
-            verbose=opts.verbose and self.trainer.is_global_zero, accuracy_threshold=self._threshold,
-            optmization_eval_func=self._speedup if opts.objective == "speed" else None,
-            max_total_trials=opts.max_total_trials, time_budget_s=opts.time_budget_s,
-            share_accuracy_drop=opts.share_accuracy_drop, progress_bar=self._progress_bar, **calibration)
+
+        def tuner(strategy: str) -> SKAutoTuner:
+            return SKAutoTuner(
+                self.pl_module, opts.configs, self._accuracy, search_algorithm=search,
+                verbose=opts.verbose and self.trainer.is_global_zero, accuracy_threshold=self._threshold,
+                optmization_eval_func=self._speedup if opts.objective == "speed" else None,
+                max_total_trials=opts.max_total_trials, time_budget_s=opts.time_budget_s,
+                share_accuracy_drop=opts.share_accuracy_drop, progress_bar=self._progress_bar,
+                strategy=strategy, **calibration)  # type: ignore[arg-type]
+
+        # The search above is only the fallback unless the user chose it (or its n_trials).
+        search_chosen = opts.search_algorithm is not None or opts.n_trials is not None
+        if opts.strategy == "auto" and not search_chosen:
+            try:
+                return tuner("allocate")
+            except AllocationUnavailableError as exc:
+                rank_zero_debug(f"sketch tuning searches per group: {exc}")
+        return tuner("search" if opts.strategy == "auto" else opts.strategy)
 
     def _apply(self, report: SketchTuneReport) -> None:
         tuner, model = self.tuner, self.pl_module
@@ -203,8 +223,8 @@ class SketchTuneSession:
             report.tuned_metric, best = report.dense_metric, {}
         report.best_params = best
         report.plan = sketch_plan(model) if best else {}
-        report.dense_weights = sum(layer_weights(m) for m in self.dense_layers.values())
-        report.tuned_weights = sum(layer_weights(model.get_submodule(n)) for n in self.dense_layers)
+        report.dense_bytes = sum(layer_bytes(m) for m in self.dense_layers.values())
+        report.tuned_bytes = sum(layer_bytes(model.get_submodule(n)) for n in self.dense_layers)
 
     def _drop_slower_groups(self, best: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
         """Keep dense the groups whose best sketch was not measured faster than the dense model."""

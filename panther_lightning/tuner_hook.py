@@ -14,7 +14,15 @@ from panther.tuner import SKAutoTuner
 from panther.tuner.search import SearchAlgorithm
 from panther_lightning.callback import check_trainer_can_tune, nothing_to_tune
 from panther_lightning.checkpoint import install_sketch_loading
-from panther_lightning.options import ConfigsLike, Mode, Objective, SketchTuneOptions, SpeedMode, document_options
+from panther_lightning.options import (
+    ConfigsLike,
+    Mode,
+    Objective,
+    SketchTuneOptions,
+    SpeedMode,
+    Strategy,
+    document_options,
+)
 from panther_lightning.reporting import write_trials
 from panther_lightning.session import SketchTuneReport, SketchTuneSession, publish, write_plan
 
@@ -83,6 +91,7 @@ class SketchTuner(Tuner):
         finetune_epochs: int = 0,
         calibration_batches: int = 0,
         share_accuracy_drop: bool = True,
+        strategy: Strategy = "auto",
         plan_path: str | None = None,
         verbose: bool = True,
     ) -> SKAutoTuner:

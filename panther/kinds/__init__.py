@@ -40,6 +40,9 @@ class LayerKind:
     name: str = ""
     #: Whether ``params["init"] = "data_svd"`` (input covariances from calibration data) applies.
     data_aware: bool = False
+    #: Whether a replacement computes ``f(x)`` from the dense layer's one input alone, so whole-model
+    #: allocation can measure it on the inputs the dense layer sees (attention takes several).
+    profiles_alone: bool = True
 
     # -- what it replaces ---------------------------------------------------------------------
     def dense_types(self) -> tuple[type, ...]:
@@ -79,6 +82,10 @@ class LayerKind:
             return None
         return {p.name for p in parameters}
 
+    def canonical_params(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        """``params`` without entries that do not change what :meth:`build` returns (one key per module)."""
+        return dict(params)
+
     def plan_params(self, module: nn.Module) -> dict[str, Any]:
         """The plan's ``"params"`` for an installed replacement (what :meth:`build` needs again)."""
         return module.sketch_params()  # type: ignore[operator]
@@ -101,8 +108,23 @@ class LayerKind:
         """Layers with equal keys share one ``"auto"`` space."""
         raise NotImplementedError
 
-    def auto_space(self, dense: nn.Module, copy_weights: bool, data_aware: bool) -> Space | None:
-        """The ``params="auto"`` space: only cheaper configurations; ``None`` when "auto" cannot help."""
+    def auto_space(self, dense: nn.Module, copy_weights: bool, data_aware: bool,
+                   methods: bool = False) -> Space | None:
+        """The ``params="auto"`` space: only cheaper configurations; ``None`` when "auto" cannot help.
+
+        ``methods``: the tuner allocates over the whole model, so the space may offer several
+        methods per layer (e.g. int8 beside the sketch); a per-group search gets one ordered axis.
+        """
+        return None
+
+    def predicted_error(self, dense: nn.Module, params: Mapping[str, Any],
+                        input_cov: Any | None) -> float | None:
+        """Relative output error of the replacement built with ``params``, known without building it.
+
+        ``input_cov`` is the layer's calibration input second moment (``None`` without calibration
+        data). ``None`` (the default) means the error must be measured; the allocation then runs the
+        built replacement on the layer's inputs.
+        """
         return None
 
 

@@ -16,6 +16,7 @@ from panther.kinds import LayerKind, register
 
 class AttentionKind(LayerKind):
     name = "RandMultiHeadAttention"
+    profiles_alone = False  # takes query, key, value and masks
 
     def dense_types(self) -> tuple[type, ...]:
         return (nn.MultiheadAttention,)

@@ -33,7 +33,8 @@ class Conv2dKind(LayerKind):
         assert isinstance(dense, nn.Conv2d)
         return ("Conv2d", dense.in_channels, dense.out_channels, tuple(dense.kernel_size), dense.groups)
 
-    def auto_space(self, dense: nn.Module, copy_weights: bool, data_aware: bool) -> Space | None:
+    def auto_space(self, dense: nn.Module, copy_weights: bool, data_aware: bool,
+                   methods: bool = False) -> Space | None:
         assert isinstance(dense, nn.Conv2d)
         fan_in = dense.in_channels // dense.groups * dense.kernel_size[0] * dense.kernel_size[1]
         ranks = rank_grid(lambda k: self.is_cheaper(dense, {"low_rank": k}),

@@ -13,9 +13,10 @@ a rank ``k``           ``True``             ``Int8SKLinear`` (the sketch's facto
 
 Cost model: :func:`panther.nn.linear.linear_is_cheaper` for ranks (int8 factors keep the rank's
 break-even against the int8 dense layer); the int8 dense layer stores a quarter of the bytes.
-``params="auto"`` keeps the sketch space for now: with ``quantize`` as a second open choice the
-budgeted rank bisection no longer applies, so proposing int8 waits for whole-model allocation
-(issue 14); give ``{"low_rank": [..., None], "quantize": [False, True]}`` to tune the methods.
+``params="auto"`` proposes int8 (``quantize`` and ``low_rank=None`` beside the ranks) on a device
+with an int8 kernel (CPU) when the tuner allocates over the whole model; a per-group search keeps
+the sketch space, whose one ordered axis its budgeted rank bisection needs. Give
+``{"low_rank": [..., None], "quantize": [False, True]}`` to search the methods yourself.
 """
 
 from __future__ import annotations
@@ -23,11 +24,13 @@ from __future__ import annotations
 from collections.abc import Hashable, Mapping
 from typing import Any
 
+import torch
 from torch import nn
 
 from panther.kinds import LayerKind, Space, rank_grid, rank_space, register
-from panther.nn.dense import linear_dims, linear_types
+from panther.nn.dense import linear_dims, linear_types, linear_weight
 from panther.nn.linear import linear_is_cheaper
+from panther.tuner.params import Categorical
 
 
 class LinearKind(LayerKind):
@@ -63,6 +66,12 @@ class LinearKind(LayerKind):
         sketch = super().build(dense, params, copy_weights)
         return Int8SKLinear.from_sketch(sketch) if quantize else sketch
 
+    def canonical_params(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        """The int8 dense layer ignores the sketch's ``num_terms``/``init``; ``quantize=False`` is the default."""
+        if params.get("low_rank", 1) is None:
+            return {"low_rank": None, "quantize": params.get("quantize", False)}
+        return {k: v for k, v in params.items() if not (k == "quantize" and v is False)}
+
     def parameter_names(self) -> set[str] | None:
         names = super().parameter_names()
         return None if names is None else names | {"quantize"}
@@ -76,9 +85,37 @@ class LinearKind(LayerKind):
         # nn.Linear and Conv1D of one shape compute the same kind of product: one space
         return ("Linear", *linear_dims(dense))
 
-    def auto_space(self, dense: nn.Module, copy_weights: bool, data_aware: bool) -> Space | None:
+    def predicted_error(self, dense: nn.Module, params: Mapping[str, Any],
+                        input_cov: torch.Tensor | None) -> float | None:
+        """A rank's error from the layer's (whitened) spectrum: exact for ``svd``/``data_svd`` sketches."""
+        from panther.tuner._allocation.curves import rank_error_curve, sketch_rank
+
+        init, low_rank = params.get("init", "sketch"), params.get("low_rank")
+        if params.get("quantize", False) or low_rank is None or init not in ("svd", "data_svd"):
+            return None
+        cov = input_cov if init == "data_svd" else None
+        if init == "data_svd" and cov is None:
+            return None
+        curve = rank_error_curve(linear_weight(dense), cov)
+        return float(curve[min(sketch_rank(params.get("num_terms", 1), low_rank), curve.numel() - 1)])
+
+    def auto_space(self, dense: nn.Module, copy_weights: bool, data_aware: bool,
+                   methods: bool = False) -> Space | None:
+        """The cheaper ranks; with ``methods`` on a device with an int8 kernel, int8 as well.
+
+        Int8 needs the trained weights (``copy_weights``); it adds ``quantize`` and the full rank
+        (``low_rank=None``): the allocation then weighs the sketch, the sketch with int8 factors
+        and the int8 dense weight per layer.
+        """
+        from panther.nn.int8 import int8_available
+
         ranks = rank_grid(lambda k: self.is_cheaper(dense, {"low_rank": k}), min(linear_dims(dense)))
-        return rank_space(ranks, copy_weights, data_aware)
+        space = rank_space(ranks, copy_weights, data_aware)
+        if not (methods and copy_weights and int8_available(linear_weight(dense).device)):
+            return space
+        if space is None:
+            return {"low_rank": Categorical([None]), "quantize": Categorical([True])}
+        return {**space, "low_rank": Categorical([*ranks, None]), "quantize": Categorical([False, True])}
 
 
 register(LinearKind())

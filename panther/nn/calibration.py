@@ -70,16 +70,18 @@ def collect_input_covariances(
     batches: Iterable[Any],
     forward: Callable[[nn.Module, Any], Any] | None = None,
     max_batches: int | None = None,
+    skip_unreached: bool = False,
 ) -> dict[str, torch.Tensor]:
     """Second moments of the inputs of ``layer_names`` over ``batches``.
 
     ``forward(model, batch)`` runs one batch (default: ``model(batch)``, or ``model(batch[0])``
-    for ``(inputs, targets)`` tuples). Every submodule's train/eval mode is restored afterwards and the
+    for ``(inputs, targets)`` tuples). A layer no batch reached raises ``ValueError``, or is left out
+    with ``skip_unreached``. Every submodule's train/eval mode is restored afterwards and the
     hooks are removed even if a batch fails.
     """
     layers = {name: model.get_submodule(name) for name in layer_names}
     moments = {name: SecondMoment(input_dimension(layer)) for name, layer in layers.items()}
-    run = forward or _default_forward
+    run = forward or default_forward
     handles = [
         layer.register_forward_pre_hook(
             lambda mod, args, name=name: moments[name].update(layer_input_rows(mod, args[0])))
@@ -97,10 +99,12 @@ def collect_input_covariances(
             handle.remove()
         for module, training in modes:  # each submodule's own mode (a frozen BatchNorm stays frozen)
             module.training = training
+    if skip_unreached:  # e.g. a layer whose parent computes with its weight instead of calling it
+        return {name: moment.value() for name, moment in moments.items() if moment.count}
     return {name: moment.value() for name, moment in moments.items()}
 
 
-def _default_forward(model: nn.Module, batch: Any) -> Any:
+def default_forward(model: nn.Module, batch: Any) -> Any:
     if isinstance(batch, (tuple, list)):
         return model(batch[0])
     return model(batch)

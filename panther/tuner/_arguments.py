@@ -85,3 +85,14 @@ def search_or_default(search_algorithm: Any) -> Any:
 def check_maximises(search: SearchAlgorithm) -> None:
     if search.direction != "maximize":
         raise ValueError("the tuner maximises its scores; create the search with direction='maximize'")
+
+
+#: ``SKAutoTuner(strategy=...)``: how the accuracy budget is spent over the tuned groups.
+STRATEGIES = ("auto", "allocate", "search")
+
+
+def check_strategy(strategy: Any, threshold: float | None) -> None:
+    if strategy not in STRATEGIES:
+        raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
+    if strategy == "allocate" and threshold is None:
+        raise ValueError("strategy='allocate' spends the drop down to accuracy_threshold; pass accuracy_threshold")

@@ -18,7 +18,7 @@ from torch import nn
 from panther.kinds import LayerKind
 from panther.nn.calibration import collect_input_covariances
 from panther.nn.rebuild import replace_module
-from panther.tuner.layers import layer_weights
+from panther.tuner.layers import layer_bytes
 from panther.tuner.selectors import LayerNameResolver
 
 logger = logging.getLogger(__name__)
@@ -42,6 +42,7 @@ class LayerInstaller:
         self.installed: dict[str, nn.Module] = {}  # layer name -> sketch installed by this tuner
         self.kinds: dict[str, LayerKind] = {}  # layer name -> the kind replacing it
         self.input_covs: dict[str, torch.Tensor] = {}
+        self._calibrated: set[str] = set()  # layers whose inputs were collected (or found unreached)
 
     def dense_of(self, name: str) -> nn.Module:
         """The dense layer at ``name``: the remembered one if a sketch of this tuner sits there now."""
@@ -84,24 +85,34 @@ class LayerInstaller:
         dense = self.originals[name]
         if params.get("init") == "data_svd":
             self.calibrate()
+            if name not in self.input_covs:
+                raise ValueError(f"init='data_svd' needs {name}'s input covariance, but no calibration batch "
+                                 "reached the layer (is it called by its parent?)")
             params = {**params, "input_cov": self.input_covs[name]}
         candidate = self.kinds[name].build(dense, params, copy_weights)
         candidate.train(dense.training)
         return candidate
 
-    def dense_weights(self, names: Sequence[str]) -> int:
-        return sum(layer_weights(self.originals[name]) for name in names)
+    def dense_bytes(self, names: Sequence[str]) -> int:
+        return sum(layer_bytes(self.originals[name]) for name in names)
+
+    def calibration_batches(self) -> Iterable[Any] | None:
+        """The calibration data, readable more than once (a one-shot iterator is kept as a list)."""
+        if isinstance(self.calibration_data, Iterator):  # a generator: read once, keep
+            self.calibration_data = list(self.calibration_data)
+        return self.calibration_data
 
     def calibrate(self) -> None:
         """Measure the dense layers' input covariances once (data-aware init), with the dense layers in place."""
-        names = [name for name, kind in self.kinds.items() if name not in self.input_covs and kind.data_aware]
+        names = [name for name, kind in self.kinds.items() if name not in self._calibrated and kind.data_aware]
         if self.calibration_data is None or not names:
             return
+        self._calibrated.update(names)  # once per layer, even one no batch reaches
         before = self.current()
         self.put(self.originals)
         try:
             logger.info("calibrating %d layers on the calibration data", len(names))
-            self.input_covs.update(collect_input_covariances(self.model, names, self.calibration_data,
-                                                             self.calibration_forward))
+            self.input_covs.update(collect_input_covariances(self.model, names, self.calibration_batches(),
+                                                             self.calibration_forward, skip_unreached=True))
         finally:
             self.put(before)

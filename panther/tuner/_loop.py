@@ -47,7 +47,7 @@ class SearchLoop:
 
     def _run_with_budget(self, budget: Budget) -> None:
         probes = self._probe_rounds(budget)
-        weights = {g.name: potential(probes[g.name][1], self.runner.installer.dense_weights(g.layers),
+        weights = {g.name: potential(probes[g.name][1], self.runner.installer.dense_bytes(g.layers),
                                      self.threshold_of(g.name), settled=probes[g.name][0].settled)
                    for g in self.groups}
         order = sorted(self.groups, key=lambda g: -weights[g.name])

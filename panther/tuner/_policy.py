@@ -21,18 +21,18 @@ logger = logging.getLogger(__name__)
 Measure = Callable[[Mapping[str, TrialRecord]], float]
 
 
-def group_thresholds(baseline: float, threshold: float, dense_weights: Mapping[str, int]) -> dict[str, float]:
+def group_thresholds(baseline: float, threshold: float, dense_bytes: Mapping[str, int]) -> dict[str, float]:
     """Per-group accuracy thresholds that share the allowed drop ``baseline - threshold`` by weight.
 
     Drops of separately sketched layers roughly add up, so groups that each lose no more than their
-    share should meet ``threshold`` together; the share follows the dense weights because that is
+    share should meet ``threshold`` together; the share follows the dense bytes because that is
     where the savings are. Without a margin to share (a NaN baseline, or one already below the
     threshold) every group gets ``threshold`` itself.
     """
-    total = sum(dense_weights.values())
-    if len(dense_weights) == 1 or not math.isfinite(baseline) or baseline <= threshold or total <= 0:
-        return {name: threshold for name in dense_weights}  # (one group: exactly the threshold)
-    return {name: baseline - (baseline - threshold) * weights / total for name, weights in dense_weights.items()}
+    total = sum(dense_bytes.values())
+    if len(dense_bytes) == 1 or not math.isfinite(baseline) or baseline <= threshold or total <= 0:
+        return {name: threshold for name in dense_bytes}  # (one group: exactly the threshold)
+    return {name: baseline - (baseline - threshold) * size / total for name, size in dense_bytes.items()}
 
 
 class ComposedCheck:
@@ -45,20 +45,20 @@ class ComposedCheck:
 
     Args:
         results: the run's records; its decisions are updated in place.
-        dense_weights: weights of each group's dense layers, in the groups' order.
+        dense_bytes: stored bytes of each group's dense layers, in the groups' order.
         threshold: the whole model's accuracy threshold.
         measure_accuracy: accuracy of a composed model (see :data:`Measure`).
         measure_speed: its speed, or ``None`` when the tuner has no ``optmization_eval_func``.
     """
 
-    def __init__(self, results: TuningResults, dense_weights: Mapping[str, int], threshold: float,
+    def __init__(self, results: TuningResults, dense_bytes: Mapping[str, int], threshold: float,
                  measure_accuracy: Measure, measure_speed: Measure | None) -> None:
-        self.results, self.dense_weights, self.threshold = results, dict(dense_weights), threshold
+        self.results, self.dense_bytes, self.threshold = results, dict(dense_bytes), threshold
         self.measure_accuracy, self.measure_speed = measure_accuracy, measure_speed
 
     def run(self, spend_margin: bool) -> None:
         baseline = self.results.baseline_accuracy
-        kept = {g: r for g in self.dense_weights if (r := self.results.best_record(g)) is not None}
+        kept = {g: r for g in self.dense_bytes if (r := self.results.best_record(g)) is not None}
         while kept:
             accuracy = self._composed_accuracy(kept)
             if accuracy >= self.threshold:
@@ -88,14 +88,14 @@ class ComposedCheck:
     def _spend_margin(self, kept: dict[str, TrialRecord], accuracy: float) -> None:
         """Use what the composed model has above the threshold for cheaper trials, one check each.
 
-        The candidate saving the most weights per unit of extra drop goes first; a failed check
+        The candidate saving the most bytes per unit of extra drop goes first; a failed check
         rules out that group's trials at or below the failed size. With a speed measure a candidate
-        must also make the composed model score higher on it (measured), since fewer weights need
+        must also make the composed model score higher on it (measured), since fewer bytes need
         not mean faster. At most one check per group, so this costs little next to the search.
         """
         speed: float | None = None  # the composed model's, measured once a candidate needs it
-        floor: dict[str, int] = {}  # group -> weights at which a composed check failed
-        for _ in range(len(self.dense_weights)):
+        floor: dict[str, int] = {}  # group -> bytes at which a composed check failed
+        for _ in range(len(self.dense_bytes)):
             options = self._cheaper_options(kept, accuracy - self.threshold, floor)
             if not options:
                 return
@@ -113,45 +113,45 @@ class ComposedCheck:
                 logger.info("spare margin: %s takes trial %d (%s), composed accuracy %.4f", name, record.trial,
                             describe(record.params), accuracy)
             else:
-                floor[name] = record.weights  # type: ignore[assignment]
+                floor[name] = record.bytes  # type: ignore[assignment]
                 self.results.composed_accuracy = accuracy
 
     def _cheaper_options(self, kept: Mapping[str, TrialRecord], margin: float,
                          floor: Mapping[str, int]) -> list[tuple[float, str, TrialRecord]]:
-        """``(weights saved per unit of drop, group, trial)`` for trials cheaper than each group's choice.
+        """``(bytes saved per unit of drop, group, trial)`` for trials cheaper than each group's choice.
 
-        A trial qualifies if it met the whole-model threshold alone, stores fewer weights than the
+        A trial qualifies if it met the whole-model threshold alone, stores fewer bytes than the
         group's current choice (dense if none) and more than ``floor``, is not measured slower, and
         its extra drop (measured alone) fits ``margin``.
         """
         options = []
-        for group, dense_weights in self.dense_weights.items():
+        for group, dense_bytes in self.dense_bytes.items():
             if group in self.results.reverted:
                 continue
             current = kept.get(group)
-            current_weights = current.weights if current is not None else dense_weights
+            current_bytes = current.bytes if current is not None else dense_bytes
             current_accuracy = current.accuracy if current is not None else self.results.baseline_accuracy
             for r in self.results.records:
-                if (r.group != group or r.status == "failed" or r.accuracy is None or r.weights is None
+                if (r.group != group or r.status == "failed" or r.accuracy is None or r.bytes is None
                         or r.accuracy < self.threshold
-                        or not floor.get(group, -1) < r.weights < current_weights):  # type: ignore[operator]
+                        or not floor.get(group, -1) < r.bytes < current_bytes):  # type: ignore[operator]
                     continue
                 if current is not None and None not in (current.speed, r.speed) and r.speed < current.speed:  # type: ignore[operator]
                     continue  # measured slower: not cheaper where it counts
                 drop = max(current_accuracy - r.accuracy, 0.0)  # type: ignore[operator]
                 if drop <= margin:
-                    options.append(((current_weights - r.weights) / (drop + 1e-12), group, r))  # type: ignore[operator]
+                    options.append(((current_bytes - r.bytes) / (drop + 1e-12), group, r))  # type: ignore[operator]
         return options
 
     def _safer_record(self, group: str, current: TrialRecord) -> TrialRecord | None:
         """The best-scoring feasible trial of ``group`` measured more accurate than ``current``."""
         safer = [r for r in self.results.records if r.group == group and r.feasible and r.status != "failed"
                  and r.accuracy is not None and r.accuracy > current.accuracy]  # type: ignore[operator]
-        return min(safer, key=lambda r: (-(r.score or 0.0), r.weights or 0, r.trial), default=None)
+        return min(safer, key=lambda r: (-(r.score or 0.0), r.bytes or 0, r.trial), default=None)
 
 
 def cost_per_gain(record: TrialRecord, baseline: float | None) -> float:
     """Accuracy lost per weight saved: the group backed off first is the one where this is largest."""
     drop = max((baseline if baseline is not None else record.accuracy) - record.accuracy, 0.0)  # type: ignore[operator]
-    saved = max(record.dense_weights - record.weights, 1)  # type: ignore[operator]
+    saved = max(record.dense_bytes - record.bytes, 1)  # type: ignore[operator]
     return (drop + 1e-12) / saved

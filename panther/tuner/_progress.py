@@ -106,12 +106,20 @@ class TuningProgress:
         The gains are the largest weight saving and, when a speed function is measured, the highest
         speed among trials meeting the threshold.
         """
+        self._advance(f"group {record.group}", record.feasible, record.size_ratio, record.speed)
+
+    def plan_done(self, plan: dict[str, Any]) -> None:
+        """One more whole-model plan evaluated (``strategy="allocate"``, see ``results.plans``)."""
+        ratio = plan["bytes"] / plan["dense_bytes"] if plan["dense_bytes"] else None
+        self._advance(f"plan {plan['plan']} ({plan['phase']})", plan["feasible"], ratio, plan["speed"])
+
+    def _advance(self, label: str, feasible: bool, size_ratio: float | None, speed: float | None) -> None:
         if self._bar is None:
             return
-        if record.feasible and record.weight_ratio is not None:
-            self._best_saving = max(self._best_saving, 1.0 - record.weight_ratio)
-        if record.feasible and record.speed is not None:
-            self._best_speed = max(record.speed, self._best_speed or record.speed)
-        speed = "" if self._best_speed is None else f", best speed {self._best_speed:.3g}"
-        self._bar.set_postfix_str(f"group {record.group}, best saving {self._best_saving:.0%}{speed}", refresh=False)
+        if feasible and size_ratio is not None:
+            self._best_saving = max(self._best_saving, 1.0 - size_ratio)
+        if feasible and speed is not None:
+            self._best_speed = max(speed, self._best_speed or speed)
+        best_speed = "" if self._best_speed is None else f", best speed {self._best_speed:.3g}"
+        self._bar.set_postfix_str(f"{label}, best saving {self._best_saving:.0%}{best_speed}", refresh=False)
         self._bar.update(1)

@@ -1,7 +1,7 @@
 """One trial: build a group's candidates, swap them in, score them, swap them out, record the outcome.
 
 Objective (higher is better): accuracy without a threshold; with one, ``optmization_eval_func``
-(e.g. throughput) if given, else the fraction of the layers' weights saved. A trial below its
+(e.g. throughput) if given, else the fraction of the layers' stored bytes saved. A trial below its
 threshold keeps its measured accuracy, its speed is never measured, and its score is
 ``INFEASIBLE_SCORE + (accuracy - threshold)``: below every feasible score, yet ordered by accuracy
 so a search still learns where to go.
@@ -18,7 +18,7 @@ from typing import Any
 from panther.tuner._installer import LayerInstaller
 from panther.tuner.evaluation import describe, measure
 from panther.tuner.groups import TuningGroup
-from panther.tuner.layers import layer_weights
+from panther.tuner.layers import layer_bytes
 from panther.tuner.results import TrialRecord, TuningResults
 
 logger = logging.getLogger(__name__)
@@ -26,7 +26,7 @@ logger = logging.getLogger(__name__)
 #: Score offset told to the search for trials below the accuracy threshold.
 INFEASIBLE_SCORE = -1.0e6
 #: The fields of a trial's record that travel with it through a search's storage.
-RECORD_FIELDS = ("status", "accuracy", "accuracy_std", "speed", "speed_std", "feasible", "weights", "error")
+RECORD_FIELDS = ("status", "accuracy", "accuracy_std", "speed", "speed_std", "feasible", "bytes", "error")
 
 EvalFunc = Callable[..., float]
 
@@ -66,7 +66,7 @@ class TrialRunner:
         self.counter += 1
         record = TrialRecord(group=group.name, layer_names=list(group.layers), trial=self.counter,
                              params=dict(params), phase=phase,
-                             dense_weights=self.installer.dense_weights(group.layers), **fields)
+                             dense_bytes=self.installer.dense_bytes(group.layers), **fields)
         self.results.records.append(record)
         self.cache.setdefault(group.name, {})[params_key(params)] = record
         return record
@@ -87,14 +87,14 @@ class TrialRunner:
             log_trial(record)
             self.on_trial(record)
             return record
-        record.weights = sum(layer_weights(c) for c in candidates.values())
+        record.bytes = sum(layer_bytes(c) for c in candidates.values())
         try:
             with self.installer.swapped(candidates):
                 self._measure_candidate(record)
         except Exception as exc:
             record.status, record.error = "failed", f"{type(exc).__name__}: {exc}"
             logger.debug("[%s] trial %d raised", group.name, record.trial, exc_info=True)
-            self._check_dense_evaluates(exc)
+            self.check_dense_evaluates(exc)
         except BaseException as exc:  # KeyboardInterrupt & co: the model is restored by swapped()
             record.status, record.error = "failed", f"{type(exc).__name__}: {exc}"
             raise
@@ -118,7 +118,7 @@ class TrialRunner:
             return math.nan
         return value
 
-    def _check_dense_evaluates(self, candidate_error: Exception) -> None:
+    def check_dense_evaluates(self, candidate_error: Exception) -> None:
         """Re-raise when the evaluation functions fail on the dense model too: the bug is not the candidate's."""
         if self.dense_evaluates:
             return
@@ -150,7 +150,7 @@ class TrialRunner:
                 return
             record.feasible, record.score = True, speed
         else:
-            record.feasible, record.score = True, 1.0 - record.weights / record.dense_weights  # type: ignore[operator]
+            record.feasible, record.score = True, 1.0 - record.bytes / record.dense_bytes  # type: ignore[operator]
 
 
 def log_trial(record: TrialRecord) -> None:
@@ -160,6 +160,6 @@ def log_trial(record: TrialRecord) -> None:
         return
     speed = "" if record.speed is None else f", speed {record.speed:.4g}"
     outcome = f"score {record.score:.4g}" if record.feasible else "below the accuracy threshold"
-    logger.info("[%s] trial %d: %s -> accuracy %.4f±%.4f%s, weights %d/%d, %s", record.group, record.trial,
-                describe(record.params), record.accuracy, record.accuracy_std, speed, record.weights,
-                record.dense_weights, outcome)
+    logger.info("[%s] trial %d: %s -> accuracy %.4f±%.4f%s, bytes %d/%d, %s", record.group, record.trial,
+                describe(record.params), record.accuracy, record.accuracy_std, speed, record.bytes,
+                record.dense_bytes, outcome)

@@ -58,26 +58,28 @@ class ParamsResolver:
         #: Layers the last :meth:`resolve_modules` left out, with the reason.
         self.skipped: dict[str, str] = {}
 
-    def space_for(self, layer: nn.Module, copy_weights: bool = True, data_aware: bool = False) -> Space | None:
+    def space_for(self, layer: nn.Module, copy_weights: bool = True, data_aware: bool = False,
+                  methods: bool = False) -> Space | None:
         """The space for one layer, or ``None`` when "auto" does not support it or no rank is cheaper.
 
         The init is ``"data_svd"`` with calibration data (``data_aware``), ``"svd"`` when copying
-        weights without it, and ``"sketch"`` for freshly initialised layers.
+        weights without it, and ``"sketch"`` for freshly initialised layers. ``methods``: the tuner
+        allocates over the whole model, so kinds may offer several methods (int8 on CPU).
         """
         kind = _kind_with_auto_space(layer)
-        return None if kind is None else kind.auto_space(layer, copy_weights, data_aware)
+        return None if kind is None else kind.auto_space(layer, copy_weights, data_aware, methods)
 
     def resolve(self, layers: Sequence[LayerRef], copy_weights: bool = True,
-                data_aware: bool = False) -> dict[str, Space]:
+                data_aware: bool = False, methods: bool = False) -> dict[str, Space]:
         """Per layer (by name; a module is named by its first name in the model) its concrete space.
 
         Layers that "auto" cannot handle or for which no sketch is cheaper are left out, with a warning.
         Layers of identical type and shape share the same space object.
         """
-        return self.resolve_modules(dict(self._lookup(ref) for ref in layers), copy_weights, data_aware)
+        return self.resolve_modules(dict(self._lookup(ref) for ref in layers), copy_weights, data_aware, methods)
 
     def resolve_modules(self, layers: Mapping[str, nn.Module], copy_weights: bool = True,
-                        data_aware: bool = False) -> dict[str, Space]:
+                        data_aware: bool = False, methods: bool = False) -> dict[str, Space]:
         """:meth:`resolve` for layers given as ``{name: module}``."""
         spaces: dict[str, Space] = {}
         shared: dict[Hashable, Space | None] = {}
@@ -90,7 +92,7 @@ class ParamsResolver:
                 continue
             key = kind.shape_key(layer)
             if key not in shared:
-                shared[key] = self.space_for(layer, copy_weights, data_aware)
+                shared[key] = self.space_for(layer, copy_weights, data_aware, methods)
             if shared[key] is None:
                 self.skipped[name] = f"no sketch of this {type(layer).__name__} is cheaper than the dense layer"
                 warnings.warn(f"params='auto': {self.skipped[name]}; skipping {name!r}", stacklevel=3)

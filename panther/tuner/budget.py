@@ -122,13 +122,13 @@ def prober_for(space: dict[str, ParamSpec], threshold: float | None) -> Prober:
     return Bisection(space, *axis)
 
 
-def potential(probes: Sequence[TrialRecord], dense_weights: int, threshold: float | None,
+def potential(probes: Sequence[TrialRecord], dense_bytes: int, threshold: float | None,
               settled: bool = False) -> float:
     """How many trials a group deserves, relative to the others (0: nothing left to learn)."""
     if settled:
         return 0.0
     if threshold is None:
-        return float(dense_weights)
+        return float(dense_bytes)
     ok = [r for r in probes if r.status != "failed"]
     if ok and ok[0].feasible:
         key = "cheapest_feasible"
@@ -136,7 +136,7 @@ def potential(probes: Sequence[TrialRecord], dense_weights: int, threshold: floa
         key = "middle_feasible"
     else:
         key = "none_feasible"
-    return _OPEN_QUESTION[key] * dense_weights
+    return _OPEN_QUESTION[key] * dense_bytes
 
 
 class Budget:

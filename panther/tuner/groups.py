@@ -55,13 +55,15 @@ class GroupBuilder:
     """
 
     def __init__(self, model: nn.Module, resolver: LayerNameResolver, dense_of: Callable[[str], nn.Module],
-                 accepts_param_specs: bool, tune_tied: bool, data_aware: bool = False) -> None:
+                 accepts_param_specs: bool, tune_tied: bool, data_aware: bool = False,
+                 methods: bool = False) -> None:
         self.model = model
         self.resolver = resolver
         self.dense_of = dense_of
         self.accepts_param_specs = accepts_param_specs
         self.tune_tied = tune_tied
         self.data_aware = data_aware
+        self.methods = methods  # "auto" may offer several methods per layer (whole-model allocation)
         self.skipped: dict[str, str] = {}
 
     def build(self, configs: TuningConfigs) -> tuple[list[TuningGroup], TuningConfigs]:
@@ -145,7 +147,7 @@ class GroupBuilder:
                      names: list[str]) -> tuple[list[TuningGroup], list[LayerConfig]]:
         params_resolver = ParamsResolver(self.resolver)
         spaces = params_resolver.resolve_modules({n: self.dense_of(n) for n in names}, config.copy_weights,
-                                                 self.data_aware)
+                                                 self.data_aware, self.methods)
         self.skipped.update(params_resolver.skipped)
         if not spaces:
             warnings.warn(f"configs[{index}]: params='auto' found nothing worth sketching in {names}", stacklevel=4)

@@ -21,9 +21,10 @@ def unsupported_reason(module: nn.Module) -> str:
     return f"{type(module).__name__} has no sketched replacement"
 
 
-def layer_weights(module: nn.Module) -> int:
-    """Stored numbers (parameters and buffers) a layer multiplies with: its size and its cost."""
-    return sum(p.numel() for p in module.parameters()) + sum(b.numel() for b in module.buffers())
+def layer_bytes(module: nn.Module) -> int:
+    """Bytes of the parameters and buffers a layer stores: what int8 saves, which counts of numbers miss."""
+    tensors = [*module.parameters(), *module.buffers()]
+    return sum(t.numel() * t.element_size() for t in tensors)
 
 
 def attention_internals(model: nn.Module) -> dict[int, int]:

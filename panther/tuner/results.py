@@ -11,6 +11,7 @@ import io
 import math
 import os
 import pickle
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
@@ -38,17 +39,17 @@ class TrialRecord:
     speed_std: float | None = None
     score: float | None = None  # the value the search algorithm was told (higher is better)
     feasible: bool = False
-    weights: int | None = None  # parameters + buffers of the group's sketched layers
-    dense_weights: int | None = None
-    phase: str = "search"  # "probe" (budget sensitivity pass), "search", or "storage" (resumed)
+    bytes: int | None = None  # stored bytes (parameters + buffers) of the group's layers: int8 counts 1 per weight
+    dense_bytes: int | None = None
+    phase: str = "search"  # "probe" (budget pass), "search", "storage" (resumed) or "allocation"
     error: str | None = None
     duration_s: float = 0.0
 
     @property
-    def weight_ratio(self) -> float | None:
-        if self.weights is None or not self.dense_weights:
+    def size_ratio(self) -> float | None:
+        if self.bytes is None or not self.dense_bytes:
             return None
-        return self.weights / self.dense_weights
+        return self.bytes / self.dense_bytes
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -78,13 +79,17 @@ class TuningResults:
     reused_trials: dict[str, int] = field(default_factory=dict)
     group_thresholds: dict[str, float] = field(default_factory=dict)  # group -> accuracy its trials had to reach
     skipped: dict[str, str] = field(default_factory=dict)  # selected layer -> why it is not tuned
+    #: Whole-model plans a strategy="allocate" run evaluated (plain dicts: plan number, phase,
+    #: choices, accuracy, speed, feasible, bytes, dense_bytes, predicted_error, duration_s).
+    plans: list[dict[str, Any]] = field(default_factory=list)
+    chosen_plan: int | None = None  # the plan whose choices were recorded
 
     def best_record(self, group: str) -> TrialRecord | None:
-        """The feasible record with the highest score (fewest weights, then earliest, on ties)."""
+        """The feasible record with the highest score (fewest bytes, then earliest, on ties)."""
         candidates = [r for r in self.records if r.group == group and r.feasible and r.status != "failed"]
         if not candidates:
             return None
-        return min(candidates, key=lambda r: (-(r.score or 0.0), r.weights or 0, r.trial))
+        return min(candidates, key=lambda r: (-(r.score or 0.0), r.bytes or 0, r.trial))
 
     def selected_record(self, group: str) -> TrialRecord | None:
         """The trial installed for ``group``: the best one, or the safer one the composed check chose."""
@@ -108,6 +113,8 @@ class TuningResults:
             "reused_trials": self.reused_trials,
             "group_thresholds": self.group_thresholds,
             "skipped": self.skipped,
+            "plans": self.plans,
+            "chosen_plan": self.chosen_plan,
         }
         _check_plain(data, "results")
         return data
@@ -127,6 +134,8 @@ class TuningResults:
                 reused_trials={str(k): int(v) for k, v in data["reused_trials"].items()},
                 group_thresholds={str(k): float(v) for k, v in data.get("group_thresholds", {}).items()},
                 skipped={str(k): str(v) for k, v in data.get("skipped", {}).items()},
+                plans=[dict(plan) for plan in data.get("plans", [])],
+                chosen_plan=data.get("chosen_plan"),
             )
         except (KeyError, TypeError, AttributeError) as exc:
             raise ValueError(f"malformed results file: {exc}") from None
@@ -188,7 +197,7 @@ def results_rows(results: TuningResults) -> list[dict[str, Any]]:
             row.update(
                 accuracy=record.accuracy, accuracy_std=record.accuracy_std, speed=record.speed,
                 speed_std=record.speed_std, score=record.score, feasible=record.feasible,
-                status=record.status, weights=record.weights, dense_weights=record.dense_weights,
+                status=record.status, bytes=record.bytes, dense_bytes=record.dense_bytes,
                 phase=record.phase, best=best_trials.get(record.group) == record.trial,
                 reverted=record.group in results.reverted, error=record.error,
             )
@@ -211,12 +220,12 @@ def _fmt(value: float | None, spec: str = ".4f") -> str:
 
 
 def _is_cheaper(record: TrialRecord, best: TrialRecord | None) -> bool:
-    return best is None or (record.weights or 0) < (best.weights or 0)
+    return best is None or (record.bytes or 0) < (best.bytes or 0)
 
 
 def summary_table(results: TuningResults) -> str:
-    """Per layer: chosen params, accuracy and speed of its selected trial, weights kept, outcome."""
-    header = ("layer", "params", "accuracy", "speed", "weights", "outcome")
+    """Per layer: chosen params, accuracy and speed of its selected trial, bytes kept, outcome."""
+    header = ("layer", "params", "accuracy", "speed", "bytes", "outcome")
     lines: list[tuple[str, ...]] = [header]
     for group, layers in results.groups.items():
         best = results.best_record(group)
@@ -228,11 +237,12 @@ def summary_table(results: TuningResults) -> str:
             cells: Sequence[str] = ("-", "-", "-", "-")
         else:
             outcome = ("reverted to dense" if group in results.reverted
+                       else f"replaced (whole-model plan {results.chosen_plan})" if record.phase == "allocation"
                        else "sketched" if group not in results.chosen
                        else "sketched (spends the composed model's spare margin)" if _is_cheaper(record, best)
                        else "sketched (stepped up for the composed model)")
-            ratio = record.weight_ratio
-            weights = f"{record.weights}/{record.dense_weights} ({_fmt(ratio, '.1%')})"
+            ratio = record.size_ratio
+            weights = f"{record.bytes}/{record.dense_bytes} ({_fmt(ratio, '.1%')})"
             params = ", ".join(f"{k}={v}" for k, v in record.params.items())
             cells = (params, _fmt(record.accuracy), _fmt(record.speed, ".4g"), weights)
         for layer in layers:
@@ -250,6 +260,11 @@ def summary_table(results: TuningResults) -> str:
     if results.skipped:
         footer.append("skipped (kept dense):")
         footer += [f"  {layer}: {reason}" for layer, reason in results.skipped.items()]
+    if results.plans:
+        phases = Counter(plan["phase"] for plan in results.plans)
+        footer.append(f"whole-model plans evaluated: {len(results.plans)} ("
+                      + ", ".join(f"{n} {phase}" for phase, n in phases.items()) + ")"
+                      + ("" if results.chosen_plan is None else f"; plan {results.chosen_plan} chosen"))
     reused = sum(results.reused_trials.values())
     if reused:
         footer.append(f"duplicate proposals answered from earlier results: {reused}")

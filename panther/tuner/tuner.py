@@ -14,7 +14,7 @@ How a run goes (:meth:`SKAutoTuner.tune`):
 2. Each group (one layer, or several tuned jointly) asks the search for parameters, builds the
    candidates from the dense layers, swaps them in, evaluates, swaps them out, tells the search.
 3. Objective (higher is better): accuracy without ``accuracy_threshold``; with a threshold,
-   ``optmization_eval_func`` (e.g. throughput) if given, else the fraction of the layers' weights
+   ``optmization_eval_func`` (e.g. throughput) if given, else the fraction of the layers' stored bytes
    saved. A trial below the threshold keeps its measured accuracy in the results, its speed is
    never measured, and the search is told ``INFEASIBLE_SCORE + (accuracy - threshold)``: below
    every feasible score, yet ordered by accuracy so the search still learns where to go.
@@ -44,12 +44,14 @@ import logging
 import os
 import warnings
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, Literal
 
 from torch import nn
 
 from panther.kinds import kind_of
+from panther.nn.calibration import default_forward
 from panther.tuner import _arguments as args
+from panther.tuner._allocate import Allocation, allocatable_reason
 from panther.tuner._installer import LayerInstaller
 from panther.tuner._loop import SearchLoop
 from panther.tuner._policy import ComposedCheck, group_thresholds
@@ -62,9 +64,19 @@ from panther.tuner.results import TrialRecord, TuningResults, results_dataframe,
 from panther.tuner.search.base import as_search_algorithm
 from panther.tuner.selectors import LayerNameResolver
 
-__all__ = ["INFEASIBLE_SCORE", "SKAutoTuner", "group_thresholds"]
+__all__ = ["INFEASIBLE_SCORE", "AllocationUnavailableError", "SKAutoTuner", "group_thresholds"]
 
 logger = logging.getLogger(__name__)
+
+
+class AllocationUnavailableError(ValueError):
+    """``strategy="allocate"`` was asked for groups it cannot allocate (the message says which and why)."""
+
+
+def _reemit(caught: list[warnings.WarningMessage]) -> None:
+    """Show warnings recorded while resolving configs (from the caller's caller's point of view)."""
+    for warning in caught:
+        warnings.warn(warning.message, warning.category, stacklevel=4)
 
 
 class SKAutoTuner:
@@ -89,13 +101,22 @@ class SKAutoTuner:
         calibration_forward: ``f(model, batch)`` running one calibration batch (default:
             ``model(batch)``, or ``model(batch[0])`` for ``(inputs, targets)`` pairs).
         share_accuracy_drop: hold each group to a share of the allowed drop
-            ``baseline - accuracy_threshold``, in proportion to its dense weights, instead of the
+            ``baseline - accuracy_threshold``, in proportion to its dense bytes, instead of the
             whole margin (``False``: every group is tuned against ``accuracy_threshold`` itself, as
             in the original design). The composed model is checked against ``accuracy_threshold``
             either way.
         progress_bar: with ``verbose``, ``None`` (default) shows a bar when stdout is a terminal and
             one line per trial otherwise; ``False`` never shows a bar, ``True`` always does (for
             callers that own the console, e.g. a trainer with its own progress-bar setting).
+        strategy: how the allowed drop is spent over the groups. ``"allocate"``: whole-model
+            allocation (:mod:`panther.tuner._allocate`): every layer's options are weighed by
+            predicted or measured error and by bytes (or measured time, with a speed function),
+            and full evaluations bisect one plan for the whole model; ``params="auto"`` then offers
+            int8 beside the sketch on CPU. It needs ``accuracy_threshold`` and finite spaces of
+            layers measurable alone (not attention). ``"search"``: each group is searched with
+            ``search_algorithm`` (probes, shared drop, composed check). ``"auto"`` (default):
+            ``"allocate"`` when there is a threshold, no ``search_algorithm`` was given and every
+            group can be allocated; ``"search"`` otherwise.
     """
 
     def __init__(
@@ -117,6 +138,7 @@ class SKAutoTuner:
         calibration_forward: Callable[[nn.Module, Any], Any] | None = None,
         share_accuracy_drop: bool = True,
         progress_bar: bool | None = None,
+        strategy: Literal["auto", "allocate", "search"] = "auto",
     ) -> None:
         args.check_model(model)
         speed_func = args.speed_function(optmization_eval_func, optimization_eval_func)
@@ -125,6 +147,7 @@ class SKAutoTuner:
         threshold = args.check_threshold(accuracy_threshold)
         args.check_speed_needs_threshold(speed_func, threshold)
         args.check_calibration(calibration_data, calibration_forward)
+        args.check_strategy(strategy, threshold)
         args.check_positive("num_runs_per_param", num_runs_per_param, integer=True, optional=False)
         args.check_positive("max_total_trials", max_total_trials, integer=True)
         args.check_positive("time_budget_s", time_budget_s, integer=False)
@@ -137,6 +160,8 @@ class SKAutoTuner:
         self.model = model
         self.accuracy_eval_func = accuracy_eval_func
         self.optimization_eval_func = speed_func
+        self.strategy = strategy
+        self._search_given = search_algorithm is not None
         self.search_algorithm = args.search_or_default(search_algorithm)
         self._search = as_search_algorithm(self.search_algorithm)
         args.check_maximises(self._search)
@@ -164,17 +189,21 @@ class SKAutoTuner:
                              else None, self._threshold_of, self.results)
         budget = Budget(self.max_total_trials, self.time_budget_s)
         before = self._layers.current()
-        progress = TuningProgress(self.verbose, planned_trials(self._groups, self._search,
-                                                               self.max_total_trials), bar=self.progress_bar)
+        total = self.max_total_trials if self.allocates else planned_trials(self._groups, self._search,
+                                                                            self.max_total_trials)
+        progress = TuningProgress(self.verbose, total, bar=self.progress_bar)
         runner.on_trial = progress.trial_done
         with progress.shown():
             try:
                 self._layers.put(self._layers.originals)
                 if self.accuracy_threshold is not None:
                     self._measure_baseline(runner)
-                SearchLoop(self._search, self._groups, runner, self._threshold_of).run(budget)
-                if self.accuracy_threshold is not None:
-                    self._check_composed(runner)
+                if self.allocates:
+                    self._allocate(runner, budget, progress)
+                else:
+                    SearchLoop(self._search, self._groups, runner, self._threshold_of).run(budget)
+                    if self.accuracy_threshold is not None:
+                        self._check_composed(runner)
             finally:
                 self._layers.put(before)
             progress.close_bar()
@@ -188,13 +217,22 @@ class SKAutoTuner:
         if accuracy < self.accuracy_threshold:  # type: ignore[operator]
             warnings.warn(f"the dense model's accuracy {accuracy:.4f} is already below accuracy_threshold "
                           f"{self.accuracy_threshold}; no sketch is likely to meet it", stacklevel=3)
-        if self.share_accuracy_drop:
+        if self.share_accuracy_drop and not self.allocates:
             self.results.group_thresholds = group_thresholds(accuracy, self.accuracy_threshold,  # type: ignore[arg-type]
-                                                             self._dense_weights())
+                                                             self._dense_bytes())
             if len(self._groups) > 1:
                 logger.info("allowed drop %.4g shared by weight: group thresholds %.4f to %.4f",
                             accuracy - self.accuracy_threshold, min(self.results.group_thresholds.values()),
                             max(self.results.group_thresholds.values()))
+
+    def _allocate(self, runner: TrialRunner, budget: Budget, progress: TuningProgress) -> None:
+        baseline = self.results.baseline_accuracy
+        if baseline is None or not baseline >= self.accuracy_threshold:  # type: ignore[operator]
+            return  # nothing to spend (warned by _measure_baseline)
+        batches = self._layers.calibration_batches()
+        calibration = None if batches is None else (batches, self.calibration_forward or default_forward)
+        Allocation(self._groups, self._layers, runner, self.accuracy_threshold, baseline,  # type: ignore[arg-type]
+                   self.optimization_eval_func, calibration, self.results, on_plan=progress.plan_done).run(budget)
 
     def _check_composed(self, runner: TrialRunner) -> None:
         groups = {g.name: g for g in self._groups}
@@ -206,7 +244,7 @@ class SKAutoTuner:
         def measure_speed(kept: dict[str, TrialRecord]) -> float:
             return runner.measure_composed(kept, groups, speed)  # type: ignore[arg-type]
 
-        check = ComposedCheck(self.results, self._dense_weights(), self.accuracy_threshold,  # type: ignore[arg-type]
+        check = ComposedCheck(self.results, self._dense_bytes(), self.accuracy_threshold,  # type: ignore[arg-type]
                               measure_accuracy, measure_speed if speed is not None else None)
         check.run(spend_margin=self.share_accuracy_drop)
 
@@ -216,8 +254,8 @@ class SKAutoTuner:
             return None
         return self.results.group_thresholds.get(group, self.accuracy_threshold)
 
-    def _dense_weights(self) -> dict[str, int]:
-        return {g.name: self._layers.dense_weights(g.layers) for g in self._groups}
+    def _dense_bytes(self) -> dict[str, int]:
+        return {g.name: self._layers.dense_bytes(g.layers) for g in self._groups}
 
     # -- installing ----------------------------------------------------------------------------
     def apply_best_params(self) -> nn.Module:
@@ -272,7 +310,7 @@ class SKAutoTuner:
         return results_dataframe(self.results)
 
     def summary(self) -> str:
-        """A table per layer: chosen parameters, accuracy, speed, weights kept and the outcome."""
+        """A table per layer: chosen parameters, accuracy, speed, bytes kept and the outcome."""
         return summary_table(self.results)
 
     def save_tuning_results(self, file_path: str | os.PathLike) -> None:
@@ -291,10 +329,24 @@ class SKAutoTuner:
     def _set_configs(self, configs: Any) -> None:
         """Resolve and validate ``configs`` against the model (nothing in the model changes)."""
         configs = TuningConfigs.coerce(configs)
-        builder = GroupBuilder(self.model, self._resolver, self._layers.dense_of,
-                               self._search.accepts_param_specs, self.tune_tied,
-                               data_aware=self.calibration_data is not None)
-        groups, resolved = builder.build(configs)
+        may_allocate = self.strategy == "allocate" or (
+            self.strategy == "auto" and self.accuracy_threshold is not None and not self._search_given)
+        caught: list[warnings.WarningMessage] = []
+        try:
+            with warnings.catch_warnings(record=True) as caught:  # shown below, unless built again
+                warnings.simplefilter("always")
+                groups, resolved, builder = self._build_groups(configs, methods=may_allocate)
+        except Exception:
+            _reemit(caught)
+            raise
+        reasons = [r for g in groups if (r := allocatable_reason(g, self._kinds_of(g))) is not None]
+        if self.strategy == "allocate" and reasons:
+            raise AllocationUnavailableError(f"strategy='allocate' cannot allocate {reasons[0]}; use strategy='search'")
+        if may_allocate and reasons:  # "auto": search instead, over the spaces a search gets
+            groups, resolved, builder = self._build_groups(configs, methods=False)
+        else:
+            _reemit(caught)
+        self.allocates = may_allocate and not reasons
         if self.calibration_data is None:
             for group in groups:
                 init = group.space.get("init")
@@ -306,6 +358,17 @@ class SKAutoTuner:
         self._skipped = dict(builder.skipped)
         self._layers.remember({name: kind_of(self._layers.dense_of(name)) for g in groups for name in g.layers})
         self.results = self._new_results()
+
+    def _build_groups(self, configs: TuningConfigs, methods: bool) -> tuple[list[TuningGroup], TuningConfigs,
+                                                                             GroupBuilder]:
+        builder = GroupBuilder(self.model, self._resolver, self._layers.dense_of,
+                               self._search.accepts_param_specs, self.tune_tied,
+                               data_aware=self.calibration_data is not None, methods=methods)
+        groups, resolved = builder.build(configs)
+        return groups, resolved, builder
+
+    def _kinds_of(self, group: TuningGroup) -> dict[str, Any]:
+        return {name: kind_of(self._layers.dense_of(name)) for name in group.layers}
 
     def _new_results(self) -> TuningResults:
         return TuningResults(groups={g.name: list(g.layers) for g in self._groups}, skipped=dict(self._skipped))

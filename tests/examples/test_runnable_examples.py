@@ -43,8 +43,8 @@ def test_lightning_examples_apply_a_plan_within_their_bound(name, max_drop):
     assert "Applied parameters: {" in out  # something was sketched
     report = re.search(r"dense val_acc (\d\.\d+), tuned val_acc (\d\.\d+), weights (\d+) -> (\d+)", out)
     if report:
-        dense_acc, tuned_acc, dense_weights, tuned_weights = map(_number, report.groups())
-        assert tuned_acc >= dense_acc - max_drop - 1e-6 and tuned_weights < dense_weights
+        dense_acc, tuned_acc, dense_bytes, tuned_bytes = map(_number, report.groups())
+        assert tuned_acc >= dense_acc - max_drop - 1e-6 and tuned_bytes < dense_bytes
     else:
         assert "reloads into the plain class with identical outputs: True" in out
 

@@ -13,7 +13,7 @@ from torch import nn
 from panther.kinds import LayerKind, all_kinds, kind_named, kind_of, rank_grid, register, unregister
 from panther.nn.rebuild import apply_plan, sketch_plan
 from panther.tuner import LayerConfig, SKAutoTuner, TuningConfigs
-from panther.tuner.layers import layer_weights
+from panther.tuner.layers import layer_bytes
 
 DENSE_EXAMPLES = {
     "SKLinear": lambda: nn.Linear(48, 40),
@@ -64,8 +64,8 @@ def test_linear_cost_model_equals_the_stored_numbers(d_in, d_out):
     kind, dense = kind_named("SKLinear"), nn.Linear(d_in, d_out)
     for T, k in itertools.product((1, 2), (1, 2, 3, 5, 8, 13)):
         sketched = kind.build(dense, {"num_terms": T, "low_rank": k, "init": "sketch"})
-        assert kind.is_cheaper(dense, {"num_terms": T, "low_rank": k}) == (layer_weights(sketched)
-                                                                           < layer_weights(dense))
+        assert kind.is_cheaper(dense, {"num_terms": T, "low_rank": k}) == (layer_bytes(sketched)
+                                                                           < layer_bytes(dense))
 
 
 @pytest.mark.parametrize("dense", [nn.Linear(64, 48), nn.Conv2d(16, 32, 3), nn.Conv2d(16, 32, 3, groups=4)],

@@ -40,6 +40,9 @@ def main(out_dir: str, calibration_batches: int) -> None:
               "trials": len(callback.tuner.results.records)}
     with open(os.path.join(out_dir, f"rank{trainer.global_rank}.json"), "w") as handle:
         json.dump(result, handle)
+    if torch.distributed.is_initialized():  # an orderly gloo shutdown: exiting with it alive can abort
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":

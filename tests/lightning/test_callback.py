@@ -51,13 +51,13 @@ def test_callback_tunes_applies_and_leaves_the_trainer_as_without_it(tmp_path):
     final_acc = accuracy(model, dm)
     assert final_acc == pytest.approx(callback.report.tuned_metric, abs=1e-6)
     assert final_acc >= dense_acc - 0.02 - 1e-6
-    assert callback.report.tuned_weights < callback.report.dense_weights
+    assert callback.report.tuned_bytes < callback.report.dense_bytes
     # each layer was held to its share of the 0.02 drop, by weight
     results = callback.tuner.results
-    dense_weights = {g: r.dense_weights for r in results.records for g in [r.group]}
-    assert set(results.group_thresholds) == set(dense_weights) and len(dense_weights) > 1
+    dense_bytes = {g: r.dense_bytes for r in results.records for g in [r.group]}
+    assert set(results.group_thresholds) == set(dense_bytes) and len(dense_bytes) > 1
     for group, threshold in results.group_thresholds.items():
-        share = dense_weights[group] / sum(dense_weights.values())
+        share = dense_bytes[group] / sum(dense_bytes.values())
         assert threshold == pytest.approx(dense_acc - 0.02 * share, abs=1e-6)
 
     # the trainer: same logs (apart from the summary row), metrics, checkpoints and counters

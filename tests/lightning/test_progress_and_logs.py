@@ -74,7 +74,7 @@ def test_callback_on_a_terminal_shows_a_bar_of_the_trials_the_group_and_the_best
     final = _bars(out)[-1]
     assert re.search(rf"\b{len(records)}/{PLANNED}\b", final), final
     assert f"group {records[-1].group}" in final
-    best = max(1 - r.weight_ratio for r in records if r.feasible)
+    best = max(1 - r.size_ratio for r in records if r.feasible)
     assert f"best saving {best:.0%}" in final
     # the per-trial lines are written above the bar, and the summary after it
     assert len(_trial_lines(out)) == len(records)
@@ -118,7 +118,7 @@ def _expected_rows(results: TuningResults) -> list[dict[str, str]]:
                          **{name: text(value) for name, value in record.params.items()},
                          "accuracy": text(record.accuracy), "score": text(record.score),
                          "feasible": str(record.feasible), "status": record.status,
-                         "weights": text(record.weights), "dense_weights": text(record.dense_weights)})
+                         "bytes": text(record.bytes), "dense_bytes": text(record.dense_bytes)})
     return rows
 
 

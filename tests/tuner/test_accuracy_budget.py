@@ -6,7 +6,7 @@ import pytest
 from sketch_copies import with_sketches
 
 from panther.tuner import Categorical, LayerConfig, OptunaSearch, SKAutoTuner, TuningConfigs
-from panther.tuner.layers import layer_weights
+from panther.tuner.layers import layer_bytes
 from panther.tuner.results import TuningResults
 from panther.tuner.tuner import group_thresholds
 
@@ -39,9 +39,9 @@ def test_groups_are_held_to_their_share_and_the_spare_margin_is_spent(digits_mod
     small, large = 4, 16
     fc2_small = accuracy_fn(with_sketches(digits_model, {"fc2": small}))
     threshold = fc2_small - 1e-3  # rank 4 in fc2 alone meets the whole-model threshold ...
-    dense_weights = {name: layer_weights(getattr(digits_model, name)) for name in ("fc1", "fc2")}
-    expected = {name: dense_accuracy - (dense_accuracy - threshold) * w / sum(dense_weights.values())
-                for name, w in dense_weights.items()}
+    dense_bytes = {name: layer_bytes(getattr(digits_model, name)) for name in ("fc1", "fc2")}
+    expected = {name: dense_accuracy - (dense_accuracy - threshold) * w / sum(dense_bytes.values())
+                for name, w in dense_bytes.items()}
     assert fc2_small < expected["fc2"]  # ... but not its share of the drop
     both_large = accuracy_fn(with_sketches(digits_model, {"fc1": large, "fc2": large}))
     assert both_large >= threshold  # premise: there is a cheaper composed model than the shares allow
@@ -57,10 +57,10 @@ def test_groups_are_held_to_their_share_and_the_spare_margin_is_spent(digits_mod
     for record in tuner.results.records:
         assert record.feasible == (record.accuracy >= expected[record.group])
     assert tuner.results.best_record("fc2").params["low_rank"] == large  # the share rules rank 4 out
-    by_shares = sum(r.weights if (r := tuner.results.best_record(g)) is not None else dense_weights[g]
-                    for g in dense_weights)
+    by_shares = sum(r.bytes if (r := tuner.results.best_record(g)) is not None else dense_bytes[g]
+                    for g in dense_bytes)
     installed = tuner.apply_best_params()
-    assert sum(layer_weights(getattr(installed, name)) for name in dense_weights) < by_shares  # margin spent
+    assert sum(layer_bytes(getattr(installed, name)) for name in dense_bytes) < by_shares  # margin spent
     chosen = {name: params["low_rank"] for name, params in best.items()}
     assert accuracy_fn(with_sketches(digits_model, chosen)) >= threshold  # the promise, checked independently
     assert tuner.results.composed_accuracy == pytest.approx(accuracy_fn(installed))
@@ -75,7 +75,7 @@ def test_groups_are_held_to_their_share_and_the_spare_margin_is_spent(digits_mod
 def test_with_a_speed_objective_the_margin_only_buys_measured_speed(digits_model, accuracy_fn,
                                                                     fewer_weights_are_faster):
     def stored(model):
-        return sum(layer_weights(getattr(model, name)) for name in ("fc1", "fc2"))
+        return sum(layer_bytes(getattr(model, name)) for name in ("fc1", "fc2"))
 
     def speed(model):  # a stand-in for throughput that either rewards or punishes smaller layers
         return 1e6 / stored(model) if fewer_weights_are_faster else float(stored(model))

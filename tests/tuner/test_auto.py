@@ -9,7 +9,7 @@ from torch import nn
 from panther.kinds import rank_grid
 from panther.nn import SKConv2d, SKLinear
 from panther.tuner.auto import ParamsResolver
-from panther.tuner.layers import layer_weights
+from panther.tuner.layers import layer_bytes
 from panther.tuner.selectors import LayerNameResolver
 
 
@@ -27,7 +27,7 @@ def test_linear_space_holds_only_cheaper_sketches_up_to_break_even(d_in, d_out):
         rank = 2 * params["num_terms"] * params["low_rank"]
         assert rank * (d_in + d_out) < dense_cost
         sketch = SKLinear.from_dense(dense, **params)
-        assert layer_weights(sketch) < layer_weights(dense)  # measured on the built layer
+        assert layer_bytes(sketch) < layer_bytes(dense)  # measured on the built layer
     ranks = space["low_rank"].values()
     assert ranks == sorted(ranks) and space["num_terms"].values() == [1]
     # the grid reaches the break-even: the next grid value would not be cheaper

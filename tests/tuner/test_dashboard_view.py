@@ -53,6 +53,6 @@ def test_the_dashboards_view_of_a_finished_study(tmp_path):
             assert attrs["panther.accuracy"] == pytest.approx(accuracy(sketched), abs=1e-6)
             assert attrs["panther.speed"] == pytest.approx(speed(sketched))
             layer_module = sketched[int(layer)]
-            assert attrs["panther.weights"] == sum(t.numel() for t in [*layer_module.parameters(),
+            assert attrs["panther.bytes"] == sum(t.numel() * t.element_size() for t in [*layer_module.parameters(),
                                                                         *layer_module.buffers()])
             assert trial.value == pytest.approx(attrs["panther.speed"])  # the objective the search saw

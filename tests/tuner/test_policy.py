@@ -14,7 +14,7 @@ BASELINE = 0.90
 
 def record(group: str, trial: int, accuracy: float, weights: int, dense: int = 1000) -> TrialRecord:
     return TrialRecord(group, [group], trial, {"low_rank": weights}, accuracy=accuracy, accuracy_std=0.0,
-                       feasible=True, score=1.0 - weights / dense, weights=weights, dense_weights=dense)
+                       feasible=True, score=1.0 - weights / dense, bytes=weights, dense_bytes=dense)
 
 
 def additive(kept) -> float:

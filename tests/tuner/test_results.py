@@ -15,11 +15,11 @@ def sample_results() -> TuningResults:
                             composed_accuracy=0.965, reused_trials={"fc1": 2})
     results.records = [
         TrialRecord("fc1", ["fc1"], 1, {"num_terms": 1, "low_rank": 4}, accuracy=0.90, accuracy_std=0.0,
-                    score=-1e6 - 0.05, feasible=False, weights=100, dense_weights=1000),
+                    score=-1e6 - 0.05, feasible=False, bytes=100, dense_bytes=1000),
         TrialRecord("fc1", ["fc1"], 2, {"num_terms": 1, "low_rank": 8}, accuracy=0.96, accuracy_std=0.01,
-                    speed=123.0, speed_std=1.0, score=123.0, feasible=True, weights=200, dense_weights=1000),
+                    speed=123.0, speed_std=1.0, score=123.0, feasible=True, bytes=200, dense_bytes=1000),
         TrialRecord("a+b", ["a", "b"], 3, {"num_terms": 2, "low_rank": 4}, status="failed", error="ValueError: x",
-                    dense_weights=50),
+                    dense_bytes=50),
     ]
     return results
 
@@ -94,6 +94,6 @@ def test_missing_file_and_unsaveable_values(tmp_path):
 def test_best_record_prefers_score_then_fewer_weights():
     results = TuningResults(groups={"g": ["g"]})
     scores = [(0.5, 30), (0.7, 40), (0.7, 20)]
-    results.records = [TrialRecord("g", ["g"], i, {"k": i}, score=s, feasible=True, weights=w, dense_weights=100)
+    results.records = [TrialRecord("g", ["g"], i, {"k": i}, score=s, feasible=True, bytes=w, dense_bytes=100)
                        for i, (s, w) in enumerate(scores)]
     assert results.best_record("g").trial == 2

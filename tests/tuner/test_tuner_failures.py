@@ -17,6 +17,8 @@ from panther.nn import SKLinear
 from panther.tuner import LayerConfig, SKAutoTuner, TuningConfigs
 
 RANK_4 = {"num_terms": [1], "low_rank": [4]}
+#: Cheaper than dense for the 32 -> 10 head too, so whole-model allocation considers it.
+RANK_2 = {"num_terms": [1], "low_rank": [2]}
 
 
 class ReadsWeightDtype(nn.Module):
@@ -70,12 +72,16 @@ def test_computing_with_a_sketched_weight_raises_a_clear_error():
             getattr(sketched.weight, tensor_only)
 
 
-def test_a_candidate_that_raises_is_a_failed_trial_and_tuning_goes_on():
+@pytest.mark.parametrize("strategy", ["search", "allocate"])
+def test_a_candidate_that_raises_is_a_failed_trial_and_tuning_goes_on(strategy: str):
+    """Allocation finds the raising layer with one calibration batch, before any plan is evaluated."""
     torch.manual_seed(0)
     model = MultipliesByWeight()
     before = dict(model.named_modules())
-    configs = TuningConfigs([LayerConfig(["fc", "head"], RANK_4)])
-    tuner = SKAutoTuner(model, configs, constant_accuracy, accuracy_threshold=0.5)
+    configs = TuningConfigs([LayerConfig(["fc", "head"], RANK_4 if strategy == "search" else RANK_2)])
+    calibration = [torch.randn(16, 64)] if strategy == "allocate" else None
+    tuner = SKAutoTuner(model, configs, constant_accuracy, accuracy_threshold=0.5, strategy=strategy,
+                        calibration_data=calibration)
     best = tuner.tune()
     assert dict(model.named_modules()) == before  # restored after the failure
     fc_trials = [r for r in tuner.results.records if r.group == "fc"]
@@ -120,7 +126,26 @@ def test_a_nan_composed_check_backs_off_instead_of_crashing():
         return 1.0
 
     tuner = SKAutoTuner(model, TuningConfigs([LayerConfig(["fc", "head"], RANK_4)]), fails_when_both_sketched,
-                        accuracy_threshold=0.5)
+                        accuracy_threshold=0.5, strategy="search")
     best = tuner.tune()
     assert len(best) == 1 and len(tuner.reverted_layers) == 1  # one layer kept, one reverted
     assert math.isnan(tuner.results.composed_accuracy) or tuner.results.composed_accuracy >= 0.5
+
+
+def test_an_allocated_plan_that_raises_misses_the_threshold_and_the_next_is_tried():
+    torch.manual_seed(0)
+    model = ReadsWeightDtype()
+    before = dict(model.named_modules())
+
+    def fails_when_both_sketched(m: nn.Module) -> float:
+        if isinstance(m.fc, SKLinear) and isinstance(m.head, SKLinear):
+            raise RuntimeError("both")
+        return 1.0
+
+    tuner = SKAutoTuner(model, TuningConfigs([LayerConfig(["fc", "head"], RANK_2)]), fails_when_both_sketched,
+                        accuracy_threshold=0.5, strategy="allocate")
+    best = tuner.tune()
+    assert dict(model.named_modules()) == before
+    both = [p for p in tuner.results.plans if len(p["choices"]) == 2]
+    assert both and all(not p["feasible"] and math.isnan(p["accuracy"]) for p in both)
+    assert len(best) == 1 and tuner.results.composed_accuracy == 1.0

@@ -10,7 +10,7 @@ from torch import nn
 
 from panther.nn import SKLinear
 from panther.tuner import Categorical, Int, LayerConfig, OptunaSearch, SKAutoTuner, TuningConfigs
-from panther.tuner.layers import layer_weights
+from panther.tuner.layers import layer_bytes
 
 
 def fixed(rank):
@@ -24,8 +24,8 @@ def test_composed_model_is_checked_and_worst_tradeoff_reverted(digits_model, acc
     together = accuracy_fn(with_sketches(digits_model, ranks))
     assert together < min(alone.values())  # the premise: each alone is fine, together they are not
     threshold = (together + min(alone.values())) / 2
-    saved = {name: layer_weights(getattr(digits_model, name))
-             - layer_weights(SKLinear.from_dense(getattr(digits_model, name), num_terms=1, low_rank=rank))
+    saved = {name: layer_bytes(getattr(digits_model, name))
+             - layer_bytes(SKLinear.from_dense(getattr(digits_model, name), num_terms=1, low_rank=rank))
              for name, rank in ranks.items()}
     expected_first = max(ranks, key=lambda n: (max(dense_accuracy - alone[n], 0) + 1e-12) / saved[n])
 
@@ -248,12 +248,12 @@ def test_auto_replace_without_tuning_is_the_cheapest_deterministic_choice(accura
 # 10. "auto" end to end on a trained model -----------------------------------------------------------
 def test_auto_tuning_meets_threshold_with_far_fewer_weights(digits_model, accuracy_fn, dense_accuracy):
     names = ["fc1", "fc2", "fc3"]
-    dense_weights = sum(layer_weights(getattr(digits_model, n)) for n in names)
+    dense_bytes = sum(layer_bytes(getattr(digits_model, n)) for n in names)
     threshold = dense_accuracy - 0.01
     tuner = SKAutoTuner(digits_model, TuningConfigs([LayerConfig({"type": "Linear"}, "auto")]), accuracy_fn,
                         accuracy_threshold=threshold, search_algorithm=OptunaSearch(n_trials=12, seed=0))
     tuner.tune()
     model = tuner.apply_best_params()
     assert accuracy_fn(model) >= threshold
-    ratio = sum(layer_weights(getattr(model, n)) for n in names) / dense_weights
+    ratio = sum(layer_bytes(getattr(model, n)) for n in names) / dense_bytes
     assert ratio <= 0.5, tuner.summary()

@@ -1,0 +1,358 @@
+"""Whole-model allocation: one accuracy budget spent over every group, verified by full evaluations.
+
+Searching each group on its own needs trials per group, so on a model with dozens of layers a
+budget of a few dozen evaluations probes almost nothing. Allocation instead predicts every option's
+damage and price per layer without evaluating the model, and spends full evaluations only on
+whole-model plans:
+
+1. **Options.** Every configuration of each group's finite space, and dense. A layer's relative
+   output error per option is predicted where its kind can (a rank's error from the layer's
+   spectrum) and measured on the calibration inputs otherwise (int8); its price is stored bytes, or,
+   when the tuner maximises a speed function, the option's measured time on the layer's input
+   (:mod:`panther.tuner._allocation.profile`).
+2. **Path.** :class:`~panther.tuner._allocation.AllocationPath` orders every least-cost plan for a
+   summed error ``Σ s·e²`` (errors add in energy; ``s`` is a role's sensitivity, 1 at first).
+3. **Bisection** of the position on that path with full evaluations: the cheapest plan that meets
+   the accuracy threshold, in about ``log2(#plans)`` evaluations.
+4. **Correction.** Layers in repeated blocks share a role (their name with block indices replaced,
+   e.g. ``encoder.layer.#.attention.self.query``). The bisected plan is evaluated one role at a
+   time, which measures each role's sensitivity ``s = drop / Σ e²``; the path is rebuilt with those
+   and bisected again, starting at the plan the corrected prediction picks.
+5. **Choice.** The cheapest feasible plan evaluated (the fastest measured one with a speed
+   function). Its groups get one record each (``phase="allocation"``) holding the plan's measured
+   accuracy; every evaluated plan is listed in ``results.plans``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+import re
+import time
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from panther.tuner._allocation import AllocationPath, Option, Plan
+from panther.tuner._allocation.profile import LayerProfile, profile_layers
+from panther.tuner._installer import LayerInstaller
+from panther.tuner._trials import TrialRunner, params_key
+from panther.tuner.budget import Budget
+from panther.tuner.evaluation import describe, measure
+from panther.tuner.groups import TuningGroup
+from panther.tuner.layers import layer_bytes
+from panther.tuner.results import TuningResults
+
+logger = logging.getLogger(__name__)
+
+#: Most roles whose sensitivity is measured (one evaluation each); beyond it the correction is skipped.
+MAX_ROLES = 16
+#: Sensitivities are kept within this factor of their median: a role whose drop is lost in the
+#: noise must not become free, nor one noisy drop dominate the plan.
+SENSITIVITY_SPREAD = 30.0
+
+
+def role_of(layer: str) -> str:
+    """The layer's role across repeated blocks: its name with whole numeric components replaced."""
+    return re.sub(r"(?<![^.])\d+(?![^.])", "#", layer)
+
+
+def allocatable_reason(group: TuningGroup, kinds: Mapping[str, Any]) -> str | None:
+    """Why ``group`` cannot be allocated (``None`` when it can): a finite space of single-input kinds."""
+    if any(spec.values() is None for spec in group.space.values()):
+        return f"{group.name}: its space has a continuous parameter (allocation enumerates configurations)"
+    for name in group.layers:
+        if not getattr(kinds[name], "profiles_alone", True):
+            return f"{name}: a {kinds[name].name} layer cannot be measured on its own input"
+    return None
+
+
+def _configurations(group: TuningGroup, kind: Any) -> list[dict[str, Any]]:
+    """Every combination of the group's space, once per distinct module it builds."""
+    names = list(group.space)
+    values = [group.space[name].values() for name in names]
+    unique: dict[tuple, dict[str, Any]] = {}
+    for combo in itertools.product(*values):  # type: ignore[arg-type]
+        params = kind.canonical_params(dict(zip(names, combo, strict=True)))
+        unique.setdefault(params_key(params), params)
+    return list(unique.values())
+
+
+@dataclass
+class _GroupOptions:
+    """One group's configurations, with per-layer errors and the group's price for each."""
+
+    configurations: dict[Hashable, dict[str, Any]]  # key -> params
+    layer_errors: dict[str, dict[Hashable, float]]  # layer -> key -> relative output error
+    price: dict[Hashable, float]  # key -> bytes or seconds of the group's layers
+    dense_price: float
+
+
+class Allocation:
+    """Runs steps 1-5 of the module docstring for ``groups``.
+
+    Args:
+        groups: the tuned groups (every one allocatable, see :func:`allocatable_reason`).
+        installer: the tuner's layers (dense originals, builds, calibration covariances).
+        runner: evaluates plans and keeps records.
+        threshold: the whole model's accuracy threshold.
+        baseline: the dense model's accuracy.
+        speed_func: the user's ``optmization_eval_func`` or ``None`` (then the price is bytes).
+        calibration: ``(batches, forward)`` to measure options on, or ``None`` (Gaussian inputs).
+        on_plan: called after each evaluated plan (progress).
+    """
+
+    def __init__(self, groups: Sequence[TuningGroup], installer: LayerInstaller, runner: TrialRunner,
+                 threshold: float, baseline: float, speed_func: Callable[..., float] | None,
+                 calibration: tuple[Iterable[Any], Callable[[nn.Module, Any], Any]] | None,
+                 results: TuningResults, on_plan: Callable[[dict[str, Any]], None] = lambda plan: None) -> None:
+        self.groups = {g.name: g for g in groups}
+        self.installer, self.runner = installer, runner
+        self.threshold, self.baseline, self.speed_func = threshold, baseline, speed_func
+        self.calibration, self.results, self.on_plan = calibration, results, on_plan
+        self._evaluated: dict[tuple, dict[str, Any]] = {}  # plan key -> its entry in results.plans
+
+    # -- 1. options ----------------------------------------------------------------------------
+    def options(self) -> dict[str, _GroupOptions]:
+        """Every group's configurations with predicted or measured errors and prices."""
+        self.installer.calibrate()
+        candidates: dict[str, dict[Hashable, nn.Module]] = {}
+        predicted: dict[str, dict[Hashable, float]] = {}
+        configurations: dict[str, dict[Hashable, dict[str, Any]]] = {}
+        for group in self.groups.values():
+            configurations[group.name] = {}
+            for params in _configurations(group, self.installer.kinds[group.layers[0]]):
+                key = params_key(params)
+                built = self._build_all(group, params)
+                if built is None:
+                    continue
+                configurations[group.name][key] = params
+                for name, module in built.items():
+                    candidates.setdefault(name, {})[key] = module
+                    error = self.installer.kinds[name].predicted_error(self.installer.originals[name], params,
+                                                                      self.installer.input_covs.get(name))
+                    if error is not None:
+                        predicted.setdefault(name, {})[key] = error
+        batches, forward = self.calibration if self.calibration is not None else (None, None)
+        for group_name in self._groups_that_raise(candidates):
+            configurations.pop(group_name)
+            for name in self.groups.pop(group_name).layers:
+                candidates.pop(name, None)
+        started = time.perf_counter()
+        with self.installer.swapped(self.installer.originals):
+            profiles = profile_layers(self.installer.model, candidates, predicted, batches, forward,  # type: ignore[arg-type]
+                                      time_candidates=self.speed_func is not None)
+        logger.info("allocation: %d options of %d layers profiled in %.1f s (%d errors predicted, %d measured)",
+                    sum(map(len, candidates.values())), len(candidates), time.perf_counter() - started,
+                    sum(map(len, predicted.values())),
+                    sum(len(c) for c in candidates.values()) - sum(map(len, predicted.values())))
+        return {name: self._group_options(group, configurations[name], profiles)
+                for name, group in self.groups.items()}
+
+    def _groups_that_raise(self, candidates: Mapping[str, Mapping[Hashable, nn.Module]]) -> list[str]:
+        """Groups whose replacement makes the model raise on a calibration batch (e.g. a parent that
+        computes with the child's dense weight); each gets a failed record and stays dense.
+
+        One batch with every group replaced finds none in the common case; only after an error is
+        each group tried alone. Without calibration data a raising plan just misses the threshold.
+        """
+        if self.calibration is None:
+            return []
+        batches, forward = self.calibration
+        batch = next(iter(batches), None)
+        if batch is None:
+            return []
+        first = {name: next(iter(options.values())) for name, options in candidates.items() if options}
+
+        def error_with(names: Iterable[str]) -> Exception | None:
+            try:
+                with torch.no_grad(), self.installer.swapped({n: first[n] for n in names}):
+                    forward(self.installer.model, batch)
+            except Exception as exc:
+                return exc
+            return None
+
+        if error_with(first) is None:
+            return []
+        failing = []
+        for group in self.groups.values():
+            error = error_with([n for n in group.layers if n in first])
+            if error is not None:
+                record = self.runner.new_record(group, {}, phase="allocation")
+                record.status, record.error = "failed", f"{type(error).__name__}: {error}"
+                logger.warning("[%s] its replacement makes the model raise (%s); it stays dense",
+                               group.name, record.error)
+                failing.append(group.name)
+        return failing
+
+    def _build_all(self, group: TuningGroup, params: Mapping[str, Any]) -> dict[str, nn.Module] | None:
+        """The group's candidates for ``params``, or ``None`` for a combination the kind rejects."""
+        try:
+            return {name: self.installer.build(name, params, group.copy_weights) for name in group.layers}
+        except (ValueError, TypeError) as exc:
+            logger.debug("[%s] %s cannot be built: %s", group.name, describe(params), exc)
+            return None
+
+    def _group_options(self, group: TuningGroup, configurations: dict[Hashable, dict[str, Any]],
+                       profiles: Mapping[str, LayerProfile]) -> _GroupOptions:
+        by_time = self.speed_func is not None
+
+        def price(profile: LayerProfile, key: Hashable | None) -> float:
+            if by_time:
+                return profile.dense_seconds if key is None else profile.seconds[key]  # type: ignore[return-value]
+            return float(profile.dense_bytes if key is None else profile.bytes[key])
+
+        layers = [profiles[name] for name in group.layers]
+        return _GroupOptions(
+            configurations=configurations,
+            layer_errors={name: dict(profiles[name].error) for name in group.layers},
+            price={key: sum(price(p, key) for p in layers) for key in configurations},
+            dense_price=sum(price(p, None) for p in layers))
+
+    # -- 2.-4. path, bisection, correction -------------------------------------------------------
+    def path(self, options: Mapping[str, _GroupOptions], sensitivity: Mapping[str, float]) -> AllocationPath:
+        def error(name: str, layer_errors: Mapping[Hashable, float], key: Hashable) -> float:
+            return sensitivity.get(role_of(name), 1.0) * layer_errors[key] ** 2
+
+        return AllocationPath({
+            group: [Option(None, 0.0, o.dense_price)]
+            + [Option(o.configurations[key], sum(error(n, e, key) for n, e in o.layer_errors.items()), o.price[key])
+               for key in o.configurations]
+            for group, o in options.items()})
+
+    def run(self, budget: Budget) -> None:
+        """Allocate, evaluate, choose; the decisions go to ``results`` (the model is left dense)."""
+        options = self.options()
+        path = self.path(options, {})
+        logger.info("allocation: %d plans on the path of %d groups", len(path), len(options))
+        found = self._bisect(path, budget, guess=None)
+        sensitivity = self._sensitivities(found, options, budget) if found is not None else None
+        if sensitivity:
+            corrected = self.path(options, sensitivity)
+            predicted_drop = self.baseline - self.threshold
+            try:
+                guess = corrected.position_for_budget(predicted_drop)
+            except ValueError:
+                guess = None
+            self._bisect(corrected, budget, guess=guess)
+        self._choose()
+
+    def _bisect(self, path: AllocationPath, budget: Budget, guess: int | None) -> Plan | None:
+        """The cheapest plan on ``path`` found to meet the threshold (``None``: none was, within the budget).
+
+        The last position (every group at its most accurate option, dense) is taken to meet it: it
+        is the dense model, already measured. ``guess`` is the first position tried.
+        """
+        low, high = -1, len(path) - 1  # invariant: ``low`` misses (or is unknown below 0), ``high`` meets
+        best = None if high > 0 else path.plan(high)
+        position = guess
+        while high - low > 1 and not budget.exhausted():
+            if position is None or not low < position < high:
+                position = (low + high) // 2
+            plan = path.plan(position)
+            entry = self._evaluate(plan, budget, phase="bisect")
+            if entry["feasible"]:
+                high, best = position, plan
+            else:
+                low = position
+            position = None
+        return best
+
+    def _sensitivities(self, found: Plan, options: Mapping[str, _GroupOptions], budget: Budget) -> dict[str, float]:
+        """Each role's accuracy drop per unit of predicted ``Σ e²``, measured on the roles of ``found``."""
+        energy: dict[str, float] = {}
+        for group, option in found.choices.items():
+            if option.params is None:
+                continue
+            key = params_key(option.params)
+            for name, errors in options[group].layer_errors.items():
+                energy[role_of(name)] = energy.get(role_of(name), 0.0) + errors[key] ** 2
+        roles = [role for role, value in energy.items() if value > 0]
+        if len(roles) < 2 or len(roles) > MAX_ROLES:
+            return {}
+        drops: dict[str, float] = {}
+        for role in roles:
+            if budget.exhausted():
+                return {}
+            alone = {g: o if o.params is not None and all(role_of(n) == role for n in self.groups[g].layers)
+                     else Option(None, 0.0, 0.0) for g, o in found.choices.items()}
+            entry = self._evaluate(Plan(alone, 0.0, 0.0), budget, phase="sensitivity", role=role)
+            accuracy = entry["accuracy"]
+            drops[role] = max(self.baseline - accuracy, 0.0) if math.isfinite(accuracy) else math.inf
+        rates = {role: drops[role] / energy[role] for role in roles}
+        finite = sorted(r for r in rates.values() if math.isfinite(r) and r > 0)
+        if not finite:
+            return {}
+        median = finite[len(finite) // 2]
+        clipped = {role: min(max(rate, median / SENSITIVITY_SPREAD), median * SENSITIVITY_SPREAD)
+                   for role, rate in rates.items()}
+        logger.info("allocation: role sensitivities (drop per unit Σe²): %s",
+                    ", ".join(f"{role} {value:.3g}" for role, value in clipped.items()))
+        return clipped
+
+    # -- evaluating and choosing ---------------------------------------------------------------
+    def _evaluate(self, plan: Plan, budget: Budget, phase: str, role: str | None = None) -> dict[str, Any]:
+        """Install ``plan``, measure it (speed only when it meets the threshold), restore the model."""
+        choices = {g: dict(o.params) for g, o in plan.choices.items() if o.params is not None}
+        key = tuple(sorted((g, params_key(p)) for g, p in choices.items()))
+        if key in self._evaluated:
+            return self._evaluated[key]
+        started = time.perf_counter()
+        candidates = {name: self.installer.build(name, params, self.groups[g].copy_weights)
+                      for g, params in choices.items() for name in self.groups[g].layers}
+        size = sum(layer_bytes(m) for m in candidates.values())
+        dense = self.installer.dense_bytes(list(candidates))
+        entry: dict[str, Any] = {"plan": len(self.results.plans) + 1, "phase": phase, "role": role,
+                                 "choices": choices, "accuracy": math.nan, "speed": None, "feasible": False,
+                                 "bytes": size, "dense_bytes": dense, "predicted_error": plan.error}
+        try:
+            with self.installer.swapped(candidates):
+                entry["accuracy"] = self._measure(self.runner.accuracy_func)
+                entry["feasible"] = entry["accuracy"] >= self.threshold
+                if entry["feasible"] and self.speed_func is not None and phase != "sensitivity":
+                    entry["speed"] = self._measure(self.speed_func)
+                    entry["feasible"] = math.isfinite(entry["speed"])
+        except Exception as exc:  # a plan that raises misses the threshold; the model is restored
+            logger.warning("allocation: plan %d raised %s: %s", entry["plan"], type(exc).__name__, exc)
+            self.runner.check_dense_evaluates(exc)
+        budget.spend()
+        entry["duration_s"] = time.perf_counter() - started
+        self.results.plans.append(entry)
+        self._evaluated[key] = entry
+        speed = "" if entry["speed"] is None else f", speed {entry['speed']:.4g}"
+        logger.info("allocation plan %d (%s%s): %d groups replaced, accuracy %.4f%s, bytes %d/%d, %s",
+                    entry["plan"], phase, f" {role}" if role else "", len(choices), entry["accuracy"], speed,
+                    size, dense, "meets the threshold" if entry["feasible"] else "below the threshold")
+        self.on_plan(entry)
+        return entry
+
+    def _measure(self, func: Callable[..., float]) -> float:
+        value, _ = measure(func, self.installer.model, self.runner.runs, self.runner.resource)
+        return value
+
+    def _choose(self) -> None:
+        """Record the chosen plan: the fastest measured feasible one, else the smallest."""
+        feasible = [e for e in self.results.plans if e["feasible"] and e["phase"] != "sensitivity" and e["choices"]]
+        if not feasible:
+            logger.warning("allocation: no evaluated plan met the threshold; every layer stays dense")
+            return
+        if self.speed_func is not None:
+            chosen = max(feasible, key=lambda e: (e["speed"], -e["bytes"]))
+        else:
+            chosen = min(feasible, key=lambda e: (e["bytes"] - e["dense_bytes"], -e["accuracy"]))
+        self.results.chosen_plan = chosen["plan"]
+        self.results.composed_accuracy = chosen["accuracy"]
+        for group_name, params in chosen["choices"].items():
+            group = self.groups[group_name]
+            record = self.runner.new_record(group, params, phase="allocation")
+            record.accuracy, record.speed, record.feasible = chosen["accuracy"], chosen["speed"], True
+            record.bytes = sum(layer_bytes(self.installer.build(n, params, group.copy_weights)) for n in group.layers)
+            record.score = (chosen["speed"] if self.speed_func is not None
+                            else 1.0 - record.bytes / record.dense_bytes)  # type: ignore[operator]
+            self.results.chosen[group_name] = record.trial
+        logger.info("allocation: plan %d chosen, accuracy %.4f, bytes %d/%d", chosen["plan"], chosen["accuracy"],
+                    chosen["bytes"], chosen["dense_bytes"])

@@ -18,8 +18,9 @@ whole-model plans:
    e.g. ``encoder.layer.#.attention.self.query``). The bisected plan is evaluated one role at a
    time, which measures each role's sensitivity ``s = drop / Σ e²``; the path is rebuilt with those
    and bisected again, starting at the plan the corrected prediction picks.
-5. **Choice.** The cheapest feasible plan evaluated (the fastest measured one with a speed
-   function). Its groups get one record each (``phase="allocation"``) holding the plan's measured
+5. **Choice** (:func:`choose_plan`). The cheapest feasible plan evaluated; with a speed function
+   the fastest measured one, where plans within :data:`SPEED_TIE` of it tie and the most accurate
+   wins. Its groups get one record each (``phase="allocation"``) holding the plan's measured
    accuracy; every evaluated plan is listed in ``results.plans``.
 """
 
@@ -51,6 +52,9 @@ logger = logging.getLogger(__name__)
 
 #: Most roles whose sensitivity is measured (one evaluation each); beyond it the correction is skipped.
 MAX_ROLES = 16
+#: Measured speeds this close (relative) to the fastest feasible plan are a tie, which the more
+#: accurate plan wins: on a shared machine such differences are noise, the accuracy is not.
+SPEED_TIE = 0.03
 #: Sensitivities are kept within this factor of their median: a role whose drop is lost in the
 #: noise must not become free, nor one noisy drop dominate the plan.
 SENSITIVITY_SPREAD = 30.0
@@ -80,6 +84,23 @@ def _configurations(group: TuningGroup, kind: Any) -> list[dict[str, Any]]:
         params = kind.canonical_params(dict(zip(names, combo, strict=True)))
         unique.setdefault(params_key(params), params)
     return list(unique.values())
+
+
+def choose_plan(plans: Sequence[dict[str, Any]], by_speed: bool) -> dict[str, Any] | None:
+    """The plan to install among evaluated ones (``results.plans`` entries); ``None`` if none qualifies.
+
+    Only feasible plans that replace something and were not a sensitivity probe qualify. By speed:
+    the fastest measured, except that plans within :data:`SPEED_TIE` of it tie and the most
+    accurate of those wins. By size: the most bytes saved (ties: the more accurate).
+    """
+    feasible = [e for e in plans if e["feasible"] and e["phase"] != "sensitivity" and e["choices"]]
+    if not feasible:
+        return None
+    if by_speed:
+        fastest = max(e["speed"] for e in feasible)
+        tied = [e for e in feasible if e["speed"] >= (1.0 - SPEED_TIE) * fastest]
+        return max(tied, key=lambda e: (e["accuracy"], e["speed"]))
+    return min(feasible, key=lambda e: (e["bytes"] - e["dense_bytes"], -e["accuracy"]))
 
 
 @dataclass
@@ -335,15 +356,11 @@ class Allocation:
         return value
 
     def _choose(self) -> None:
-        """Record the chosen plan: the fastest measured feasible one, else the smallest."""
-        feasible = [e for e in self.results.plans if e["feasible"] and e["phase"] != "sensitivity" and e["choices"]]
-        if not feasible:
+        """Record the chosen plan: the fastest measured feasible one (ties: the most accurate), else the smallest."""
+        chosen = choose_plan(self.results.plans, by_speed=self.speed_func is not None)
+        if chosen is None:
             logger.warning("allocation: no evaluated plan met the threshold; every layer stays dense")
             return
-        if self.speed_func is not None:
-            chosen = max(feasible, key=lambda e: (e["speed"], -e["bytes"]))
-        else:
-            chosen = min(feasible, key=lambda e: (e["bytes"] - e["dense_bytes"], -e["accuracy"]))
         self.results.chosen_plan = chosen["plan"]
         self.results.composed_accuracy = chosen["accuracy"]
         for group_name, params in chosen["choices"].items():

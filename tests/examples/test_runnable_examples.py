@@ -31,9 +31,9 @@ def test_main_tuning_job_meets_its_threshold_with_fewer_parameters():
     threshold = _number(re.search(r"threshold (\d\.\d+)", out).group(1))
     rows = {m.group(1): (_number(m.group(2)), _number(m.group(3)))
             for m in re.finditer(r"^\| (dense|sketched) \| (\d\.\d+) \| \d\.\d+ \| ([\d,]+) \|", out, re.M)}
-    (dense_val, dense_params), (sketched_val, sketched_params) = rows["dense"], rows["sketched"]
+    (dense_val, dense_bytes), (sketched_val, sketched_bytes) = rows["dense"], rows["sketched"]
     assert threshold == pytest.approx(dense_val - 0.01, abs=1e-4)
-    assert sketched_val >= threshold and sketched_params < 0.35 * dense_params
+    assert sketched_val >= threshold and sketched_bytes < 0.35 * dense_bytes
 
 
 @pytest.mark.slow

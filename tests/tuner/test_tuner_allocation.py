@@ -21,6 +21,7 @@ from panther.nn import SKLinear
 from panther.nn.quantized import Int8Linear, Int8SKLinear
 from panther.nn.rebuild import apply_plan, rebuild_sketched_layers
 from panther.tuner import LayerConfig, OptunaSearch, SKAutoTuner, TuningConfigs
+from panther.tuner._allocate import choose_plan
 from panther.tuner._allocation.profile import profile_layers
 from panther.tuner.auto import ParamsResolver
 from panther.tuner.layers import layer_bytes
@@ -130,6 +131,20 @@ def test_a_trial_budget_bounds_the_plans_and_the_result_still_holds():
     chosen = {name: tuner._layers.build(name, best[name], True) if name in best else accuracy.dense[name]
               for name in SENSITIVITY}
     assert accuracy.of_modules(chosen) >= 0.97
+
+
+def test_the_fastest_plan_wins_unless_a_more_accurate_one_ties_within_noise():
+    def plan(number, speed, accuracy, phase="bisect", feasible=True, saved=10):
+        return {"plan": number, "phase": phase, "choices": {"g": {}}, "speed": speed, "accuracy": accuracy,
+                "feasible": feasible, "bytes": 100 - saved, "dense_bytes": 100}
+
+    plans = [plan(1, 2.00, 0.96), plan(2, 1.95, 0.99), plan(3, 1.50, 0.999), plan(4, 9.0, 0.5, feasible=False),
+             plan(5, None, 0.999, phase="sensitivity")]
+    assert choose_plan(plans, by_speed=True)["plan"] == 2  # 1.95 is within 3 % of 2.00, and more accurate
+    assert choose_plan([plans[0], plans[2]], by_speed=True)["plan"] == 1  # 1.50 is not a tie
+    by_size = [plan(1, None, 0.96, saved=30), plan(2, None, 0.99, saved=30), plan(3, None, 0.999, saved=5)]
+    assert choose_plan(by_size, by_speed=False)["plan"] == 2
+    assert choose_plan([plans[3], plans[4]], by_speed=True) is None
 
 
 def test_profiled_int8_error_is_the_layer_output_error_on_the_calibration_inputs():

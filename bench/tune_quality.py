@@ -20,9 +20,11 @@ to the dense model on sentences from articles nothing else saw). Searches see on
 * ``SKAutoTuner (allocate)``: the tuner's defaults on every tuned layer with calibration data and a
   throughput objective: whole-model allocation over sketch, int8 and sketch + int8 per layer.
 
-Reported: the held-out metric and whether it holds the bar, stored bytes of the tuned layers and of
-the whole model over dense, the CPU speed-up of the whole model (median of paired back-to-back runs
-against dense, in this process), full evaluations of the tuning metric, and wall time.
+A ``ceiling`` row replaces every tuned layer by zeros of its output shape: not a plan, but the
+speed-up no method for these layers can pass. Reported: the held-out metric and whether it holds
+the bar, stored bytes of the tuned layers and of the whole model over dense, the CPU speed-up of
+the whole model (median of paired back-to-back runs against dense, in this process), full
+evaluations of the tuning metric, and wall time.
 
 ``--table design``: the original design's procedure (random-sign sketch init, an Optuna study per
 layer, winners combined unchecked) against ``SKAutoTuner``'s per-group search, each layer's rank
@@ -307,9 +309,29 @@ def allocating_tuner(work: Workload, bound: float, budget: int) -> SearchResult:
                         build=lambda model: apply_plan(model, plan, input_covs=covs))
 
 
+class FreeLayer(nn.Module):
+    """Zeros of a linear layer's output shape at almost no cost: the speed ceiling of any method."""
+
+    def __init__(self, out_features: int) -> None:
+        super().__init__()
+        self.out_features = out_features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.new_zeros(()).expand(*x.shape[:-1], self.out_features)
+
+
+def free_layers(work: Workload) -> SearchResult:
+    def build(model: nn.Module) -> nn.Module:
+        for name in work.layers:
+            replace_module(model, name, FreeLayer(model.get_submodule(name).out_features))
+        return model
+    return SearchResult({}, 0, 0.0, build=build)
+
+
 def compare_methods(work: Workload, budget: int, seed: int, threads: int, margin: float) -> list[Outcome]:
     bound = work.threshold + margin
     procedures = [
+        ("ceiling: tuned layers cost nothing (outputs zeros, not a plan)", lambda: free_layers(work)),
         ("int8 all (torch.ao, per-tensor)", lambda: int8_everywhere(work, per_channel=False)),
         ("int8 all (torch.ao, per-channel)", lambda: int8_everywhere(work, per_channel=True)),
         ("accuracy-aware int8 (fall back to fp32)", lambda: accuracy_aware_int8(work, bound)),

@@ -41,6 +41,8 @@ class SecondMoment:
 def layer_input_rows(layer: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
     """The vectors ``layer`` multiplies by its weight, one per row."""
     if is_linear_like(layer):
+        if inputs.is_nested:  # e.g. nn.TransformerEncoder's padding-free fast path
+            return torch.cat([sequence.reshape(-1, linear_dims(layer)[0]) for sequence in inputs.unbind()])
         return inputs.reshape(-1, linear_dims(layer)[0])
     if isinstance(layer, nn.Conv2d):
         x = inputs if inputs.dim() == 4 else inputs.unsqueeze(0)

@@ -14,10 +14,11 @@ whole-model plans:
    summed error ``Σ s·e²`` (errors add in energy; ``s`` is a role's sensitivity, 1 at first).
 3. **Bisection** of the position on that path with full evaluations: the cheapest plan that meets
    the accuracy threshold, in about ``log2(#plans)`` evaluations.
-4. **Correction.** Layers in repeated blocks share a role (their name with block indices replaced,
-   e.g. ``encoder.layer.#.attention.self.query``). The bisected plan is evaluated one role at a
-   time, which measures each role's sensitivity ``s = drop / Σ e²``; the path is rebuilt with those
-   and bisected again, starting at the plan the corrected prediction picks.
+4. **Correction.** Layers in repeated blocks share a role (:func:`role_of`: their name with block
+   indices replaced, e.g. ``encoder.layer.#.attention.self.query``, and their shape). The bisected
+   plan is evaluated one role at a time, which measures each role's sensitivity
+   ``s = drop / Σ e²``; the path is rebuilt with those and bisected again, starting at the plan the
+   corrected prediction picks.
 5. **Choice** (:func:`choose_plan`). The cheapest feasible plan evaluated; with a speed function
    the fastest measured one, where plans within :data:`SPEED_TIE` of it tie and the most accurate
    wins. Its groups get one record each (``phase="allocation"``) holding the plan's measured
@@ -60,9 +61,11 @@ SPEED_TIE = 0.03
 SENSITIVITY_SPREAD = 30.0
 
 
-def role_of(layer: str) -> str:
-    """The layer's role across repeated blocks: its name with whole numeric components replaced."""
-    return re.sub(r"(?<![^.])\d+(?![^.])", "#", layer)
+def role_of(layer: str, shape: Hashable = None) -> str:
+    """The layer's role across repeated blocks: its name with whole numeric components replaced,
+    and its shape (so the differently sized layers of one ``nn.Sequential`` keep their own roles)."""
+    pattern = re.sub(r"(?<![^.])\d+(?![^.])", "#", layer)
+    return pattern if shape is None else f"{pattern} {shape}"
 
 
 def allocatable_reason(group: TuningGroup, kinds: Mapping[str, Any]) -> str | None:
@@ -137,6 +140,9 @@ class Allocation:
         self.calibration, self.results, self.on_plan = calibration, results, on_plan
         self._evaluated: dict[tuple, dict[str, Any]] = {}  # plan key -> its entry in results.plans
 
+    def _role(self, name: str) -> str:
+        return role_of(name, self.installer.kinds[name].shape_key(self.installer.originals[name]))
+
     # -- 1. options ----------------------------------------------------------------------------
     def options(self) -> dict[str, _GroupOptions]:
         """Every group's configurations with predicted or measured errors and prices."""
@@ -159,10 +165,10 @@ class Allocation:
                     if error is not None:
                         predicted.setdefault(name, {})[key] = error
         batches, forward = self.calibration if self.calibration is not None else (None, None)
-        for group_name in self._groups_that_raise(candidates):
-            configurations.pop(group_name)
-            for name in self.groups.pop(group_name).layers:
+        for group_name, error in self._groups_that_raise(candidates).items():
+            for name in self.groups[group_name].layers:
                 candidates.pop(name, None)
+            self._keep_dense(self.groups[group_name], f"its replacement makes the model raise ({error})")
         started = time.perf_counter()
         with self.installer.swapped(self.installer.originals):
             profiles = profile_layers(self.installer.model, candidates, predicted, batches, forward,  # type: ignore[arg-type]
@@ -171,22 +177,33 @@ class Allocation:
                     sum(map(len, candidates.values())), len(candidates), time.perf_counter() - started,
                     sum(map(len, predicted.values())),
                     sum(len(c) for c in candidates.values()) - sum(map(len, predicted.values())))
+        for group in list(self.groups.values()):
+            unreached = [n for n in group.layers if n in profiles and not profiles[n].reached]
+            if unreached:
+                self._keep_dense(group, f"no calibration batch ran {unreached}, so its options cannot be weighed")
         return {name: self._group_options(group, configurations[name], profiles)
                 for name, group in self.groups.items()}
 
-    def _groups_that_raise(self, candidates: Mapping[str, Mapping[Hashable, nn.Module]]) -> list[str]:
+    def _keep_dense(self, group: TuningGroup, reason: str) -> None:
+        """Take ``group`` out of the allocation with a failed record saying why (it stays dense)."""
+        record = self.runner.new_record(group, {}, phase="allocation")
+        record.status, record.error = "failed", reason
+        logger.warning("[%s] stays dense: %s", group.name, reason)
+        del self.groups[group.name]
+
+    def _groups_that_raise(self, candidates: Mapping[str, Mapping[Hashable, nn.Module]]) -> dict[str, str]:
         """Groups whose replacement makes the model raise on a calibration batch (e.g. a parent that
-        computes with the child's dense weight); each gets a failed record and stays dense.
+        computes with the child's dense weight), with the error.
 
         One batch with every group replaced finds none in the common case; only after an error is
         each group tried alone. Without calibration data a raising plan just misses the threshold.
         """
         if self.calibration is None:
-            return []
+            return {}
         batches, forward = self.calibration
         batch = next(iter(batches), None)
         if batch is None:
-            return []
+            return {}
         first = {name: next(iter(options.values())) for name, options in candidates.items() if options}
 
         def error_with(names: Iterable[str]) -> Exception | None:
@@ -198,16 +215,12 @@ class Allocation:
             return None
 
         if error_with(first) is None:
-            return []
-        failing = []
+            return {}
+        failing = {}
         for group in self.groups.values():
             error = error_with([n for n in group.layers if n in first])
             if error is not None:
-                record = self.runner.new_record(group, {}, phase="allocation")
-                record.status, record.error = "failed", f"{type(error).__name__}: {error}"
-                logger.warning("[%s] its replacement makes the model raise (%s); it stays dense",
-                               group.name, record.error)
-                failing.append(group.name)
+                failing[group.name] = f"{type(error).__name__}: {error}"
         return failing
 
     def _build_all(self, group: TuningGroup, params: Mapping[str, Any]) -> dict[str, nn.Module] | None:
@@ -237,7 +250,7 @@ class Allocation:
     # -- 2.-4. path, bisection, correction -------------------------------------------------------
     def path(self, options: Mapping[str, _GroupOptions], sensitivity: Mapping[str, float]) -> AllocationPath:
         def error(name: str, layer_errors: Mapping[Hashable, float], key: Hashable) -> float:
-            return sensitivity.get(role_of(name), 1.0) * layer_errors[key] ** 2
+            return sensitivity.get(self._role(name), 1.0) * layer_errors[key] ** 2
 
         return AllocationPath({
             group: [Option(None, 0.0, o.dense_price)]
@@ -291,7 +304,7 @@ class Allocation:
                 continue
             key = params_key(option.params)
             for name, errors in options[group].layer_errors.items():
-                energy[role_of(name)] = energy.get(role_of(name), 0.0) + errors[key] ** 2
+                energy[self._role(name)] = energy.get(self._role(name), 0.0) + errors[key] ** 2
         roles = [role for role, value in energy.items() if value > 0]
         if len(roles) < 2 or len(roles) > MAX_ROLES:
             return {}
@@ -299,7 +312,7 @@ class Allocation:
         for role in roles:
             if budget.exhausted():
                 return {}
-            alone = {g: o if o.params is not None and all(role_of(n) == role for n in self.groups[g].layers)
+            alone = {g: o if o.params is not None and all(self._role(n) == role for n in self.groups[g].layers)
                      else Option(None, 0.0, 0.0) for g, o in found.choices.items()}
             entry = self._evaluate(Plan(alone, 0.0, 0.0), budget, phase="sensitivity", role=role)
             accuracy = entry["accuracy"]

@@ -95,3 +95,38 @@ def test_rank_for_ratio_and_layer_ratio_agree():
     model = nn.Sequential(layer)
     ratio = layer_ratio(model, sketched_copy(model, {"0": rank}, "svd"), ["0"])
     assert ratio == pytest.approx(0.31, abs=0.01)
+
+
+def test_stored_bytes_counts_the_packed_int8_weights_of_torch_ao():
+    model = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 8))
+    quantized = tune_quality.torch_ao_int8(copy.deepcopy(model), ["0"], per_channel=False)
+    # layer 0: int8 weight + one (scale, zero point) + fp32 bias; layer 2 unchanged
+    assert tune_quality.stored_bytes(quantized[0]) == 64 * 32 + 8 + 32 * 4
+    assert tune_quality.stored_bytes(quantized) == 64 * 32 + 8 + 32 * 4 + (32 * 8 + 8) * 4
+    per_channel = tune_quality.torch_ao_int8(copy.deepcopy(model), ["0"], per_channel=True)
+    assert tune_quality.stored_bytes(per_channel[0]) == 64 * 32 + 8 * 32 + 32 * 4
+
+
+def test_accuracy_aware_int8_puts_layers_back_until_the_bound_holds(work):
+    easy = tune_quality.accuracy_aware_int8(work, bound=0.0)
+    assert easy.evaluations == 1  # everything int8 already holds it
+    impossible = tune_quality.accuracy_aware_int8(work, bound=2.0)
+    # one all-int8 check, one recovery measurement per layer, then one check per layer put back
+    assert impossible.evaluations == 1 + 2 * len(work.layers) - 1
+    restored = impossible.build(copy.deepcopy(work.model))
+    assert all(type(restored.get_submodule(n)) is nn.Linear for n in work.layers)
+
+
+def test_allocating_tuner_meets_its_bound_within_the_budget(work):
+    bound = work.threshold + 0.005
+    result = tune_quality.allocating_tuner(work, bound, budget=12)
+    assert 1 <= result.evaluations <= 12
+    tuned = result.build(copy.deepcopy(work.model))
+    assert work.tune_metric(tuned) >= bound
+    assert all(type(work.model.get_submodule(n)) is nn.Linear for n in work.layers)  # the workload stays dense
+
+
+def test_free_layers_cost_nothing_and_keep_shapes(work):
+    free = tune_quality.free_layers(work).build(copy.deepcopy(work.model))
+    x = torch.randn(5, 64)
+    assert free(x).shape == work.model(x).shape and not free(x).any()

@@ -10,9 +10,10 @@ import pytest
 import torch
 from torch import nn
 
+from panther.kinds import kind_of
 from panther.nn import SKLinear
 from panther.nn.calibration import collect_input_covariances
-from panther.tuner._allocation import AllocationPath, Option, linear_options, rank_error_curve, sketch_rank
+from panther.tuner._allocation import AllocationPath, Option, rank_error_curve, sketch_rank
 
 
 def relative_output_error(sketch: nn.Module, dense: nn.Module, x: torch.Tensor) -> float:
@@ -99,19 +100,23 @@ def test_one_svd_serves_the_curve_and_every_rank_built_after_it(monkeypatch: pyt
     assert len(calls) == 1
 
 
-def test_linear_options_build_the_predicted_layers() -> None:
+def test_the_linear_kind_predicts_the_error_of_the_layers_it_builds() -> None:
     layer = dense_layer()
     x = correlated_inputs(1000, 40)
     cov = x.T @ x / x.shape[0]
-    dense, *sketches = linear_options(layer, [2, 4, 30], input_cov=cov)
-    assert dense == Option(params=None, error=0.0, cost=40 * 24)
-    for option in sketches:
-        built = SKLinear.from_dense(layer, input_cov=cov, **option.params)
-        assert option.params["init"] == "data_svd"
-        assert option.cost == sum(p.numel() for p in (built.S1s, built.S2s, built.U1s, built.U2s))
-        assert relative_output_error(built, layer, x) == pytest.approx(option.error, rel=1e-9, abs=1e-12)
-    assert sketches[-1].error == 0.0  # rank 60 > min(40, 24): exact, and dearer than dense
-    assert linear_options(layer, [3])[1].params == {"num_terms": 1, "low_rank": 3, "init": "svd"}
+    kind = kind_of(layer)
+    for params in ({"num_terms": 1, "low_rank": 2, "init": "data_svd"}, {"num_terms": 2, "low_rank": 3,
+                                                                        "init": "data_svd"}):
+        built = kind.build(layer, {**params, "input_cov": cov})
+        assert relative_output_error(built, layer, x) == pytest.approx(kind.predicted_error(layer, params, cov),
+                                                                       rel=1e-9, abs=1e-12)
+    plain = {"num_terms": 1, "low_rank": 30, "init": "svd"}  # rank 60 > min(40, 24): exact
+    assert kind.predicted_error(layer, plain, cov) == 0.0
+    # what it cannot know without running the layer: left to measurement
+    assert kind.predicted_error(layer, {"low_rank": 4, "init": "sketch"}, None) is None
+    assert kind.predicted_error(layer, {"low_rank": 4, "init": "svd", "quantize": True}, None) is None
+    assert kind.predicted_error(layer, {"low_rank": None, "quantize": True}, None) is None
+    assert kind.predicted_error(layer, {"low_rank": 4, "init": "data_svd"}, None) is None
 
 
 # -- planner -----------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ from panther.nn import SKLinear
 from panther.nn.quantized import Int8Linear, Int8SKLinear
 from panther.nn.rebuild import apply_plan, rebuild_sketched_layers
 from panther.tuner import LayerConfig, OptunaSearch, SKAutoTuner, TuningConfigs
-from panther.tuner._allocate import choose_plan
+from panther.tuner._allocate import choose_plan, role_of
 from panther.tuner._allocation.profile import profile_layers
 from panther.tuner.auto import ParamsResolver
 from panther.tuner.layers import layer_bytes
@@ -263,3 +263,40 @@ def test_a_generator_of_calibration_batches_serves_both_passes():
     tuner = SKAutoTuner(model, TuningConfigs([LayerConfig(["0", "2"], "auto", separate=True)]),
                         lambda m: 1.0, accuracy_threshold=0.5, calibration_data=(b for b in x.split(16)))
     assert tuner.tune() and kind_of(model[0]) is not None
+
+
+def test_roles_replace_whole_block_indices_and_keep_shapes_apart():
+    assert role_of("encoder.layer.3.attention.self.query") == role_of("encoder.layer.11.attention.self.query")
+    assert role_of("encoder.layer.3.attention.self.query") == "encoder.layer.#.attention.self.query"
+    assert role_of("fc1") == "fc1" and role_of("block1.0.conv2") == "block1.#.conv2"
+    assert role_of("0", ("Linear", 64, 256)) != role_of("2", ("Linear", 256, 256))
+    assert role_of("0", ("Linear", 256, 256)) == role_of("2", ("Linear", 256, 256))
+
+
+class SkipsALayer(nn.Module):
+    """``unused`` is selected but never called (as a head only some tasks run)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.used, self.unused = nn.Linear(64, 64), nn.Linear(64, 64)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.used(x)
+
+
+def test_a_layer_no_calibration_batch_runs_stays_dense_with_the_reason():
+    model = SkipsALayer()
+    x = torch.randn(32, 64)
+    reference = model(x).detach()
+
+    def cosine(m: nn.Module) -> float:
+        with torch.no_grad():
+            return float(nn.functional.cosine_similarity(m(x), reference, dim=-1).mean())
+
+    tuner = SKAutoTuner(model, TuningConfigs([LayerConfig(["used", "unused"], "auto", separate=True)]), cosine,
+                        accuracy_threshold=0.9, calibration_data=[x])
+    best = tuner.tune()
+    (failed,) = [r for r in tuner.results.records if r.status == "failed"]
+    assert failed.group == "unused" and "no calibration batch ran" in failed.error
+    assert set(best) == {"used"}

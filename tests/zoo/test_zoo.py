@@ -133,3 +133,34 @@ def test_short_tune_leaves_the_model_dense_and_the_plan_meets_the_threshold(zoo_
     summary = tuner.summary()
     for name, reason in tuner.results.skipped.items():
         assert f"{name}: {reason}" in summary
+
+
+def test_allocated_plan_holds_its_threshold_and_reloads(zoo_model):
+    """5. The default strategy (whole-model allocation, int8 on CPU) on every architecture."""
+    model, inputs = zoo_model.build(), zoo_model.inputs()
+    with torch.no_grad():
+        reference = zoo_model.run(model, inputs)
+
+    def agreement(m: nn.Module) -> float:
+        with torch.no_grad():
+            return cosine(zoo_model.run(m, inputs), reference)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        tuner = SKAutoTuner(model, auto_configs(zoo_model), agreement, accuracy_threshold=0.98, max_total_trials=8,
+                            calibration_data=[inputs], calibration_forward=zoo_model.run)
+    assert tuner.allocates
+    tuner.tune()
+    assert 1 <= len(tuner.results.plans) <= 8
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        tuner.apply_best_params()
+    assert agreement(model) >= 0.98
+    assert agreement(model) == pytest.approx(tuner.results.composed_accuracy, abs=1e-6)
+    state = model.state_dict()
+    fresh = zoo_model.build(seed=1)
+    rebuild_sketched_layers(fresh, state)
+    fresh.load_state_dict(state, strict=True)
+    with torch.no_grad():
+        torch.testing.assert_close(zoo_model.run(fresh.eval(), inputs), zoo_model.run(model.eval(), inputs),
+                                   atol=0, rtol=0)

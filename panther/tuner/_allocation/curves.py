@@ -17,14 +17,9 @@ cache makes the later ``from_dense`` calls of the same layer free.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-
 import torch
-from torch import nn
 
-from panther.nn.dense import linear_dims, linear_weight
 from panther.nn.factorize import low_rank_basis
-from panther.tuner._allocation.planner import Option
 
 
 def sketch_rank(num_terms: int, low_rank: int) -> int:
@@ -50,27 +45,3 @@ def rank_error_curve(weight: torch.Tensor, input_cov: torch.Tensor | None = None
     if total <= 0:  # a zero weight: every rank is exact
         return torch.zeros_like(tail)
     return (tail / total).clamp(0.0, 1.0).sqrt()
-
-
-def linear_options(layer: nn.Module, low_ranks: Iterable[int], num_terms: int = 1,
-                   input_cov: torch.Tensor | None = None) -> list[Option]:
-    """The planner's options for one linear layer: dense, and an ``SKLinear`` per ``low_rank``.
-
-    ``params`` of a sketch are those of ``SKLinear.from_dense`` (``init="data_svd"`` when
-    ``input_cov`` is given, else ``"svd"``); ``None`` means the layer stays dense.
-
-    Error is the predicted relative output error (:func:`rank_error_curve`); cost is the number of
-    weights, ``d_in·d_out`` dense and ``2·T·k·(d_in + d_out)`` sketched (bias is the same either
-    way). Sketches that cost more than dense are kept: the planner discards dominated options.
-    """
-    in_features, out_features = linear_dims(layer)
-    curve = rank_error_curve(linear_weight(layer), input_cov)
-    full = curve.numel() - 1
-    init = "svd" if input_cov is None else "data_svd"
-    options = [Option(params=None, error=0.0, cost=float(in_features * out_features))]
-    for k in low_ranks:
-        rank = sketch_rank(num_terms, k)
-        options.append(Option(params={"num_terms": num_terms, "low_rank": k, "init": init},
-                              error=float(curve[min(rank, full)]),
-                              cost=float(rank * (in_features + out_features))))
-    return options

@@ -2,7 +2,7 @@
 
 The allocation needs every option's damage and price without evaluating the model per option:
 
-- **error**: the relative output error ``‖ŷ − y‖ / ‖y − b‖`` of the layer alone. Kinds that can
+- **error**: the relative output error ``‖ŷ − y‖ / ‖y − b‖`` of the layer alone (``b``: the bias). Kinds that can
   predict it from the weights (:meth:`panther.kinds.LayerKind.predicted_error`, e.g. a rank's error
   from the layer's spectrum) are not run at all; every other option (e.g. int8) is measured in one
   pass of the calibration data through the dense model, with a forward hook on each layer feeding
@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from panther.nn.calibration import layer_input_rows
 from panther.nn.dense import is_linear_like, linear_dims
 from panther.tuner.layers import layer_bytes
 
@@ -38,6 +39,7 @@ class LayerProfile:
     """One layer's candidates, keyed by the caller: error, bytes and (optionally) seconds of each."""
 
     dense_bytes: int
+    reached: bool = True  # whether any calibration batch ran the layer (else ``error`` stays empty)
     dense_seconds: float | None = None
     error: dict[Hashable, float] = field(default_factory=dict)
     bytes: dict[Hashable, int] = field(default_factory=dict)
@@ -53,8 +55,9 @@ class _ErrorSums:
 
     def add(self, dense: nn.Module, candidates: Mapping[Hashable, nn.Module], x: torch.Tensor,
             y: torch.Tensor) -> None:
-        bias = getattr(dense, "bias", None)
-        signal = y if bias is None else y - bias
+        # The output without its bias: what the layer's weight contributes (a zero input gives
+        # the bias alone, broadcast as the layer broadcasts it: per channel for a convolution).
+        signal = y - dense.forward(torch.zeros_like(x))  # .forward: not through the hook this runs in
         self.reference += float(signal.double().square().sum())
         for key, candidate in candidates.items():
             self.squared[key] += float((candidate(x).double() - y.double()).square().sum())
@@ -90,6 +93,7 @@ def profile_layers(
     weighed and timed). ``batches`` are calibration batches run by ``forward(model, batch)``, or
     ``None`` for Gaussian inputs (linear layers only). The model must hold its dense layers; every
     submodule's train/eval mode is restored afterwards and the hooks are removed even on errors.
+    A layer no batch runs is returned with ``reached=False`` and no errors.
     """
     dense = {name: model.get_submodule(name) for name in candidates}
     profiles = {name: LayerProfile(dense_bytes=layer_bytes(layer)) for name, layer in dense.items()}
@@ -103,6 +107,9 @@ def profile_layers(
     first_input: dict[str, torch.Tensor] = {}
 
     def observe(name: str, x: torch.Tensor, y: torch.Tensor) -> None:
+        if x.is_nested:  # the sequences' rows (a nested tensor's sums and broadcasts are limited)
+            x = layer_input_rows(dense[name], x)
+            y = dense[name].forward(x)
         first_input.setdefault(name, x)
         sums[name].add(dense[name], to_measure[name], x, y)
 
@@ -116,10 +123,10 @@ def profile_layers(
             observe(name, x, layer(x))
     else:
         _run_hooked(model, dense, batches, forward, observe)
-        missing = [name for name in dense if name not in first_input]
-        if missing:
-            raise ValueError(f"no calibration input reached {missing}")
     for name, profile in profiles.items():
+        profile.reached = name in first_input
+        if not profile.reached:  # never called: nothing known about its candidates
+            continue
         profile.error.update(predicted.get(name, {}))
         profile.error.update(sums[name].relative())
         if time_candidates and name in first_input:

@@ -3,10 +3,11 @@
     python examples/lightning_callback.py
 
 Trains an MLP with a 1024-wide hidden layer on the scikit-learn digits (offline, ~20 s on a CPU), then
-``SketchTuneCallback`` searches sketched replacements of its Linear layers, scoring each with the
-trainer's own validation loop and timing it on real validation batches, and keeps the fastest
-plan that loses at most 2 points of validation accuracy. The plan is saved next to the logs, and
-the checkpoint written afterwards loads back into the plain model class.
+``SketchTuneCallback`` with its defaults weighs every Linear layer's options (sketch ranks, int8,
+sketch with int8 factors) on a few training batches and bisects one whole-model plan, scoring each
+with the trainer's own validation loop and timing it on real validation batches; it keeps the
+fastest plan that loses at most 2 points of validation accuracy. The plan is saved next to the
+logs, and the checkpoint written afterwards loads back into the plain model class.
 """
 
 from __future__ import annotations
@@ -29,13 +30,14 @@ def main() -> None:
     torch.set_num_threads(1)
     pl.seed_everything(0)
     root = tempfile.mkdtemp(prefix="panther_callback_")
-    callback = SketchTuneCallback(monitor="val_acc", max_drop=0.02, objective="speed", n_trials=10, verbose=False)
+    callback = SketchTuneCallback(monitor="val_acc", max_drop=0.02, objective="speed", calibration_batches=4,
+                                  verbose=False)
     trainer = pl.Trainer(max_epochs=5, accelerator="cpu", logger=CSVLogger(root), callbacks=[callback],
                          enable_progress_bar=False, enable_model_summary=False)
     model = DigitsClassifier(hidden=1024)
     trainer.fit(model, DigitsDataModule())
 
-    print("\nPer-layer search results\n" + callback.tuner.summary())
+    print("\nTuning results\n" + callback.tuner.summary())
     print("\nApplied parameters:", callback.best_params or "none (kept dense)")
     print("Plan written to:", callback.plan_file)
 

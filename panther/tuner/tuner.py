@@ -11,8 +11,12 @@ How a run goes (:meth:`SKAutoTuner.tune`):
    back at the end: ``tune()`` leaves the model exactly as it found it, even on errors or Ctrl-C;
    only :meth:`~SKAutoTuner.apply_best_params` and :meth:`~SKAutoTuner.replace_without_tuning`
    install sketches).
-2. Each group (one layer, or several tuned jointly) asks the search for parameters, builds the
-   candidates from the dense layers, swaps them in, evaluates, swaps them out, tells the search.
+2. With ``strategy="allocate"`` (the default when there is a threshold and no search was given,
+   see :mod:`panther.tuner._allocate`), every group's options are priced and weighed without
+   evaluating the model, and a few full evaluations bisect one whole-model plan; steps 3-4 below
+   are the per-group search otherwise. Each group (one layer, or several tuned jointly) asks the
+   search for parameters, builds the candidates from the dense layers, swaps them in, evaluates,
+   swaps them out, tells the search.
 3. Objective (higher is better): accuracy without ``accuracy_threshold``; with a threshold,
    ``optmization_eval_func`` (e.g. throughput) if given, else the fraction of the layers' stored bytes
    saved. A trial below the threshold keeps its measured accuracy in the results, its speed is
@@ -117,6 +121,9 @@ class SKAutoTuner:
             ``search_algorithm`` (probes, shared drop, composed check). ``"auto"`` (default):
             ``"allocate"`` when there is a threshold, no ``search_algorithm`` was given and every
             group can be allocated; ``"search"`` otherwise.
+
+    Attributes:
+        allocates: whether :meth:`tune` allocates (``strategy`` resolved against the configs).
     """
 
     def __init__(

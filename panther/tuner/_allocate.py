@@ -39,6 +39,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from panther.nn.dense import is_linear_like
 from panther.tuner._allocation import AllocationPath, Option, Plan
 from panther.tuner._allocation.profile import LayerProfile, profile_layers
 from panther.tuner._installer import LayerInstaller
@@ -68,13 +69,17 @@ def role_of(layer: str, shape: Hashable = None) -> str:
     return pattern if shape is None else f"{pattern} {shape}"
 
 
-def allocatable_reason(group: TuningGroup, kinds: Mapping[str, Any]) -> str | None:
-    """Why ``group`` cannot be allocated (``None`` when it can): a finite space of single-input kinds."""
+def allocatable_reason(group: TuningGroup, kinds: Mapping[str, Any], dense: Mapping[str, nn.Module],
+                       calibrated: bool) -> str | None:
+    """Why ``group`` cannot be allocated (``None`` when it can): a finite space of single-input
+    kinds, measured on calibration data or (linear layers only) on Gaussian rows."""
     if any(spec.values() is None for spec in group.space.values()):
         return f"{group.name}: its space has a continuous parameter (allocation enumerates configurations)"
     for name in group.layers:
         if not getattr(kinds[name], "profiles_alone", True):
             return f"{name}: a {kinds[name].name} layer cannot be measured on its own input"
+        if not calibrated and not is_linear_like(dense[name]):
+            return f"{name}: a {type(dense[name]).__name__} layer is measured on calibration_data, and none was given"
     return None
 
 

@@ -187,7 +187,30 @@ def _check_plain(value: Any, where: str) -> None:
 
 # -- views ------------------------------------------------------------------------------------
 def results_rows(results: TuningResults) -> list[dict[str, Any]]:
-    """One row per layer per trial (a jointly tuned group repeats its trial for each of its layers)."""
+    """One row per layer per trial (a jointly tuned group repeats its trial for each of its layers).
+
+    After an allocating run, every evaluated whole-model plan adds one row per layer it replaced
+    (``phase`` ``"bisect"``/``"sensitivity"``, the plan's number in ``plan``, its whole-model
+    accuracy and speed, the replaced layers' bytes together); ``best`` marks the chosen plan.
+    """
+    return _record_rows(results) + _plan_rows(results)
+
+
+def _plan_rows(results: TuningResults) -> list[dict[str, Any]]:
+    rows = []
+    for plan in results.plans:
+        for group, params in plan["choices"].items():
+            for layer in results.groups.get(group, []):
+                row: dict[str, Any] = {"layer_name": layer, "group": group, "trial": None, "plan": plan["plan"]}
+                row.update(params)
+                row.update(accuracy=plan["accuracy"], speed=plan["speed"], feasible=plan["feasible"],
+                           bytes=plan["bytes"], dense_bytes=plan["dense_bytes"], phase=plan["phase"],
+                           best=plan["plan"] == results.chosen_plan)
+                rows.append(row)
+    return rows
+
+
+def _record_rows(results: TuningResults) -> list[dict[str, Any]]:
     best_trials = {g: r.trial for g in results.groups if (r := results.selected_record(g)) is not None}
     rows = []
     for record in results.records:

@@ -346,7 +346,9 @@ class SKAutoTuner:
         except Exception:
             _reemit(caught)
             raise
-        reasons = [r for g in groups if (r := allocatable_reason(g, self._kinds_of(g))) is not None]
+        calibrated = self.calibration_data is not None
+        reasons = [r for g in groups if (r := allocatable_reason(
+            g, self._kinds_of(g), {n: self._layers.dense_of(n) for n in g.layers}, calibrated)) is not None]
         if self.strategy == "allocate" and reasons:
             raise AllocationUnavailableError(f"strategy='allocate' cannot allocate {reasons[0]}; use strategy='search'")
         if may_allocate and reasons:  # "auto": search instead, over the spaces a search gets

@@ -257,6 +257,17 @@ def test_allocate_refuses_layers_it_cannot_measure_before_touching_the_model():
     assert not auto.allocates and dict(model.named_modules()) == before
 
 
+def test_convolutions_are_allocated_only_with_calibration_data():
+    model = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 16, 3, padding=1))
+    configs = TuningConfigs([LayerConfig({"type": "Conv2d"}, "auto", separate=True)])
+    assert not SKAutoTuner(model, configs, lambda m: 1.0, accuracy_threshold=0.5).allocates
+    with pytest.raises(AllocationUnavailableError, match="calibration_data"):
+        SKAutoTuner(model, configs, lambda m: 1.0, accuracy_threshold=0.5, strategy="allocate")
+    batches = [torch.randn(2, 3, 8, 8)]
+    tuner = SKAutoTuner(model, configs, lambda m: 1.0, accuracy_threshold=0.5, calibration_data=batches)
+    assert tuner.allocates and tuner.tune()
+
+
 def test_a_generator_of_calibration_batches_serves_both_passes():
     model = digits_like_mlp()
     x = torch.randn(64, 64)
@@ -300,3 +311,19 @@ def test_a_layer_no_calibration_batch_runs_stays_dense_with_the_reason():
     (failed,) = [r for r in tuner.results.records if r.status == "failed"]
     assert failed.group == "unused" and "no calibration batch ran" in failed.error
     assert set(best) == {"used"}
+
+
+def test_the_results_table_lists_every_evaluated_plan_per_replaced_layer():
+    model = FourLayers()
+    tuner = allocating_tuner(model, KnownAccuracy(model), 0.97)
+    tuner.tune()
+    df = tuner.get_results_dataframe()
+    plan_rows = df[df["plan"].notna()]
+    expected = sum(len(p["choices"]) for p in tuner.results.plans)  # one layer per group here
+    assert len(plan_rows) == expected
+    for plan in tuner.results.plans:
+        rows = plan_rows[plan_rows["plan"] == plan["plan"]]
+        assert set(rows["layer_name"]) == set(plan["choices"]) and (rows["accuracy"] == plan["accuracy"]).all()
+    chosen = plan_rows[plan_rows["best"]]
+    assert set(chosen["plan"]) == {tuner.results.chosen_plan}
+    assert set(chosen["layer_name"]) == set(tuner.get_best_params())

@@ -2,15 +2,16 @@
 
 The allocation needs every option's damage and price without evaluating the model per option:
 
-- **error**: the relative output error ``‖ŷ − y‖ / ‖y − b‖`` of the layer alone (``b``: the bias). Kinds that can
-  predict it from the weights (:meth:`panther.kinds.LayerKind.predicted_error`, e.g. a rank's error
-  from the layer's spectrum) are not run at all; every other option (e.g. int8) is measured in one
-  pass of the calibration data through the dense model, with a forward hook on each layer feeding
-  that layer's real input to its candidates. Without calibration data, linear layers are measured
-  on isotropic Gaussian rows, the inputs the plain-SVD prediction assumes.
+- **error**: the relative output error ``‖ŷ − y‖ / ‖y − b‖`` of the layer alone (``b``: its
+  bias). Options whose kind can predict it from the weights
+  (:meth:`panther.kinds.LayerKind.predicted_error`, e.g. a rank's error from the layer's spectrum)
+  are not run at all; every other option (e.g. int8) is measured in one pass of the calibration
+  data through the dense model, with a forward hook on each layer feeding that layer's real input
+  to its candidates. Without calibration data, linear layers are measured on isotropic Gaussian
+  rows, the inputs the plain-SVD prediction assumes.
 - **bytes**: parameters and buffers of the built candidate (:func:`panther.tuner.layers.layer_bytes`).
-- **seconds** (when asked): the median time of the candidate on the layer's first calibration
-  input, measured back to back with the dense layer on the same input.
+- **seconds** (when asked): the median time of each candidate and of the dense layer on the
+  layer's first calibration input.
 """
 
 from __future__ import annotations

@@ -184,7 +184,8 @@ class SketchTuneSession:
                 optmization_eval_func=self._speedup if opts.objective == "speed" else None,
                 max_total_trials=opts.max_total_trials, time_budget_s=opts.time_budget_s,
                 share_accuracy_drop=opts.share_accuracy_drop, progress_bar=self._progress_bar,
-                strategy=strategy, **calibration)  # type: ignore[arg-type]
+                strategy=strategy, broadcast=self._broadcast if self.trainer.world_size > 1 else None,
+                **calibration)  # type: ignore[arg-type]
 
         # The search above is only the fallback unless the user chose it (or its n_trials).
         search_chosen = opts.search_algorithm is not None or opts.n_trials is not None
@@ -250,6 +251,10 @@ class SketchTuneSession:
             if screened < self._threshold:
                 return screened
         return opts.score(self._metric(None))
+
+    def _broadcast(self, obj: Any) -> Any:
+        """Rank 0's ``obj`` on every rank (the tuner's per-process measurements)."""
+        return self.trainer.strategy.broadcast(obj, src=0)
 
     def _speedup(self, model: nn.Module) -> float:
         """Dense step time / candidate step time; near-ties are measured again, longer and interleaved."""

@@ -46,7 +46,10 @@ def capture_forward_inputs(model: nn.Module, limit: int) -> Iterator[list[Call]]
     raw: list[Call] = []
 
     def hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        if len(raw) < limit:
+        # Under DDP, Lightning runs ``validation_step(batch, idx)`` *through* ``forward`` (it swaps
+        # ``module.forward`` for the step while the wrapper calls it); only real forwards count.
+        real_forward = getattr(module.forward, "__func__", None) is type(module).forward
+        if real_forward and len(raw) < limit:
             raw.append(tree_map(_detach, (args, dict(kwargs))))
 
     handle = model.register_forward_pre_hook(hook, with_kwargs=True)

@@ -133,16 +133,20 @@ class Allocation:
         speed_func: the user's ``optmization_eval_func`` or ``None`` (then the price is bytes).
         calibration: ``(batches, forward)`` to measure options on, or ``None`` (Gaussian inputs).
         on_plan: called after each evaluated plan (progress).
+        broadcast: ``f(obj) -> rank 0's obj`` in multi-process runs, so every process prices the
+            options with the same (rank 0's) measurements; ``None`` in a single process.
     """
 
     def __init__(self, groups: Sequence[TuningGroup], installer: LayerInstaller, runner: TrialRunner,
                  threshold: float, baseline: float, speed_func: Callable[..., float] | None,
                  calibration: tuple[Iterable[Any], Callable[[nn.Module, Any], Any]] | None,
-                 results: TuningResults, on_plan: Callable[[dict[str, Any]], None] = lambda plan: None) -> None:
+                 results: TuningResults, on_plan: Callable[[dict[str, Any]], None] = lambda plan: None,
+                 broadcast: Callable[[Any], Any] | None = None) -> None:
         self.groups = {g.name: g for g in groups}
         self.installer, self.runner = installer, runner
         self.threshold, self.baseline, self.speed_func = threshold, baseline, speed_func
         self.calibration, self.results, self.on_plan = calibration, results, on_plan
+        self.broadcast = broadcast
         self._evaluated: dict[tuple, dict[str, Any]] = {}  # plan key -> its entry in results.plans
 
     def _role(self, name: str) -> str:
@@ -178,6 +182,8 @@ class Allocation:
         with self.installer.swapped(self.installer.originals):
             profiles = profile_layers(self.installer.model, candidates, predicted, batches, forward,  # type: ignore[arg-type]
                                       time_candidates=self.speed_func is not None)
+        if self.broadcast is not None:  # timings differ per process; plans must not
+            profiles = self.broadcast(profiles)
         logger.info("allocation: %d options of %d layers profiled in %.1f s (%d errors predicted, %d measured)",
                     sum(map(len, candidates.values())), len(candidates), time.perf_counter() - started,
                     sum(map(len, predicted.values())),

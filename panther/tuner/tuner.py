@@ -121,6 +121,9 @@ class SKAutoTuner:
             ``search_algorithm`` (probes, shared drop, composed check). ``"auto"`` (default):
             ``"allocate"`` when there is a threshold, no ``search_algorithm`` was given and every
             group can be allocated; ``"search"`` otherwise.
+        broadcast: for runs in several processes, ``f(obj) -> rank 0's obj`` (e.g. Lightning's
+            ``trainer.strategy.broadcast``): allocation prices options by per-process timings, so
+            every process must use the same ones to evaluate the same plans.
 
     Attributes:
         allocates: whether :meth:`tune` allocates (``strategy`` resolved against the configs).
@@ -146,6 +149,7 @@ class SKAutoTuner:
         share_accuracy_drop: bool = True,
         progress_bar: bool | None = None,
         strategy: Literal["auto", "allocate", "search"] = "auto",
+        broadcast: Callable[[Any], Any] | None = None,
     ) -> None:
         args.check_model(model)
         speed_func = args.speed_function(optmization_eval_func, optimization_eval_func)
@@ -155,6 +159,7 @@ class SKAutoTuner:
         args.check_speed_needs_threshold(speed_func, threshold)
         args.check_calibration(calibration_data, calibration_forward)
         args.check_strategy(strategy, threshold)
+        args.check_callable("broadcast", broadcast, required=False)
         args.check_positive("num_runs_per_param", num_runs_per_param, integer=True, optional=False)
         args.check_positive("max_total_trials", max_total_trials, integer=True)
         args.check_positive("time_budget_s", time_budget_s, integer=False)
@@ -168,6 +173,7 @@ class SKAutoTuner:
         self.accuracy_eval_func = accuracy_eval_func
         self.optimization_eval_func = speed_func
         self.strategy = strategy
+        self.broadcast = broadcast
         self._search_given = search_algorithm is not None
         self.search_algorithm = args.search_or_default(search_algorithm)
         self._search = as_search_algorithm(self.search_algorithm)
@@ -239,7 +245,8 @@ class SKAutoTuner:
         batches = self._layers.calibration_batches()
         calibration = None if batches is None else (batches, self.calibration_forward or default_forward)
         Allocation(self._groups, self._layers, runner, self.accuracy_threshold, baseline,  # type: ignore[arg-type]
-                   self.optimization_eval_func, calibration, self.results, on_plan=progress.plan_done).run(budget)
+                   self.optimization_eval_func, calibration, self.results, on_plan=progress.plan_done,
+                   broadcast=self.broadcast).run(budget)
 
     def _check_composed(self, runner: TrialRunner) -> None:
         groups = {g.name: g for g in self._groups}

@@ -1,4 +1,6 @@
-"""Run by test_ddp.py as ``python ddp_run.py OUT_DIR [CALIBRATION_BATCHES]``: 2 CPU processes (gloo) tune together.
+"""Run by test_ddp.py as ``python ddp_run.py OUT_DIR [CALIBRATION_BATCHES [STRATEGY]]``: 2 CPU processes
+(gloo) tune together. ``search`` (default): 3 trials per layer, size objective; ``allocate``: the
+callback's default whole-model allocation with the speed objective (per-rank timings).
 
 Lightning's DDP launcher starts this script a second time for rank 1; each rank writes what it
 ended with to ``OUT_DIR/rank<k>.json`` so the test can compare them.
@@ -20,11 +22,11 @@ from digits_lightning import DigitsClassifier, DigitsDataModule  # noqa: E402
 from panther_lightning import SketchTuneCallback  # noqa: E402
 
 
-def main(out_dir: str, calibration_batches: int) -> None:
+def main(out_dir: str, calibration_batches: int, strategy: str) -> None:
     pl.seed_everything(0, verbose=False)
-    callback = SketchTuneCallback(max_drop=0.03, objective="size", n_trials=3, verbose=True,
-                                  calibration_batches=calibration_batches,
-                                  plan_path=os.path.join(out_dir, "plan.json"))
+    tuning = dict(n_trials=3, objective="size") if strategy == "search" else dict(objective="speed")
+    callback = SketchTuneCallback(max_drop=0.03, verbose=True, calibration_batches=calibration_batches,
+                                  plan_path=os.path.join(out_dir, "plan.json"), **tuning)
     trainer = pl.Trainer(max_epochs=2, accelerator="cpu", devices=2, strategy="ddp", logger=False,
                          enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
                          callbacks=[callback], default_root_dir=out_dir)
@@ -37,7 +39,8 @@ def main(out_dir: str, calibration_batches: int) -> None:
     result = {"rank": trainer.global_rank, "plan": callback.report.plan, "best_params": callback.best_params,
               "dense_metric": callback.report.dense_metric, "tuned_metric": callback.report.tuned_metric,
               "final_val_acc": float(trainer.callback_metrics["val_acc"]), "weights": digest.hexdigest(),
-              "trials": len(callback.tuner.results.records)}
+              "trials": len(callback.tuner.results.records), "plans": callback.tuner.results.plans,
+              "allocates": callback.tuner.allocates}
     with open(os.path.join(out_dir, f"rank{trainer.global_rank}.json"), "w") as handle:
         json.dump(result, handle)
     if torch.distributed.is_initialized():  # an orderly gloo shutdown: exiting with it alive can abort
@@ -46,4 +49,4 @@ def main(out_dir: str, calibration_batches: int) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], int(sys.argv[2]) if len(sys.argv) > 2 else 0)
+    main(sys.argv[1], int(sys.argv[2]) if len(sys.argv) > 2 else 0, sys.argv[3] if len(sys.argv) > 3 else "search")

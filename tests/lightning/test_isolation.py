@@ -57,6 +57,23 @@ def test_isolated_passes_measure_the_model_and_leave_no_trace(tmp_path):
         plain_trainer.fit_loop.epoch_loop.val_loop.batch_progress.total.completed
 
 
+def test_calls_redirected_through_forward_are_not_captured(model):
+    """Lightning's DDP runs ``validation_step(batch, idx)`` through a swapped ``forward``; the real
+    forward it calls inside is what a step replays."""
+    x = torch.randn(16, 64)
+    original = model.forward
+
+    def redirected(batch, batch_idx):  # what Lightning's forward redirection installs
+        model.forward = original  # it puts the real forward back before running the step
+        return model(batch[0])
+
+    with capture_forward_inputs(model, 5) as calls:
+        model.forward = redirected
+        model((x, torch.zeros(16)), 0)
+    del model.forward  # back to the class's forward
+    assert len(calls) == 1 and len(calls[0][0]) == 1 and torch.equal(calls[0][0][0], x)
+
+
 def test_step_timer_times_captured_inputs_without_side_effects(model):
     x = torch.randn(16, 64)
     with capture_forward_inputs(model, 1) as calls:

@@ -66,7 +66,7 @@ def test_help_documents_every_option(capsys):
     assert exit_info.value.code == 0
     text = capsys.readouterr().out
     for option in ("configs", "monitor", "mode", "accuracy_threshold", "max_drop", "objective", "n_trials",
-                   "finetune_epochs", "plan_path", "screen_batches"):
+                   "finetune_epochs", "plan_path", "screen_batches", "strategy"):
         assert f"--trainer.callbacks.{option}" in text
     assert "largest allowed worsening" in " ".join(text.split())
 

@@ -32,6 +32,22 @@ def test_sketch_tune_modifies_a_trained_model_in_place(tmp_path):
     assert trainer.callbacks == [c for c in trainer.callbacks if type(c).__name__ != "_TuneAtValidationEnd"]
 
 
+def test_sketch_tune_allocates_by_default_with_a_speed_objective(tmp_path, datamodule):
+    pl.seed_everything(0, verbose=False)
+    trainer = make_trainer(str(tmp_path), max_epochs=1)
+    model = DigitsClassifier(hidden=128)
+    trainer.fit(model, datamodule=datamodule)
+    dense_acc = accuracy(model, datamodule)
+    tuner = SketchTuner(trainer)
+    result = tuner.sketch_tune(model, datamodule=datamodule, max_drop=0.02, calibration_batches=2, timing_repeats=5,
+                               verbose=False)
+    assert result.allocates and result.results.plans
+    assert accuracy(model, datamodule) == pytest.approx(tuner.report.tuned_metric, abs=1e-6)
+    assert tuner.report.tuned_metric >= dense_acc - 0.02 - 1e-6
+    if tuner.report.plan:  # only plans measured faster than dense are applied
+        assert tuner.report.speedup > 1.0
+
+
 def test_sketch_tune_with_dataloaders_and_finetune(tmp_path, datamodule):
     pl.seed_everything(0, verbose=False)
     trainer = make_trainer(str(tmp_path), max_epochs=1)

@@ -144,7 +144,7 @@ class SketchTuneSession:
                 self._sync_weights()
                 report.finetuned_metric = self._metric(None)
             elif report.plan and opts.finetune_epochs:
-                rank_zero_info("sketch tuning: nothing left to fine-tune (every tuned layer is int8)")
+                rank_zero_info("sketch tuning: nothing left to fine-tune (no trainable parameter after int8)")
         if report.plan and trainer.state.fn == TrainerFn.FITTING:
             if trainable:
                 trainer.strategy.setup_optimizers(trainer)  # the old optimizers hold the dense parameters

@@ -265,9 +265,9 @@ def summary_table(results: TuningResults) -> str:
                        else "sketched (spends the composed model's spare margin)" if _is_cheaper(record, best)
                        else "sketched (stepped up for the composed model)")
             ratio = record.size_ratio
-            weights = f"{record.bytes}/{record.dense_bytes} ({_fmt(ratio, '.1%')})"
+            size = f"{record.bytes}/{record.dense_bytes} ({_fmt(ratio, '.1%')})"
             params = ", ".join(f"{k}={v}" for k, v in record.params.items())
-            cells = (params, _fmt(record.accuracy), _fmt(record.speed, ".4g"), weights)
+            cells = (params, _fmt(record.accuracy), _fmt(record.speed, ".4g"), size)
         for layer in layers:
             lines.append((layer, *cells, outcome))
     widths = [max(len(row[i]) for row in lines) for i in range(len(header))]

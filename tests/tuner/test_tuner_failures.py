@@ -115,15 +115,17 @@ def test_a_user_bug_that_only_shows_without_threshold_still_propagates():
     assert calls == ["SKLinear", "Linear"] and isinstance(model.fc, nn.Linear)
 
 
+def fails_when_both_sketched(m: nn.Module) -> float:
+    """An accuracy function that raises only with both layers sketched (e.g. a shape clash)."""
+    if isinstance(m.fc, SKLinear) and isinstance(m.head, SKLinear):
+        raise RuntimeError("both")
+    return 1.0
+
+
 def test_a_nan_composed_check_backs_off_instead_of_crashing():
     """Winners that only fail together: the composed check treats the error as missing the threshold."""
     torch.manual_seed(0)
     model = ReadsWeightDtype()
-
-    def fails_when_both_sketched(m: nn.Module) -> float:
-        if isinstance(m.fc, SKLinear) and isinstance(m.head, SKLinear):
-            raise RuntimeError("both")
-        return 1.0
 
     tuner = SKAutoTuner(model, TuningConfigs([LayerConfig(["fc", "head"], RANK_4)]), fails_when_both_sketched,
                         accuracy_threshold=0.5, strategy="search")
@@ -136,11 +138,6 @@ def test_an_allocated_plan_that_raises_misses_the_threshold_and_the_next_is_trie
     torch.manual_seed(0)
     model = ReadsWeightDtype()
     before = dict(model.named_modules())
-
-    def fails_when_both_sketched(m: nn.Module) -> float:
-        if isinstance(m.fc, SKLinear) and isinstance(m.head, SKLinear):
-            raise RuntimeError("both")
-        return 1.0
 
     tuner = SKAutoTuner(model, TuningConfigs([LayerConfig(["fc", "head"], RANK_2)]), fails_when_both_sketched,
                         accuracy_threshold=0.5, strategy="allocate")

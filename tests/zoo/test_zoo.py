@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -108,14 +109,21 @@ def test_state_dict_reloads_into_a_fresh_dense_model(zoo_model):
                                    atol=0, rtol=0)
 
 
-def test_short_tune_leaves_the_model_dense_and_the_plan_meets_the_threshold(zoo_model):
-    model, inputs = zoo_model.build(), zoo_model.inputs()
+def agreement_with(zoo_model, model: nn.Module, inputs) -> Callable[[nn.Module], float]:
+    """``f(m)``: cosine of ``m``'s outputs on ``inputs`` to ``model``'s outputs now (the dense reference)."""
     with torch.no_grad():
         reference = zoo_model.run(model, inputs)
 
     def agreement(m: nn.Module) -> float:
         with torch.no_grad():
             return cosine(zoo_model.run(m, inputs), reference)
+
+    return agreement
+
+
+def test_short_tune_leaves_the_model_dense_and_the_plan_meets_the_threshold(zoo_model):
+    model, inputs = zoo_model.build(), zoo_model.inputs()
+    agreement = agreement_with(zoo_model, model, inputs)
 
     before = dict(model.named_modules())
     with warnings.catch_warnings():
@@ -138,12 +146,7 @@ def test_short_tune_leaves_the_model_dense_and_the_plan_meets_the_threshold(zoo_
 def test_allocated_plan_holds_its_threshold_and_reloads(zoo_model):
     """5. The default strategy (whole-model allocation, int8 on CPU) on every architecture."""
     model, inputs = zoo_model.build(), zoo_model.inputs()
-    with torch.no_grad():
-        reference = zoo_model.run(model, inputs)
-
-    def agreement(m: nn.Module) -> float:
-        with torch.no_grad():
-            return cosine(zoo_model.run(m, inputs), reference)
+    agreement = agreement_with(zoo_model, model, inputs)
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -20,7 +20,8 @@ from typing import Any
 #: from an earlier identical proposal (``reused``) instead of evaluated again.
 STATUSES = ("ok", "failed", "reused")
 _FORMAT = "panther.tuner.results"
-_VERSION = 1
+#: 2: sizes in bytes (``bytes``/``dense_bytes``), whole-model ``plans``; 1 counted stored numbers.
+_VERSION = 2
 _PLAIN_TYPES = (str, int, float, bool, type(None))
 
 
@@ -121,6 +122,9 @@ class TuningResults:
 
     @classmethod
     def from_dict(cls, data: Any) -> TuningResults:
+        if isinstance(data, dict) and data.get("format") == _FORMAT and data.get("version") == 1:
+            raise ValueError("this results file is format 1, which counts stored numbers where this version "
+                             "counts bytes; run tune() again to write a current one")
         if not isinstance(data, dict) or data.get("format") != _FORMAT or data.get("version") != _VERSION:
             raise ValueError("not a panther.tuner results file (missing or unknown format/version)")
         try:

@@ -82,6 +82,13 @@ def test_loading_invalid_files_is_a_value_error(tmp_path, payload):
         TuningResults.load(path)
 
 
+def test_a_format_1_file_says_why_it_cannot_be_read(tmp_path):
+    path = tmp_path / "old.pkl"
+    path.write_bytes(pickle.dumps({"format": "panther.tuner.results", "version": 1, "records": []}))
+    with pytest.raises(ValueError, match="format 1.*counts bytes.*tune"):
+        TuningResults.load(path)
+
+
 def test_missing_file_and_unsaveable_values(tmp_path):
     with pytest.raises(FileNotFoundError):
         TuningResults.load(tmp_path / "missing.pkl")

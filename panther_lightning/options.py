@@ -94,7 +94,7 @@ class SketchTuneOptions:
         "keeps the directions the real inputs use. Under DDP all ranks use rank 0's batches. 0 (default): "
         'weight-only ``"svd"`` init.')
     share_accuracy_drop: bool = _option(
-        True, "hold each layer group to its share (by weight) of the allowed drop, so the tuned layers meet the "
+        True, "hold each layer group to its share (by stored bytes) of the allowed drop, so the tuned layers meet the "
         "bound together; ``False``: each group may use the whole margin.")
     strategy: Strategy = _option(
         "auto", 'how the allowed drop is spent (``SKAutoTuner(strategy=...)``): ``"allocate"`` weighs every '

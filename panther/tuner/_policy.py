@@ -22,7 +22,7 @@ Measure = Callable[[Mapping[str, TrialRecord]], float]
 
 
 def group_thresholds(baseline: float, threshold: float, dense_bytes: Mapping[str, int]) -> dict[str, float]:
-    """Per-group accuracy thresholds that share the allowed drop ``baseline - threshold`` by weight.
+    """Per-group accuracy thresholds that share the allowed drop ``baseline - threshold`` by size.
 
     Drops of separately sketched layers roughly add up, so groups that each lose no more than their
     share should meet ``threshold`` together; the share follows the dense bytes because that is
@@ -151,7 +151,7 @@ class ComposedCheck:
 
 
 def cost_per_gain(record: TrialRecord, baseline: float | None) -> float:
-    """Accuracy lost per weight saved: the group backed off first is the one where this is largest."""
+    """Accuracy lost per byte saved: the group backed off first is the one where this is largest."""
     drop = max((baseline if baseline is not None else record.accuracy) - record.accuracy, 0.0)  # type: ignore[operator]
     saved = max(record.dense_bytes - record.bytes, 1)  # type: ignore[operator]
     return (drop + 1e-12) / saved

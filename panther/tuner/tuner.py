@@ -234,7 +234,7 @@ class SKAutoTuner:
             self.results.group_thresholds = group_thresholds(accuracy, self.accuracy_threshold,  # type: ignore[arg-type]
                                                              self._dense_bytes())
             if len(self._groups) > 1:
-                logger.info("allowed drop %.4g shared by weight: group thresholds %.4f to %.4f",
+                logger.info("allowed drop %.4g shared by size: group thresholds %.4f to %.4f",
                             accuracy - self.accuracy_threshold, min(self.results.group_thresholds.values()),
                             max(self.results.group_thresholds.values()))
 

@@ -11,7 +11,8 @@ The allocation needs every option's damage and price without evaluating the mode
   rows, the inputs the plain-SVD prediction assumes.
 - **bytes**: parameters and buffers of the built candidate (:func:`panther.tuner.layers.layer_bytes`).
 - **seconds** (when asked): the median time of each candidate and of the dense layer on the
-  layer's first calibration input.
+  layer's largest calibration input, where fixed per-call costs (e.g. quantizing the activations)
+  weigh least.
 """
 
 from __future__ import annotations
@@ -105,13 +106,14 @@ def profile_layers(
     to_measure = {name: {k: m for k, m in options.items() if k not in predicted.get(name, {})}
                   for name, options in candidates.items()}
     sums = {name: _ErrorSums(options) for name, options in to_measure.items()}
-    first_input: dict[str, torch.Tensor] = {}
+    largest_input: dict[str, torch.Tensor] = {}  # per layer: its input with the most elements
 
     def observe(name: str, x: torch.Tensor, y: torch.Tensor) -> None:
         if x.is_nested:  # the sequences' rows (a nested tensor's sums and broadcasts are limited)
             x = layer_input_rows(dense[name], x)
             y = dense[name].forward(x)
-        first_input.setdefault(name, x)
+        if name not in largest_input or x.numel() > largest_input[name].numel():
+            largest_input[name] = x
         sums[name].add(dense[name], to_measure[name], x, y)
 
     if batches is None:
@@ -125,14 +127,14 @@ def profile_layers(
     else:
         _run_hooked(model, dense, batches, forward, observe)
     for name, profile in profiles.items():
-        profile.reached = name in first_input
+        profile.reached = name in largest_input
         if not profile.reached:  # never called: nothing known about its candidates
             continue
         profile.error.update(predicted.get(name, {}))
         profile.error.update(sums[name].relative())
-        if time_candidates and name in first_input:
-            profile.dense_seconds = _median_seconds(dense[name], first_input[name])
-            profile.seconds = {key: _median_seconds(module, first_input[name])
+        if time_candidates and name in largest_input:
+            profile.dense_seconds = _median_seconds(dense[name], largest_input[name])
+            profile.seconds = {key: _median_seconds(module, largest_input[name])
                                for key, module in candidates[name].items()}
     return profiles
 

@@ -1,15 +1,17 @@
 """Dead workers' trials in ``OptunaSearch``: budget accounting, retries, and the heartbeat options."""
 
+import copy
+import datetime
 import socket
 import subprocess
 
 import optuna
 import pytest
 from optuna.distributions import IntDistribution
-from optuna.trial import TrialState, create_trial
+from optuna.trial import FrozenTrial, TrialState, create_trial
 
 from panther.tuner import Int, OptunaSearch
-from panther.tuner.search.faults import RetryDeadTrials, budget_trials
+from panther.tuner.search.faults import TOKEN_WRITE_S, RetryDeadTrials, budget_trials, may_still_finish
 
 SPACE = {"x": Int(0, 9)}
 
@@ -92,3 +94,15 @@ def test_heartbeat_storage_is_built_from_the_url(tmp_path):
     params = search.get_next_params()
     search.update(params, 1.0)
     assert search.is_finished()
+
+
+def test_a_running_trial_without_its_token_yet_is_waited_for_only_while_young():
+    """Another worker creates its trial, then writes its token: between the two it must still count."""
+    now = datetime.datetime.now()
+    young = FrozenTrial(number=0, state=TrialState.RUNNING, value=None, datetime_start=now,
+                        datetime_complete=None, params={}, distributions={}, user_attrs={}, system_attrs={},
+                        intermediate_values={}, trial_id=0)
+    old = copy.copy(young)
+    old.datetime_start = now - datetime.timedelta(seconds=TOKEN_WRITE_S + 1)
+    assert may_still_finish(young, heartbeat=True) and may_still_finish(young, heartbeat=False)
+    assert not may_still_finish(old, heartbeat=True)

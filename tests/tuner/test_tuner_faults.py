@@ -2,7 +2,7 @@
 
 Workers are ``tuning_worker.py`` processes; ``--hang-at K`` parks one inside its K-th trial, where
 the test kills it. On PostgreSQL and SQLite the workers beat (``heartbeat_interval=1``,
-``grace_period=2``) and each reports a host name of its own (``--host``), so only the heartbeat can
+``grace_period=5``) and each reports a host name of its own (``--host``), so only the heartbeat can
 reveal the death; on a journal file, which has no heartbeat, the dead process is noticed by its pid.
 """
 

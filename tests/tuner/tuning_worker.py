@@ -36,7 +36,8 @@ def build_search(storage: str, heartbeat: bool):
 
     from panther.tuner import OptunaSearch
 
-    heartbeat_options = {"heartbeat_interval": 1, "grace_period": 2} if heartbeat else {}
+    # grace: a loaded 2-core CI machine can starve a live worker's heartbeat thread for seconds
+    heartbeat_options = {"heartbeat_interval": 1, "grace_period": 5} if heartbeat else {}
     if storage.startswith("journal:"):
         storage = OptunaSearch.journal_storage(storage[len("journal:"):])  # type: ignore[assignment]
     return OptunaSearch(n_trials=len(RANKS), sampler=GridSampler({"low_rank": RANKS}, seed=0), study_name=STUDY,

@@ -22,6 +22,7 @@ spent. The replaced original no longer counts towards the budget, its retry does
 
 from __future__ import annotations
 
+import datetime
 import logging
 import os
 import socket
@@ -38,6 +39,9 @@ logger = logging.getLogger(__name__)
 
 #: User attribute holding the token of the worker evaluating a trial (the tuner writes the same key).
 WORKER_ATTR = "panther.worker"
+#: How long a running trial may lack its worker's token (it is written right after the trial is
+#: created) before it counts as someone else's that will never report.
+TOKEN_WRITE_S = 10.0
 #: User attribute set on a dead worker's trial just before it is failed and queued again.
 RECLAIM_ATTR = "panther.reclaimed"
 #: User attribute marking a proposal failed at once because the budget was already spent.
@@ -125,11 +129,16 @@ def may_still_finish(trial: FrozenTrial, heartbeat: bool) -> bool:
 
     With a heartbeat every panther trial of another process is (a dead worker's goes stale and is
     reclaimed); without one only those of a live process on this host, since a dead one elsewhere
-    would never be noticed.
+    would never be noticed. A trial not yet carrying a token is waited for while it is young
+    (:data:`TOKEN_WRITE_S`): otherwise a worker could stop just before another's last result lands.
     """
     token = trial.user_attrs.get(WORKER_ATTR)
-    if trial.state != TrialState.RUNNING or not isinstance(token, str):
+    if trial.state != TrialState.RUNNING:
         return False
+    if not isinstance(token, str):
+        # Asking for a trial and writing its token are two writes: a worker may be between them.
+        started = trial.datetime_start
+        return started is not None and (datetime.datetime.now() - started).total_seconds() < TOKEN_WRITE_S
     host, _, rest = token.partition(":")
     local = host == socket.gethostname()
     if local and rest.partition(":")[0] == str(os.getpid()):

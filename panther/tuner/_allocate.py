@@ -76,7 +76,7 @@ def allocatable_reason(group: TuningGroup, kinds: Mapping[str, Any], dense: Mapp
     if any(spec.values() is None for spec in group.space.values()):
         return f"{group.name}: its space has a continuous parameter (allocation enumerates configurations)"
     for name in group.layers:
-        if not getattr(kinds[name], "profiles_alone", True):
+        if not kinds[name].profiles_alone:
             return f"{name}: a {kinds[name].name} layer cannot be measured on its own input"
         if not calibrated and not is_linear_like(dense[name]):
             return f"{name}: a {type(dense[name]).__name__} layer is measured on calibration_data, and none was given"
@@ -119,6 +119,7 @@ class _GroupOptions:
     layer_errors: dict[str, dict[Hashable, float]]  # layer -> key -> relative output error
     price: dict[Hashable, float]  # key -> bytes or seconds of the group's layers
     dense_price: float
+    bytes: dict[Hashable, int]  # key -> stored bytes of the group's layers
 
 
 class Allocation:
@@ -148,6 +149,7 @@ class Allocation:
         self.calibration, self.results, self.on_plan = calibration, results, on_plan
         self.broadcast = broadcast
         self._evaluated: dict[tuple, dict[str, Any]] = {}  # plan key -> its entry in results.plans
+        self._bytes: dict[str, dict[Hashable, int]] = {}  # group -> configuration key -> stored bytes
 
     def _role(self, name: str) -> str:
         return role_of(name, self.installer.kinds[name].shape_key(self.installer.originals[name]))
@@ -256,7 +258,8 @@ class Allocation:
             configurations=configurations,
             layer_errors={name: dict(profiles[name].error) for name in group.layers},
             price={key: sum(price(p, key) for p in layers) for key in configurations},
-            dense_price=sum(price(p, None) for p in layers))
+            dense_price=sum(price(p, None) for p in layers),
+            bytes={key: sum(p.bytes[key] for p in layers) for key in configurations})
 
     # -- 2.-4. path, bisection, correction -------------------------------------------------------
     def path(self, options: Mapping[str, _GroupOptions], sensitivity: Mapping[str, float]) -> AllocationPath:
@@ -272,6 +275,7 @@ class Allocation:
     def run(self, budget: Budget) -> None:
         """Allocate, evaluate, choose; the decisions go to ``results`` (the model is left dense)."""
         options = self.options()
+        self._bytes = {group: o.bytes for group, o in options.items()}  # for the chosen plan's records
         path = self.path(options, {})
         logger.info("allocation: %d plans on the path of %d groups", len(path), len(options))
         found = self._bisect(path, budget, guess=None)
@@ -391,7 +395,7 @@ class Allocation:
             group = self.groups[group_name]
             record = self.runner.new_record(group, params, phase="allocation")
             record.accuracy, record.speed, record.feasible = chosen["accuracy"], chosen["speed"], True
-            record.bytes = sum(layer_bytes(self.installer.build(n, params, group.copy_weights)) for n in group.layers)
+            record.bytes = self._bytes[group_name][params_key(params)]
             record.score = (chosen["speed"] if self.speed_func is not None
                             else 1.0 - record.bytes / record.dense_bytes)  # type: ignore[operator]
             self.results.chosen[group_name] = record.trial

@@ -75,7 +75,10 @@ def main() -> None:
         sketched = hasattr(m[0], "low_rank")  # a trial, not the dense baseline
         evaluations += sketched
         if sketched and evaluations == args.hang_at:
-            Path(args.out + ".hang").write_text(json.dumps(m[0].low_rank))
+            # atomically: the test reads the file as soon as it exists
+            partial = Path(args.out + ".hang.partial")
+            partial.write_text(json.dumps(m[0].low_rank))
+            os.replace(partial, args.out + ".hang")
             time.sleep(600)
         time.sleep(args.pause)
         with torch.no_grad():

@@ -4,9 +4,12 @@ peak bandwidth), and what the dispatch rule (``panther/ops/_dispatch.py``) picks
 
     PANTHER_CUDA_KERNELS=1 python bench/bench_cuda_paths.py            # d=8192, B 1/32/8192, k 16/64
     PANTHER_CUDA_KERNELS=1 python bench/bench_cuda_paths.py --dtype bfloat16 --json out.json
+    python bench/bench_cuda_paths.py --device cpu --dry-run     # every step at toy size on the CPU (CI)
 
 "fused" forces the kernels (fused forward, kernel backward GEMMs); "2-GEMM" is the PyTorch/cuBLAS
-path; "rule" is what SKLinear does with the kernels enabled.
+path; "rule" is what SKLinear does with the kernels enabled. The JSON file is rewritten after each
+point, so a run cut short keeps the points it measured. The dry-run stands in for the extension and the
+device (``cpu_standin.py``): it checks the script, not the kernels.
 """
 
 from __future__ import annotations
@@ -14,12 +17,15 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import torch
 from bench_layers import DTYPES, median_ms, peak_hbm_gbps
+from cpu_standin import H200_SM_COUNT, StandInExtension
 from torch import nn
 
 from panther.nn import SKLinear
@@ -67,12 +73,24 @@ def forced_fused(on: bool) -> Iterator[None]:
         _dispatch.multiprocessor_count = real  # type: ignore[assignment]
 
 
+def extension(device: torch.device) -> Any:
+    """The compiled kernels on CUDA (which must have built), the PyTorch stand-in on the CPU (dry-run)."""
+    if device.type == "cpu":
+        return StandInExtension
+    ext = _cuda_ext.cuda_extension()
+    assert ext is not None, "the CUDA kernels did not build (PANTHER_CUDA_KERNELS=1 set?)"
+    return ext
+
+
+def sm_count(device: torch.device) -> int:
+    return H200_SM_COUNT if device.type == "cpu" else _dispatch.multiprocessor_count(device)
+
+
 def closures(sk: SKLinear, dense: nn.Linear, x: torch.Tensor, mode: str) -> dict[str, Callable[[], object]]:
     with torch.no_grad():
         A, B = pack_left(sk.S1s, sk.U2s), pack_right(sk.U1s, sk.S2s)
     scale = 1.0 / (2 * sk.num_terms)
-    ext = _cuda_ext.cuda_extension()
-    assert ext is not None, "the CUDA kernels did not build (PANTHER_CUDA_KERNELS=1 set?)"
+    ext = extension(x.device)
     if mode == "fwd":
         bias = sk.bias.detach()
         return {"fused": lambda: ext.forward(x, A, B, bias, scale, False),
@@ -94,8 +112,7 @@ def closures(sk: SKLinear, dense: nn.Linear, x: torch.Tensor, mode: str) -> dict
 
 
 def bench_point(d: int, batch: int, k: int, mode: str, dtype: torch.dtype, min_run_time: float, rounds: int,
-                hbm_gbps: float | None) -> Row:
-    device = torch.device("cuda")
+                hbm_gbps: float | None, device: torch.device) -> Row:
     sk = SKLinear(d, d, num_terms=1, low_rank=k, device=device, dtype=dtype)
     dense = nn.Linear(d, d, device=device, dtype=dtype)
     x = torch.randn(batch, d, device=device, dtype=dtype)
@@ -105,9 +122,8 @@ def bench_point(d: int, batch: int, k: int, mode: str, dtype: torch.dtype, min_r
         for name in VARIANTS:
             with forced_fused(name == "fused"), torch.no_grad() if mode == "fwd" else contextlib.nullcontext():
                 best[name] = min(best[name], median_ms(fns[name], 1, min_run_time))
-    ext = _cuda_ext.cuda_extension()
-    max_rank, rows = ext.fused_forward_limits(x)
-    picks = _dispatch.use_fused_forward(batch, 2 * k, max_rank, rows, _dispatch.multiprocessor_count(device))
+    max_rank, rows = extension(device).fused_forward_limits(x)
+    picks = _dispatch.use_fused_forward(batch, 2 * k, max_rank, rows, sm_count(device))
     frac: dict[str, float | None] = {}
     for name in VARIANTS:
         elements = traffic_elements("linear" if name == "linear" else "sketched", mode, batch, d, k)
@@ -140,27 +156,42 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds (best kept)")
     parser.add_argument("--hbm-gbps", type=float, default=None, help="peak HBM bandwidth (auto for H100/H200)")
     parser.add_argument("--json", help="write rows to this JSON file")
+    parser.add_argument("--device", choices=["cuda", "cpu"], default="cuda")
+    parser.add_argument("--dry-run", action="store_true", help="toy sizes, stand-in kernels (with --device cpu)")
     args = parser.parse_args(argv)
-    if not torch.cuda.is_available():
-        print("bench_cuda_paths.py: needs a CUDA device", file=sys.stderr)
+    if args.dry_run:
+        args.d, args.batch, args.k, args.min_run_time, args.rounds = 128, [32, 4224], [16, 64], 0.01, 1
+        args.hbm_gbps = args.hbm_gbps or 4800.0  # the H200's, so the roofline arithmetic runs too
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        print("bench_cuda_paths.py: needs a CUDA device (or --device cpu --dry-run)", file=sys.stderr)
+        return 2
+    if device.type == "cpu" and not args.dry_run:
+        print("bench_cuda_paths.py: the CPU runs only the --dry-run (the kernels are CUDA)", file=sys.stderr)
         return 2
     torch.manual_seed(0)
-    device = torch.device("cuda")
     hbm = peak_hbm_gbps(device, args.hbm_gbps)
-    print(f"# {torch.cuda.get_device_name(device)}, {_dispatch.multiprocessor_count(device)} SMs, "
-          f"peak HBM {hbm} GB/s, TF32 matmul {torch.backends.cuda.matmul.allow_tf32}", flush=True)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU dry-run"
+    print(f"# {name}, {sm_count(device)} SMs, peak HBM {hbm} GB/s, "
+          f"TF32 matmul {torch.backends.cuda.matmul.allow_tf32}", flush=True)
     rows = []
     for batch in args.batch:
         for k in args.k:
             for mode in args.modes:
                 rows.append(bench_point(args.d, batch, k, mode, DTYPES[args.dtype], args.min_run_time, args.rounds,
-                                        hbm))
+                                        hbm, device))
                 print(markdown(rows[-1:]).splitlines()[-1], file=sys.stderr, flush=True)
+                if args.json:
+                    write_rows(args.json, rows)
     print(markdown(rows))
-    if args.json:
-        with open(args.json, "w") as fh:
-            json.dump([asdict(r) for r in rows], fh, indent=1)
     return 0
+
+
+def write_rows(path: str, rows: list[Row]) -> None:
+    """Replace ``path`` atomically with every row so far."""
+    with open(f"{path}.tmp", "w") as fh:
+        json.dump([asdict(r) for r in rows], fh, indent=1)
+    os.replace(f"{path}.tmp", path)
 
 
 if __name__ == "__main__":

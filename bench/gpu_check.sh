@@ -15,6 +15,7 @@
 # Everything lands in $OUT as it goes (a killed run keeps what it had), at most 8 files:
 #   gpu_check.log (all output), steps.json (each step's status and seconds), tests_ops.xml,
 #   paths_fp32.json, paths_bf16.json, e2e.json. Exit status: non-zero if any step failed.
+# E2E_ARGS adds arguments to gpu_e2e.py, e.g. E2E_ARGS="--strategy search" (see README's GPU section).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 DRY=0
@@ -102,7 +103,7 @@ left=$((BUDGET - SECONDS - 10))
 train_s=$((left * 35 / 100 < 60 ? left * 35 / 100 : 60))
 tune_s=$((left * 25 / 100 < 120 ? left * 25 / 100 : 120))
 step e2e "$left" "$PY" bench/gpu_e2e.py "${DEVICE[@]}" --train-seconds "$((train_s > 1 ? train_s : 1))" \
-  --tune-budget-s "$((tune_s > 1 ? tune_s : 1))" --json "$RESULTS/e2e.json" --log-dir "$PWD/.gpu_e2e_logs"
+  --tune-budget-s "$((tune_s > 1 ? tune_s : 1))" --json "$RESULTS/e2e.json" --log-dir "$PWD/.gpu_e2e_logs" ${E2E_ARGS:-}
 
 echo; echo "=== done: status $status after ${SECONDS}s ($(date +%T))"
 exit $status

@@ -17,7 +17,7 @@ DEST="${DEST:-.gpu_wheels}"
 PY="${PY:-$(command -v python3 || command -v python)}"
 PYTHONS="${PYTHONS:-3.10 3.11 3.12 3.13}"
 # Same versions as the development venv (pyproject's ranges), so what was tested here is what runs there.
-PURE=(optuna==5.1.0 alembic==1.20.1 sqlalchemy==2.1.9 colorlog==6.12.0 mako==1.4.3 tqdm typing-extensions packaging
+PURE=(optuna==5.1.0 alembic==1.20.1 sqlalchemy==2.1.9 colorlog==6.12.0 mako==1.4.3 tqdm typing-extensions packaging tomli
       lightning==2.6.6 pytorch-lightning==2.6.6 lightning-utilities==0.15.3 torchmetrics==1.9.0 fsspec)
 COMPILED=(pyyaml markupsafe)
 PLATFORMS=(--platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64

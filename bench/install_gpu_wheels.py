@@ -23,6 +23,8 @@ NEEDED = {
     "colorlog": "colorlog", "optuna": "optuna", "fsspec": "fsspec", "lightning_utilities": "lightning-utilities",
     "torchmetrics": "torchmetrics", "pytorch_lightning": "pytorch-lightning", "lightning": "lightning",
 }
+if sys.version_info < (3, 11):  # alembic reads TOML with tomllib from 3.11 on, tomli before
+    NEEDED = {"tomli": "tomli", **NEEDED}
 
 
 def missing() -> list[str]:

@@ -230,11 +230,11 @@ def speed(dense: CausalLM, tuned: CausalLM, seq: torch.Tensor, device: torch.dev
     """Best-of-rounds median times (ms) of dense and tuned, kernels off/on, and the speed-ups over dense."""
     ms: dict[str, float] = {}
     used = False
-    for model in (dense, tuned):
-        model.eval()
     cases = {"inference": lambda m: inference_step(m, seq[:, :-1], device, precision),
              "train": lambda m: train_step(m, seq, device, precision)}
     for mode, make in cases.items():
+        for model in (dense, tuned):
+            model.train(mode == "train")  # a sketch may cache its packed factors in eval mode only
         steps = {"dense": make(dense), "tuned": make(tuned)}
         variants = [("dense", False), ("tuned_kernels_off", False), ("tuned_kernels_on", True)]
         for round_ in range(rounds):  # the order flips every round, so no variant always runs first

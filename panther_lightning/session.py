@@ -1,9 +1,12 @@
 """One sketch-tuning run inside a live trainer: measure the dense model, tune, apply, report.
 
-Used by the callback (at ``on_train_end``, where the model is still on its device) and by the
-Tuner hook (at the end of a ``validate`` pass). Every candidate is scored by the trainer's own
-validation loop (:mod:`panther_lightning.isolation`) and timed on real validation inputs
-(:mod:`panther_lightning.timing`); the trainer is left as it was apart from the applied layers.
+Run by :meth:`SketchTuneCallback.tune <panther_lightning.SketchTuneCallback.tune>`: at
+``on_train_end`` (the model is still on its device), or at the end of the ``validate`` pass that
+``SketchTuner.sketch_tune`` drives. Every candidate is scored by the trainer's own validation loop
+(:mod:`panther_lightning.isolation`: every validation dataloader, batches as the loaders make
+them) and timed on real validation inputs (:mod:`panther_lightning.timing`); the trainer is left
+as it was apart from the applied layers. Dynamic int8 layers quantize each batch's activations
+with that batch's range, so their outputs, and the scores, are those at the validation batch size.
 """
 
 from __future__ import annotations
@@ -158,6 +161,11 @@ class SketchTuneSession:
         limit = opts.speed_batches if opts.objective == "speed" else 0
         with capture_forward_inputs(self.pl_module, limit) as calls:
             metric = self._metric(None)
+        loaders = len(self.trainer.num_val_batches)
+        if loaders > 1:
+            rank_zero_info(f"sketch tuning: each candidate runs all {loaders} validation dataloaders and is judged "
+                           f"by {opts.monitor!r} alone; timing replays the first {opts.speed_batches} forward calls "
+                           "(the first dataloader's batches)")
         self._dense_score, self._dense_plan = opts.score(metric), self._plan_key()
         if opts.objective == "speed":
             self.timer = StepTimer(calls, self.trainer.strategy.root_device,

@@ -6,17 +6,20 @@ after the tuned fit; resuming in a new Trainer with a fresh model; two validatio
 
 from __future__ import annotations
 
+import logging
 import os
 
 import lightning.pytorch as pl
 import pytest
 import torch
 from conftest import DigitsClassifier, DigitsDataModule, make_trainer
+from digits_lightning import DigitsCNN
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from torch.utils.data import DataLoader, Subset
 
 from panther.nn import SKLinear
 from panther.nn.quantized import Int8Linear
+from panther.tuner import AllocationUnavailableError
 from panther_lightning import SketchTuneCallback, load_sketched_checkpoint
 
 #: Every Linear layer int8 (no trainable parameter left): the plan CPU defaults often reach.
@@ -183,14 +186,20 @@ def _two_loaders() -> tuple[DataLoader, DataLoader, DataLoader]:
     return dm.train_dataloader(), dm.val_dataloader(), second
 
 
-def test_two_validation_loaders_monitor_one_with_the_sanity_check(tmp_path):
+def test_two_validation_loaders_monitor_one_with_the_sanity_check(tmp_path, caplog):
+    logging.getLogger("lightning.pytorch").addHandler(caplog.handler)  # Lightning's logger does not propagate
     pl.seed_everything(0, verbose=False)
     monitor = "val_acc/dataloader_idx_1"
     tune = SketchTuneCallback(monitor=monitor, max_drop=0.05, objective="size", verbose=False)
     trainer = make_trainer(str(tmp_path), [tune])  # default num_sanity_val_steps
     model = TwoLoaders()
     train, first, second = _two_loaders()
-    trainer.fit(model, train, [first, second])
+    try:
+        with caplog.at_level(logging.INFO, logger="lightning.pytorch"):
+            trainer.fit(model, train, [first, second])
+    finally:
+        logging.getLogger("lightning.pytorch").removeHandler(caplog.handler)
+    assert "runs all 2 validation dataloaders and is judged by 'val_acc/dataloader_idx_1' alone" in caplog.text
     report = tune.report
     assert report is not None and tune.failure is None
     assert report.dense_metric == pytest.approx(float(trainer.callback_metrics[monitor]), abs=1e-6)
@@ -205,3 +214,13 @@ def test_unknown_monitor_is_found_at_the_first_real_validation_listing_every_key
     with pytest.raises(KeyError, match="val_acc/dataloader_idx_0.*val_acc/dataloader_idx_1"):
         trainer.fit(TwoLoaders(), train, [first, second])
     assert trainer.global_step > 0, "not in the sanity check: EarlyStopping's rule"
+
+
+def test_a_strategy_the_configs_cannot_take_fails_at_setup(tmp_path):
+    """The callback asks the tuner's decision at setup: allocating convolutions needs calibration batches."""
+    tune = SketchTuneCallback(configs=[{"layer_names": {"type": "Conv2d"}, "params": "auto"}], strategy="allocate",
+                              verbose=False)
+    trainer = make_trainer(str(tmp_path), [tune], max_epochs=1)
+    with pytest.raises(AllocationUnavailableError, match="calibration_data"):
+        trainer.fit(DigitsCNN(channels=4, hidden=16), DigitsDataModule())
+    assert trainer.global_step == 0

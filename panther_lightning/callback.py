@@ -86,8 +86,7 @@ def check_trainable(pl_module: pl.LightningModule, resuming_from: str | None = N
     raise ValueError(f"cannot train on: {source} has no trainable parameter (its tuned layers are int8, which "
                      "are inference-only). To keep a tuned model trainable, tune it with "
                      "SketchTuneCallback(trainable=True) (sketches only); to train the dense model on, resume from an "
-                     "epoch checkpoint "
-                     "(ckpt_path='best'); to use the tuned model, call trainer.validate/test/predict")
+                     "epoch checkpoint (ckpt_path='best'); to use the tuned model, call trainer.validate/test/predict")
 
 
 def why_dense(report: SketchTuneReport, results: TuningResults) -> str:
@@ -105,18 +104,29 @@ class SketchTuneCallback(Callback):
     """Tune sketched replacements of the model's layers when training ends, and keep the best.
 
     At ``on_train_end`` (the model is still on its device) the dense model is scored by the
-    trainer's own validation loop, an Optuna search proposes sketched layers, each candidate is
-    scored the same way (trainer state, logs and checkpoints are left untouched) and timed on real
-    validation inputs, and the best plan that keeps ``monitor`` within bounds is applied to the
-    LightningModule. Afterwards ``callback.tuner`` is the ``SKAutoTuner`` used,
+    trainer's own validation loop (every validation dataloader; ``monitor`` alone decides), an
+    allocation or search proposes replacements (sketches, and int8 on CPU unless ``trainable``),
+    each candidate is scored the same way (trainer state, logs and checkpoints are left untouched)
+    and timed on real validation inputs, and the best plan that keeps ``monitor`` within bounds is
+    applied to the LightningModule. Afterwards ``callback.tuner`` is the ``SKAutoTuner`` used,
     ``callback.best_params`` the applied parameters and ``callback.report`` a summary;
     ``callback.plan_file`` and ``callback.trials_file`` (every trial, ``sketch_trials.csv``) are in
     the log directory. While it tunes, a progress bar follows the trainer's ``enable_progress_bar``.
+
+    The tuned model is checkpointed where the trainer's checkpoints go: ``sketch_tuned.ckpt``
+    beside them (``callback.tuned_checkpoint_path``), and every ``ModelCheckpoint(save_last=...)``'s
+    ``last`` checkpoint is rewritten with it; epoch and top-k checkpoints keep their dense weights.
+    The module's layers follow whatever checkpoint it loads (``ckpt_path="best"`` puts the dense
+    layers back, a tuned checkpoint the tuned ones). A model without trainable parameters (int8
+    everywhere) cannot train on: ``fit`` says so at ``setup``, or when a checkpoint is restored,
+    before ``configure_optimizers``.
 
     Tuning never costs the finished training run: if the configs select nothing that can be
     sketched, ``setup`` warns (before the first epoch) and tuning is skipped; if tuning fails, the
     callback warns with the error, puts the trained dense layers back and ``fit`` ends normally
     (``callback.failure`` holds the error). Only ``KeyboardInterrupt`` (model restored) propagates.
+    A ``monitor`` that validation does not log stops ``fit`` at the first validation after the
+    sanity check, as ``EarlyStopping`` does.
 
     Every option is documented on :class:`~panther_lightning.options.SketchTuneOptions`;
     :func:`~panther_lightning.options.document_options` lists them below, under ``Args``.

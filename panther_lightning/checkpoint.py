@@ -37,18 +37,30 @@ def follow_checkpoint_layers(module: nn.Module, state_dict: Mapping[str, Any]) -
     """Give ``module`` the layers ``state_dict`` was saved from, so that it loads strictly; returns ``module``.
 
     A layer the state dict describes as a replacement (its ``_extra_state``) is rebuilt as that
-    replacement; a replaced layer of ``module`` for which the state dict holds plain weights goes
-    back to a dense layer (its ``to_dense()``, whose weights are then overwritten by the load).
-    Layers the state dict says nothing about are left alone (partial, non-strict loads). Raises
+    replacement; a replaced layer of ``module`` for which the state dict holds other weights (a
+    dense layer's) goes back to a dense layer (its ``to_dense()``, whose weights are then
+    overwritten by the load). Layers the state dict says nothing about, or holds their own
+    tensors for, are left alone (partial, non-strict loads). Raises
     ``ValueError`` naming the layer when a dense layer of the checkpoint's shapes cannot be rebuilt.
     """
     wanted = plan_from_state_dict(state_dict)
     for name, entry in sketch_plan(module).items():
-        described = wanted.get(name) == entry
-        mentioned = name in wanted or any(key.startswith(name + ".") for key in state_dict)
-        if not described and mentioned:
+        if wanted.get(name) == entry:
+            continue
+        if name in wanted or _holds_other_weights(module.get_submodule(name), name, state_dict):
             replace_module(module, name, _dense_version(module, name, state_dict))
     return rebuild_sketched_layers(module, wanted)
+
+
+def _holds_other_weights(layer: nn.Module, name: str, state_dict: Mapping[str, Any]) -> bool:
+    """Whether ``state_dict`` has weights under ``name`` that are not ``layer``'s own (a dense layer's).
+
+    A state dict holding the replacement's own tensors without their ``_extra_state`` (weights
+    synchronised between processes) is the same layer, not a dense one.
+    """
+    under = {key for key in state_dict if key.startswith(name + ".")}
+    own = {f"{name}.{key}" for key in layer.state_dict() if not key.endswith("_extra_state")}
+    return bool(under) and not own <= under
 
 
 def _dense_version(module: nn.Module, name: str, state_dict: Mapping[str, Any]) -> nn.Module:

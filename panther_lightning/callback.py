@@ -82,11 +82,15 @@ def check_trainable(pl_module: pl.LightningModule, resuming_from: str | None = N
     """Fail before the optimizers are built when a tuned model has nothing left to train (int8 everywhere)."""
     if any(p.requires_grad for p in pl_module.parameters()):
         return
-    source = f"the checkpoint {resuming_from!r}" if resuming_from else "the model"
+    if resuming_from is not None:
+        source, dense = f"the checkpoint {resuming_from!r}", "resume from an epoch checkpoint (ckpt_path='best')"
+    else:
+        source = "the model"
+        dense = f"fit a fresh {type(pl_module).__name__}() from an epoch checkpoint (ckpt_path=...)"
     raise ValueError(f"cannot train on: {source} has no trainable parameter (its tuned layers are int8, which "
                      "are inference-only). To keep a tuned model trainable, tune it with "
-                     "SketchTuneCallback(trainable=True) (sketches only); to train the dense model on, resume from an "
-                     "epoch checkpoint (ckpt_path='best'); to use the tuned model, call trainer.validate/test/predict")
+                     f"SketchTuneCallback(trainable=True) (sketches only); to train the dense model on, {dense}; "
+                     "to use the tuned model, call trainer.validate/test/predict")
 
 
 def why_dense(report: SketchTuneReport, results: TuningResults) -> str:

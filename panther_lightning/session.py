@@ -177,7 +177,9 @@ class SketchTuneSession:
         from panther.tuner.search import OptunaSearch
 
         opts = self.options
-        decision = tuning_decision(self.pl_module, opts)  # again: the module is on its device now
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the tuner below shows the resolution's warnings
+            decision = tuning_decision(self.pl_module, opts)  # again: the module is on its device now
         if decision.why_search is not None:
             rank_zero_debug(f"sketch tuning searches per group: {decision.why_search}")
         search = opts.search_algorithm

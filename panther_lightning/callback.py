@@ -273,7 +273,11 @@ class SketchTuneCallback(Callback):
         self.trials_file = write_trials(session.tuner.results, self.plan_file, trainer)
         publish(report, session.tuner.results, trainer)
         if report.plan:
-            self.tuned_checkpoint_path = save_tuned_checkpoints(trainer)
+            try:
+                self.tuned_checkpoint_path = save_tuned_checkpoints(trainer)
+            except OSError as exc:  # the model holds the tuned layers: say so rather than fail
+                rank_zero_warn(f"SketchTuneCallback: the tuned model is applied but could not be checkpointed ({exc}); "
+                               "save it with trainer.save_checkpoint")
         else:
             rank_zero_warn(f"SketchTuneCallback: the model stays dense: {why_dense(report, session.tuner.results)}")
         return report

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import lightning.pytorch as pl
@@ -14,6 +15,7 @@ from lightning.pytorch.utilities.model_helpers import is_overridden
 from panther.tuner import SKAutoTuner
 from panther.tuner.results import TuningResults
 from panther.tuner.search import SearchAlgorithm
+from panther.tuner.strategy import AllocationUnavailableError
 from panther_lightning.checkpoint import install_sketch_loading
 from panther_lightning.options import (
     ConfigsLike,
@@ -25,7 +27,8 @@ from panther_lightning.options import (
     document_options,
 )
 from panther_lightning.reporting import write_trials
-from panther_lightning.session import SketchTuneReport, SketchTuneSession, publish, write_plan
+from panther_lightning.saving import save_tuned_checkpoints
+from panther_lightning.session import SketchTuneReport, SketchTuneSession, publish, tuning_decision, write_plan
 
 
 def check_trainer_can_tune(trainer: pl.Trainer, pl_module: pl.LightningModule, options: SketchTuneOptions) -> None:
@@ -49,20 +52,45 @@ def check_trainer_can_tune(trainer: pl.Trainer, pl_module: pl.LightningModule, o
 def nothing_to_tune(pl_module: pl.LightningModule, options: SketchTuneOptions) -> str | None:
     """Why none of ``pl_module``'s layers can be tuned with ``options.configs``, or ``None`` if some can.
 
-    Runs the tuner's own config resolution on the (dense) module, before any training, so that a
-    selector matching nothing sketchable is reported at ``setup`` and not after the last epoch. The
-    resolution's warnings (layers skipped, and why) are shown to the user here.
+    Asks the tuner's own decision (:func:`panther.tuner.decide_strategy`) on the (dense) module,
+    before any training, so that a selector matching nothing sketchable is reported at ``setup``
+    and not after the last epoch; its warnings (layers skipped, and why) are shown here. An
+    explicit ``strategy="allocate"`` the configs cannot take, or int8 asked for with
+    ``trainable=True``, raises ``ValueError``: no outcome of tuning would be right.
     """
-    calibration = [] if options.calibration_batches else None  # only whether data-aware init is on
     try:
-        tuner = SKAutoTuner(pl_module, options.configs, lambda model: 0.0, calibration_data=calibration,
-                            search_algorithm=options.search_algorithm)
+        decision = tuning_decision(pl_module, options)
+    except AllocationUnavailableError:
+        raise
     except ValueError as exc:
         return str(exc)
-    if not tuner.results.groups:
-        skipped = "; ".join(f"{name}: {why}" for name, why in list(tuner.results.skipped.items())[:5])
-        return "the configs select no layer worth sketching" + (f" ({skipped})" if skipped else "")
-    return None
+    if options.trainable:
+        int8 = [group.name for group in decision.groups if _offers_int8(group.space)]
+        if int8:
+            raise ValueError(f"trainable=True tunes sketches only, but the configs ask for int8 (quantize=True) on "
+                             f"{int8}; drop quantize from their params, or set trainable=False")
+    return decision.nothing_to_tune
+
+
+def _offers_int8(space: dict[str, Any]) -> bool:
+    """Whether a resolved space may build int8 layers (the linear kind's ``quantize=True``)."""
+    spec = space.get("quantize")
+    return spec is not None and True in (spec.values() or [])
+
+
+def check_trainable(pl_module: pl.LightningModule, resuming_from: str | None = None) -> None:
+    """Fail before the optimizers are built when a tuned model has nothing left to train (int8 everywhere)."""
+    if any(p.requires_grad for p in pl_module.parameters()):
+        return
+    if resuming_from is not None:
+        source, dense = f"the checkpoint {resuming_from!r}", "resume from an epoch checkpoint (ckpt_path='best')"
+    else:
+        source = "the model"
+        dense = f"fit a fresh {type(pl_module).__name__}() from an epoch checkpoint (ckpt_path=...)"
+    raise ValueError(f"cannot train on: {source} has no trainable parameter (its tuned layers are int8, which "
+                     "are inference-only). To keep a tuned model trainable, tune it with "
+                     f"SketchTuneCallback(trainable=True) (sketches only); to train the dense model on, {dense}; "
+                     "to use the tuned model, call trainer.validate/test/predict")
 
 
 def why_dense(report: SketchTuneReport, results: TuningResults) -> str:
@@ -80,18 +108,29 @@ class SketchTuneCallback(Callback):
     """Tune sketched replacements of the model's layers when training ends, and keep the best.
 
     At ``on_train_end`` (the model is still on its device) the dense model is scored by the
-    trainer's own validation loop, an Optuna search proposes sketched layers, each candidate is
-    scored the same way (trainer state, logs and checkpoints are left untouched) and timed on real
-    validation inputs, and the best plan that keeps ``monitor`` within bounds is applied to the
-    LightningModule. Afterwards ``callback.tuner`` is the ``SKAutoTuner`` used,
+    trainer's own validation loop (every validation dataloader; ``monitor`` alone decides), an
+    allocation or search proposes replacements (sketches, and int8 on CPU unless ``trainable``),
+    each candidate is scored the same way (trainer state, logs and checkpoints are left untouched)
+    and timed on real validation inputs, and the best plan that keeps ``monitor`` within bounds is
+    applied to the LightningModule. Afterwards ``callback.tuner`` is the ``SKAutoTuner`` used,
     ``callback.best_params`` the applied parameters and ``callback.report`` a summary;
     ``callback.plan_file`` and ``callback.trials_file`` (every trial, ``sketch_trials.csv``) are in
     the log directory. While it tunes, a progress bar follows the trainer's ``enable_progress_bar``.
+
+    The tuned model is checkpointed where the trainer's checkpoints go: ``sketch_tuned.ckpt``
+    beside them (``callback.tuned_checkpoint_path``), and every ``ModelCheckpoint(save_last=...)``'s
+    ``last`` checkpoint is rewritten with it; epoch and top-k checkpoints keep their dense weights.
+    The module's layers follow whatever checkpoint it loads (``ckpt_path="best"`` puts the dense
+    layers back, a tuned checkpoint the tuned ones). A model without trainable parameters (int8
+    everywhere) cannot train on: ``fit`` says so at ``setup``, or when a checkpoint is restored,
+    before ``configure_optimizers``.
 
     Tuning never costs the finished training run: if the configs select nothing that can be
     sketched, ``setup`` warns (before the first epoch) and tuning is skipped; if tuning fails, the
     callback warns with the error, puts the trained dense layers back and ``fit`` ends normally
     (``callback.failure`` holds the error). Only ``KeyboardInterrupt`` (model restored) propagates.
+    A ``monitor`` that validation does not log stops ``fit`` at the first validation after the
+    sanity check, as ``EarlyStopping`` does.
 
     Every option is documented on :class:`~panther_lightning.options.SketchTuneOptions`;
     :func:`~panther_lightning.options.document_options` lists them below, under ``Args``.
@@ -119,6 +158,7 @@ class SketchTuneCallback(Callback):
         calibration_batches: int = 0,
         share_accuracy_drop: bool = True,
         strategy: Strategy = "auto",
+        trainable: bool = False,
         plan_path: str | None = None,
         verbose: bool = True,
     ) -> None:
@@ -133,6 +173,10 @@ class SketchTuneCallback(Callback):
         self.failure: str | None = None
         self._nothing_to_tune: str | None = None
         self._monitor_checked = False
+        #: The tuned checkpoint written beside the trainer's checkpoints (``None``: nothing tuned, or no checkpointing).
+        self.tuned_checkpoint_path: str | None = None
+        self._tunes_at_validation_end = False  # set by tune_at_validation_end (SketchTuner.sketch_tune)
+        self._train_batches: Callable[[], Iterable[Any]] | None = None
 
     @property
     def state_key(self) -> str:
@@ -152,9 +196,10 @@ class SketchTuneCallback(Callback):
 
     # -- hooks -----------------------------------------------------------------------------------
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        # Runs before a checkpoint's weights are loaded: a sketched checkpoint must load into the dense module.
+        # Runs before a checkpoint's weights are loaded: the module's layers must follow that checkpoint.
         install_sketch_loading(pl_module)
         if stage == "fit":
+            check_trainable(pl_module)
             check_trainer_can_tune(trainer, pl_module, self.options)
             if not self.done:
                 self._nothing_to_tune = nothing_to_tune(pl_module, self.options)
@@ -162,12 +207,25 @@ class SketchTuneCallback(Callback):
                 rank_zero_warn(f"SketchTuneCallback: nothing to tune, the model will stay dense: "
                                f"{self._nothing_to_tune}")
 
-    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """Check on the first validation of ``fit`` (the sanity check, if any) that ``monitor`` is logged.
+    def on_load_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
+                           checkpoint: dict[str, Any]) -> None:
+        """On resume the module now has the checkpoint's layers: check, before the optimizers, that it can train."""
+        if trainer.state.fn == TrainerFn.FITTING:
+            check_trainable(pl_module, resuming_from=str(trainer.ckpt_path))
 
-        As ``EarlyStopping`` does: a misnamed metric should stop the run before training, not be
-        found when the trained model is about to be tuned.
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """In ``fit``, check at the first real validation that ``monitor`` is logged; in ``sketch_tune``, tune.
+
+        As ``EarlyStopping`` does: a misnamed metric should stop the run at its first validation, not
+        be found when the trained model is about to be tuned. The sanity check is skipped, because
+        Lightning publishes no epoch metrics there (with several dataloaders, none at all).
         """
+        if trainer.sanity_checking:
+            return
+        if self._tunes_at_validation_end:
+            if not self.done:
+                self.tune(trainer, pl_module, self._train_batches)
+            return
         if self._monitor_checked or self.done or trainer.state.fn != TrainerFn.FITTING:
             return
         self._monitor_checked = True
@@ -186,25 +244,47 @@ class SketchTuneCallback(Callback):
             self.failure = self._nothing_to_tune
             rank_zero_info("SketchTuneCallback: skipped (nothing to tune, see the warning at setup)")
             return
-        session = SketchTuneSession(trainer, pl_module, self.options, lambda: trainer.train_dataloader)
+        try:
+            self.tune(trainer, pl_module, lambda: trainer.train_dataloader)
+        except Exception as exc:
+            self.failure = f"{type(exc).__name__}: {exc}"
+            rank_zero_warn(f"SketchTuneCallback: tuning failed ({self.failure}); the trained dense model is kept")
+
+    # -- the run (also SketchTuner.sketch_tune's) ------------------------------------------------
+    def tune(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
+             train_batches: Callable[[], Iterable[Any]] | None) -> SketchTuneReport:
+        """Measure, tune, apply, report and checkpoint once; on failure the dense layers are put back and it raises.
+
+        ``train_batches``: where fine-tuning and calibration read training batches (each call a
+        fresh iterable). After it, the tuned model is in the plan file, in a tuned checkpoint
+        beside the trainer's checkpoints (``tuned_checkpoint_path``) and in every ``last`` checkpoint.
+        """
+        session = SketchTuneSession(trainer, pl_module, self.options, train_batches)
         try:
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message=".*skipping ")  # shown at setup already
                 report = session.run()
-        except Exception as exc:
-            session.restore_dense()
-            self.tuner, self.failure = session.tuner, f"{type(exc).__name__}: {exc}"
-            rank_zero_warn(f"SketchTuneCallback: tuning failed ({self.failure}); the trained dense model is kept")
-            return
         except BaseException:
             session.restore_dense()
+            self.tuner = session.tuner
             raise
         self.report, self.tuner = report, session.tuner
-        self.plan_file = write_plan(self.report, self.options.plan_path, trainer)
+        self.plan_file = write_plan(report, self.options.plan_path, trainer)
         self.trials_file = write_trials(session.tuner.results, self.plan_file, trainer)
-        publish(self.report, session.tuner.results, trainer)
-        if not report.plan:
+        publish(report, session.tuner.results, trainer)
+        if report.plan:
+            try:
+                self.tuned_checkpoint_path = save_tuned_checkpoints(trainer)
+            except OSError as exc:  # the model holds the tuned layers: say so rather than fail
+                rank_zero_warn(f"SketchTuneCallback: the tuned model is applied but could not be checkpointed ({exc}); "
+                               "save it with trainer.save_checkpoint")
+        else:
             rank_zero_warn(f"SketchTuneCallback: the model stays dense: {why_dense(report, session.tuner.results)}")
+        return report
+
+    def tune_at_validation_end(self, train_batches: Callable[[], Iterable[Any]] | None) -> None:
+        """Tune when the next real validation pass ends (how ``SketchTuner.sketch_tune`` drives a ``validate`` run)."""
+        self._tunes_at_validation_end, self._train_batches = True, train_batches
 
     # -- checkpointing ---------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:

@@ -1,12 +1,17 @@
-"""Load checkpoints of tuned (sketched) models into the plain, dense LightningModule class.
+"""Load checkpoints of tuned (sketched) models, and any checkpoint into a tuned model.
 
 Lightning loads a checkpoint's weights before any callback hook runs, and ``load_from_checkpoint``
-never involves callbacks, so the sketched layers must be rebuilt from the checkpoint itself: each
-sketched layer describes itself in the state dict (``get_extra_state``), and
-:func:`panther.nn.rebuild_sketched_layers` turns those descriptions back into layers. Three ways in:
+never involves callbacks, so a module's layers must be made to match the checkpoint from the
+checkpoint itself: each replaced layer describes itself in the state dict (``get_extra_state``).
+:func:`follow_checkpoint_layers` gives the module the layers the checkpoint was saved from: the
+described replacements are rebuilt (``panther.nn.rebuild_sketched_layers``), and a replaced layer
+the checkpoint holds dense weights for goes back to a dense layer, so that
+``trainer.test(model, ckpt_path="best")`` after tuning evaluates exactly the weights in that file.
+Three ways in:
 
-* :func:`install_sketch_loading` on a module: its ``load_state_dict`` rebuilds first (the callback
-  does this in ``setup``, which is what makes ``trainer.fit(..., ckpt_path=...)`` resume work).
+* :func:`install_sketch_loading` on a module: its ``load_state_dict`` follows the checkpoint first
+  (the callback does this in ``setup``, which is what makes ``trainer.fit(..., ckpt_path=...)``
+  resume and ``trainer.test/validate/predict(..., ckpt_path=...)`` work).
 * :func:`load_sketched_checkpoint` for the dense class, no change to user code.
 * :class:`SketchCheckpointMixin`, opt-in, so that plain ``MyModule.load_from_checkpoint`` works.
 """
@@ -21,23 +26,72 @@ from typing import Any, TypeVar
 import lightning.pytorch as pl
 from torch import nn
 
-from panther.nn.rebuild import rebuild_sketched_layers
+from panther.nn.rebuild import plan_from_state_dict, rebuild_sketched_layers, replace_module, sketch_plan
 from panther_lightning._compat import load_checkpoint_file
 
 M = TypeVar("M", bound="pl.LightningModule")
 _MARK = "_panther_sketch_loading"
 
 
-def _rebuild_before_loading(module: nn.Module, state_dict: Mapping[str, Any], prefix: str, *args: Any) -> None:
-    """``load_state_dict`` pre-hook: give ``module`` the sketched layers ``state_dict`` describes."""
+def follow_checkpoint_layers(module: nn.Module, state_dict: Mapping[str, Any]) -> nn.Module:
+    """Give ``module`` the layers ``state_dict`` was saved from, so that it loads strictly; returns ``module``.
+
+    A layer the state dict describes as a replacement (its ``_extra_state``) is rebuilt as that
+    replacement; a replaced layer of ``module`` for which the state dict holds other weights (a
+    dense layer's) goes back to a dense layer (its ``to_dense()``, whose weights are then
+    overwritten by the load). Layers the state dict says nothing about, or holds their own
+    tensors for, are left alone (partial, non-strict loads). Raises
+    ``ValueError`` naming the layer when a dense layer of the checkpoint's shapes cannot be rebuilt.
+    """
+    wanted = plan_from_state_dict(state_dict)
+    for name, entry in sketch_plan(module).items():
+        if wanted.get(name) == entry:
+            continue
+        if name in wanted or _holds_other_weights(module.get_submodule(name), name, state_dict):
+            replace_module(module, name, _dense_version(module, name, state_dict))
+    return rebuild_sketched_layers(module, wanted)
+
+
+def _holds_other_weights(layer: nn.Module, name: str, state_dict: Mapping[str, Any]) -> bool:
+    """Whether ``state_dict`` has weights under ``name`` that are not ``layer``'s own (a dense layer's).
+
+    A state dict holding the replacement's own tensors without their ``_extra_state`` (weights
+    synchronised between processes) is the same layer, not a dense one.
+    """
+    under = {key for key in state_dict if key.startswith(name + ".")}
+    own = {f"{name}.{key}" for key in layer.state_dict() if not key.endswith("_extra_state")}
+    return bool(under) and not own <= under
+
+
+def _dense_version(module: nn.Module, name: str, state_dict: Mapping[str, Any]) -> nn.Module:
+    """The dense layer replacing the layer at ``name`` (a replacement), shaped as ``state_dict``'s weights."""
+    layer = module.get_submodule(name)
+    fix = ("load the checkpoint into a fresh model instead: load_sketched_checkpoint(MyModule, path), or "
+           "MyModule.load_from_checkpoint(path) for a dense checkpoint")
+    try:
+        dense = layer.to_dense()
+    except (AttributeError, NotImplementedError):
+        raise ValueError(f"the checkpoint holds a dense {name!r} but the model's {name!r} is a "
+                         f"{type(layer).__name__}, which cannot be turned back into a dense layer; {fix}") from None
+    for key, value in dense.state_dict().items():
+        saved = state_dict.get(f"{name}.{key}")
+        if saved is not None and getattr(saved, "shape", None) != value.shape:
+            raise ValueError(f"the checkpoint holds a dense {name!r} with {key} of shape {tuple(saved.shape)}, but "
+                             f"the dense layer rebuilt from the model's {type(layer).__name__} has "
+                             f"{tuple(value.shape)}; {fix}")
+    return dense
+
+
+def _follow_before_loading(module: nn.Module, state_dict: Mapping[str, Any], prefix: str, *args: Any) -> None:
+    """``load_state_dict`` pre-hook: give ``module`` the layers ``state_dict`` was saved from."""
     own = {key[len(prefix):]: value for key, value in state_dict.items() if key.startswith(prefix)}
-    rebuild_sketched_layers(module, own)
+    follow_checkpoint_layers(module, own)
 
 
 def install_sketch_loading(module: nn.Module) -> nn.Module:
-    """Make ``module.load_state_dict`` accept sketched state dicts (idempotent); returns ``module``."""
+    """Make ``module.load_state_dict`` follow the layers of the state dict it loads (idempotent); returns ``module``."""
     if not getattr(module, _MARK, False):
-        module.register_load_state_dict_pre_hook(_rebuild_before_loading)
+        module.register_load_state_dict_pre_hook(_follow_before_loading)
         setattr(module, _MARK, True)
     return module
 
@@ -51,7 +105,7 @@ class SketchCheckpointMixin:
     """
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        rebuild_sketched_layers(self, checkpoint.get("state_dict", {}))  # type: ignore[arg-type]
+        follow_checkpoint_layers(self, checkpoint.get("state_dict", {}))  # type: ignore[arg-type]
         install_sketch_loading(self)  # type: ignore[arg-type]
         super().on_load_checkpoint(checkpoint)  # type: ignore[misc]
 
@@ -80,6 +134,6 @@ def load_sketched_checkpoint(
                                          weights_only=weights_only, **kwargs)
     checkpoint = load_checkpoint_file(checkpoint_path, map_location=map_location or "cpu", weights_only=weights_only)
     state_dict = checkpoint["state_dict"]
-    rebuild_sketched_layers(model, state_dict)
+    follow_checkpoint_layers(model, state_dict)
     model.load_state_dict(state_dict, strict=strict)
     return install_sketch_loading(model)

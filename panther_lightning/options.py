@@ -101,6 +101,11 @@ class SketchTuneOptions:
         "layer's options (sketch ranks, int8 on CPU) by predicted error and cost and bisects one whole-model plan "
         'with a few validations; ``"search"`` searches each layer group (``n_trials`` each); ``"auto"``: allocate '
         "unless ``search_algorithm`` or ``n_trials`` is given or a selected layer cannot be allocated.")
+    trainable: bool = _option(
+        False, "keep the tuned model trainable: tune sketches only. ``False`` (default): on CPU the tuned layers may "
+        "also be int8 (dynamic quantization), which are inference-only: they hold no trainable parameter, so a model "
+        "tuned to int8 everywhere cannot be fine-tuned or resumed. ``True``: no int8 is proposed (configs that ask "
+        "for ``quantize=True`` are rejected at ``setup``).")
     plan_path: str | None = _option(
         None, "where to write the applied plan as JSON (default ``<log_dir>/sketch_plan.json``).")
     verbose: bool = _option(
@@ -141,7 +146,7 @@ class SketchTuneOptions:
             raise ValueError("give n_trials or search_algorithm, not both (set n_trials on the search algorithm)")
         if self.plan_path is not None and (not isinstance(self.plan_path, str) or not self.plan_path):
             raise ValueError(f"plan_path must be a file path or None, got {self.plan_path!r}")
-        for name in ("verbose", "share_accuracy_drop"):
+        for name in ("verbose", "share_accuracy_drop", "trainable"):
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f"{name} must be True or False, got {getattr(self, name)!r}")
 

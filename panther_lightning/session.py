@@ -1,9 +1,12 @@
 """One sketch-tuning run inside a live trainer: measure the dense model, tune, apply, report.
 
-Used by the callback (at ``on_train_end``, where the model is still on its device) and by the
-Tuner hook (at the end of a ``validate`` pass). Every candidate is scored by the trainer's own
-validation loop (:mod:`panther_lightning.isolation`) and timed on real validation inputs
-(:mod:`panther_lightning.timing`); the trainer is left as it was apart from the applied layers.
+Run by :meth:`SketchTuneCallback.tune <panther_lightning.SketchTuneCallback.tune>`: at
+``on_train_end`` (the model is still on its device), or at the end of the ``validate`` pass that
+``SketchTuner.sketch_tune`` drives. Every candidate is scored by the trainer's own validation loop
+(:mod:`panther_lightning.isolation`: every validation dataloader, batches as the loaders make
+them) and timed on real validation inputs (:mod:`panther_lightning.timing`); the trainer is left
+as it was apart from the applied layers. Dynamic int8 layers quantize each batch's activations
+with that batch's range, so their outputs, and the scores, are those at the validation batch size.
 """
 
 from __future__ import annotations
@@ -27,7 +30,8 @@ from panther.nn.rebuild import replace_module, save_plan, sketch_plan
 from panther.tuner import SKAutoTuner
 from panther.tuner.layers import layer_bytes
 from panther.tuner.results import TuningResults
-from panther.tuner.tuner import AllocationUnavailableError
+from panther.tuner.search.base import as_search_algorithm
+from panther.tuner.strategy import TuningDecision, decide_strategy
 from panther_lightning.calibration import calibration_batches, training_step_forward
 from panther_lightning.finetune import finetune
 from panther_lightning.isolation import detached_trainer, read_metric, run_validation
@@ -145,10 +149,10 @@ class SketchTuneSession:
                 report.finetuned_metric = self._metric(None)
             elif report.plan and opts.finetune_epochs:
                 rank_zero_info("sketch tuning: nothing left to fine-tune (no trainable parameter after int8)")
-        if report.plan and trainer.state.fn == TrainerFn.FITTING:
-            if trainable:
-                trainer.strategy.setup_optimizers(trainer)  # the old optimizers hold the dense parameters
-            else:  # no optimizer can hold an empty parameter list; the old ones point at removed layers
+        if report.plan:  # the old optimizers hold the dense parameters: a checkpoint must not carry them
+            if trainable and trainer.state.fn == TrainerFn.FITTING:
+                trainer.strategy.setup_optimizers(trainer)
+            else:  # none can hold an empty parameter list; outside fit, the next fit builds its own
                 trainer.strategy.optimizers, trainer.strategy.lr_scheduler_configs = [], []
         return report
 
@@ -157,6 +161,11 @@ class SketchTuneSession:
         limit = opts.speed_batches if opts.objective == "speed" else 0
         with capture_forward_inputs(self.pl_module, limit) as calls:
             metric = self._metric(None)
+        loaders = len(self.trainer.num_val_batches)
+        if loaders > 1:
+            rank_zero_info(f"sketch tuning: each candidate runs all {loaders} validation dataloaders and is judged "
+                           f"by {opts.monitor!r} alone; timing replays the first {opts.speed_batches} forward calls "
+                           "(the first dataloader's batches)")
         self._dense_score, self._dense_plan = opts.score(metric), self._plan_key()
         if opts.objective == "speed":
             self.timer = StepTimer(calls, self.trainer.strategy.root_device,
@@ -168,6 +177,11 @@ class SketchTuneSession:
         from panther.tuner.search import OptunaSearch
 
         opts = self.options
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the tuner below shows the resolution's warnings
+            decision = tuning_decision(self.pl_module, opts)  # again: the module is on its device now
+        if decision.why_search is not None:
+            rank_zero_debug(f"sketch tuning searches per group: {decision.why_search}")
         search = opts.search_algorithm
         if search is None:
             search = OptunaSearch(n_trials=opts.n_trials or DEFAULT_N_TRIALS, seed=opts.seed)
@@ -176,25 +190,16 @@ class SketchTuneSession:
             calibration = {"calibration_data": calibration_batches(self.trainer, self._train_batches(),
                                                                    opts.calibration_batches),
                            "calibration_forward": training_step_forward(self.trainer)}
-
-        def tuner(strategy: str) -> SKAutoTuner:
-            return SKAutoTuner(
-                self.pl_module, opts.configs, self._accuracy, search_algorithm=search,
-                verbose=opts.verbose and self.trainer.is_global_zero, accuracy_threshold=self._threshold,
-                optmization_eval_func=self._speedup if opts.objective == "speed" else None,
-                max_total_trials=opts.max_total_trials, time_budget_s=opts.time_budget_s,
-                share_accuracy_drop=opts.share_accuracy_drop, progress_bar=self._progress_bar,
-                strategy=strategy, broadcast=self._broadcast if self.trainer.world_size > 1 else None,
-                **calibration)  # type: ignore[arg-type]
-
-        # The search above is only the fallback unless the user chose it (or its n_trials).
-        search_chosen = opts.search_algorithm is not None or opts.n_trials is not None
-        if opts.strategy == "auto" and not search_chosen:
-            try:
-                return tuner("allocate")
-            except AllocationUnavailableError as exc:
-                rank_zero_debug(f"sketch tuning searches per group: {exc}")
-        return tuner("search" if opts.strategy == "auto" else opts.strategy)
+        return SKAutoTuner(
+            # trainable: the resolved sketch-only spaces, so that "auto" offers no int8 when allocating
+            self.pl_module, decision.configs if opts.trainable else opts.configs, self._accuracy,
+            search_algorithm=search, verbose=opts.verbose and self.trainer.is_global_zero,
+            accuracy_threshold=self._threshold,
+            optmization_eval_func=self._speedup if opts.objective == "speed" else None,
+            max_total_trials=opts.max_total_trials, time_budget_s=opts.time_budget_s,
+            share_accuracy_drop=opts.share_accuracy_drop, progress_bar=self._progress_bar,
+            strategy=decision.strategy, broadcast=self._broadcast if self.trainer.world_size > 1 else None,
+            **calibration)  # type: ignore[arg-type]
 
     def _apply(self, report: SketchTuneReport) -> None:
         tuner, model = self.tuner, self.pl_module
@@ -328,6 +333,21 @@ class SketchTuneSession:
             raise ValueError("finetune_epochs and calibration_batches need training data: "
                              "pass train_dataloaders or a datamodule")
         return self.train_batches()
+
+
+def tuning_decision(pl_module: pl.LightningModule, options: SketchTuneOptions) -> TuningDecision:
+    """The tuner's decision for these options: what is tuned, and whether it allocates or searches.
+
+    Lightning always tunes against a bound (``max_drop`` or ``accuracy_threshold``, the dense
+    value otherwise); a search is chosen by giving ``search_algorithm`` or ``n_trials``.
+    ``trainable=True`` keeps ``"auto"`` to sketches (no int8).
+    """
+    search = options.search_algorithm
+    return decide_strategy(
+        pl_module, options.configs, strategy=options.strategy, thresholded=True,
+        search_given=search is not None or options.n_trials is not None,
+        calibrated=bool(options.calibration_batches), methods=not options.trainable,
+        accepts_param_specs=search is None or as_search_algorithm(search).accepts_param_specs, stacklevel=3)
 
 
 def write_plan(report: SketchTuneReport, path: str | None, trainer: pl.Trainer) -> str | None:

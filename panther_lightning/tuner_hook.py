@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from dataclasses import fields
 from typing import Any
 
 import lightning.pytorch as pl
-from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.tuner import Tuner
 from lightning.pytorch.utilities.types import EVAL_DATALOADERS, TRAIN_DATALOADERS
 
 from panther.tuner import SKAutoTuner
 from panther.tuner.search import SearchAlgorithm
-from panther_lightning.callback import check_trainer_can_tune, nothing_to_tune
-from panther_lightning.checkpoint import install_sketch_loading
+from panther_lightning.callback import SketchTuneCallback, check_trainer_can_tune, nothing_to_tune
 from panther_lightning.options import (
     ConfigsLike,
     Mode,
@@ -23,27 +22,7 @@ from panther_lightning.options import (
     Strategy,
     document_options,
 )
-from panther_lightning.reporting import write_trials
-from panther_lightning.session import SketchTuneReport, SketchTuneSession, publish, write_plan
-
-
-class _TuneAtValidationEnd(Callback):
-    """Runs the session once, when the ``validate`` pass that set up device and data ends."""
-
-    def __init__(self, options: SketchTuneOptions, train_batches: Callable[[], Iterable[Any]] | None) -> None:
-        self.options, self.train_batches = options, train_batches
-        self.session: SketchTuneSession | None = None
-        self.report: SketchTuneReport | None = None
-
-    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.sanity_checking or self.session is not None:
-            return
-        self.session = SketchTuneSession(trainer, pl_module, self.options, self.train_batches)
-        try:
-            self.report = self.session.run()
-        except BaseException:
-            self.session.restore_dense()  # the trained model as it was, then the error
-            raise
+from panther_lightning.session import SketchTuneReport
 
 
 class SketchTuner(Tuner):
@@ -63,6 +42,7 @@ class SketchTuner(Tuner):
         self.report: SketchTuneReport | None = None  # set by sketch_tune
         self.plan_file: str | None = None
         self.trials_file: str | None = None
+        self.tuned_checkpoint_path: str | None = None
 
     @document_options
     def sketch_tune(
@@ -92,6 +72,7 @@ class SketchTuner(Tuner):
         calibration_batches: int = 0,
         share_accuracy_drop: bool = True,
         strategy: Strategy = "auto",
+        trainable: bool = False,
         plan_path: str | None = None,
         verbose: bool = True,
     ) -> SKAutoTuner:
@@ -126,20 +107,19 @@ class SketchTuner(Tuner):
         if train_source is None and (opts.calibration_batches or opts.finetune_epochs):
             raise ValueError("calibration_batches and finetune_epochs need training data: "
                              "pass train_dataloaders or a datamodule")
-        hook = _TuneAtValidationEnd(opts, train_source)
-        install_sketch_loading(model)
-        trainer.callbacks.append(hook)
+        # As Tuner.lr_find runs LearningRateFinder: the callback's own code path, for one validate pass.
+        callback = SketchTuneCallback(**{option.name: getattr(opts, option.name) for option in fields(opts)})
+        callback.tune_at_validation_end(train_source)
+        trainer.callbacks.append(callback)
         try:
             trainer.validate(model, dataloaders=val_dataloaders, datamodule=datamodule, verbose=False)
         finally:
-            trainer.callbacks.remove(hook)
-        if hook.report is None or hook.session is None or hook.session.tuner is None:
+            trainer.callbacks.remove(callback)
+        if callback.report is None or callback.tuner is None:
             raise RuntimeError("the validation pass did not run; check limit_val_batches and the dataloaders")
-        self.report = hook.report
-        self.plan_file = write_plan(hook.report, opts.plan_path, trainer)
-        self.trials_file = write_trials(hook.session.tuner.results, self.plan_file, trainer)
-        publish(hook.report, hook.session.tuner.results, trainer)
-        return hook.session.tuner
+        self.report, self.plan_file, self.trials_file = callback.report, callback.plan_file, callback.trials_file
+        self.tuned_checkpoint_path = callback.tuned_checkpoint_path
+        return callback.tuner
 
 
 def _train_source(datamodule: pl.LightningDataModule | None, train_dataloaders: TRAIN_DATALOADERS | None

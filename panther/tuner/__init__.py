@@ -15,6 +15,9 @@ _EXPORTS = {
     "SearchAlgorithm": ".search",
     "OptunaSearch": ".search",
     "ModelVisualizer": ".visualizer",
+    "decide_strategy": ".strategy",
+    "TuningDecision": ".strategy",
+    "AllocationUnavailableError": ".strategy",
 }
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 __all__ = list(_EXPORTS)

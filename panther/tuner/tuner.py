@@ -55,7 +55,7 @@ from torch import nn
 from panther.kinds import kind_of
 from panther.nn.calibration import default_forward
 from panther.tuner import _arguments as args
-from panther.tuner._allocate import Allocation, allocatable_reason
+from panther.tuner._allocate import Allocation
 from panther.tuner._installer import LayerInstaller
 from panther.tuner._loop import SearchLoop
 from panther.tuner._policy import ComposedCheck, group_thresholds
@@ -63,24 +63,15 @@ from panther.tuner._progress import TuningProgress, planned_trials
 from panther.tuner._trials import INFEASIBLE_SCORE, TrialRunner
 from panther.tuner.budget import Budget
 from panther.tuner.configs import TuningConfigs
-from panther.tuner.groups import GroupBuilder, TuningGroup
+from panther.tuner.groups import TuningGroup
 from panther.tuner.results import TrialRecord, TuningResults, results_dataframe, summary_table
 from panther.tuner.search.base import as_search_algorithm
 from panther.tuner.selectors import LayerNameResolver
+from panther.tuner.strategy import AllocationUnavailableError, decide_strategy
 
 __all__ = ["INFEASIBLE_SCORE", "AllocationUnavailableError", "SKAutoTuner", "group_thresholds"]
 
 logger = logging.getLogger(__name__)
-
-
-class AllocationUnavailableError(ValueError):
-    """``strategy="allocate"`` was asked for groups it cannot allocate (the message says which and why)."""
-
-
-def _reemit(caught: list[warnings.WarningMessage]) -> None:
-    """Show warnings recorded while resolving configs (from the caller's caller's point of view)."""
-    for warning in caught:
-        warnings.warn(warning.message, warning.category, stacklevel=4)
 
 
 class SKAutoTuner:
@@ -342,27 +333,13 @@ class SKAutoTuner:
     # -- configuration -------------------------------------------------------------------------
     def _set_configs(self, configs: Any) -> None:
         """Resolve and validate ``configs`` against the model (nothing in the model changes)."""
-        configs = TuningConfigs.coerce(configs)
-        may_allocate = self.strategy == "allocate" or (
-            self.strategy == "auto" and self.accuracy_threshold is not None and not self._search_given)
-        caught: list[warnings.WarningMessage] = []
-        try:
-            with warnings.catch_warnings(record=True) as caught:  # shown below, unless built again
-                warnings.simplefilter("always")
-                groups, resolved, builder = self._build_groups(configs, methods=may_allocate)
-        except Exception:
-            _reemit(caught)
-            raise
-        calibrated = self.calibration_data is not None
-        reasons = [r for g in groups if (r := allocatable_reason(
-            g, self._kinds_of(g), {n: self._layers.dense_of(n) for n in g.layers}, calibrated)) is not None]
-        if self.strategy == "allocate" and reasons:
-            raise AllocationUnavailableError(f"strategy='allocate' cannot allocate {reasons[0]}; use strategy='search'")
-        if may_allocate and reasons:  # "auto": search instead, over the spaces a search gets
-            groups, resolved, builder = self._build_groups(configs, methods=False)
-        else:
-            _reemit(caught)
-        self.allocates = may_allocate and not reasons
+        decision = decide_strategy(self.model, configs, strategy=self.strategy,
+                                   thresholded=self.accuracy_threshold is not None, search_given=self._search_given,
+                                   calibrated=self.calibration_data is not None, tune_tied=self.tune_tied,
+                                   accepts_param_specs=self._search.accepts_param_specs, resolver=self._resolver,
+                                   dense_of=self._layers.dense_of, stacklevel=4)
+        groups = decision.groups
+        self.allocates = decision.allocates
         if self.calibration_data is None:
             for group in groups:
                 init = group.space.get("init")
@@ -370,21 +347,10 @@ class SKAutoTuner:
                     raise ValueError(f"{group.name}: init='data_svd' needs calibration_data (batches of real inputs) "
                                      "passed to SKAutoTuner")
         self._groups: list[TuningGroup] = groups
-        self._resolved_configs = resolved
-        self._skipped = dict(builder.skipped)
+        self._resolved_configs = decision.configs
+        self._skipped = dict(decision.skipped)
         self._layers.remember({name: kind_of(self._layers.dense_of(name)) for g in groups for name in g.layers})
         self.results = self._new_results()
-
-    def _build_groups(self, configs: TuningConfigs, methods: bool) -> tuple[list[TuningGroup], TuningConfigs,
-                                                                             GroupBuilder]:
-        builder = GroupBuilder(self.model, self._resolver, self._layers.dense_of,
-                               self._search.accepts_param_specs, self.tune_tied,
-                               data_aware=self.calibration_data is not None, methods=methods)
-        groups, resolved = builder.build(configs)
-        return groups, resolved, builder
-
-    def _kinds_of(self, group: TuningGroup) -> dict[str, Any]:
-        return {name: kind_of(self._layers.dense_of(name)) for name in group.layers}
 
     def _new_results(self) -> TuningResults:
         return TuningResults(groups={g.name: list(g.layers) for g in self._groups}, skipped=dict(self._skipped))

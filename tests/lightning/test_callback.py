@@ -68,6 +68,10 @@ def test_callback_tunes_applies_and_leaves_the_trainer_as_without_it(tmp_path):
     assert {k: float(v) for k, v in trainer.callback_metrics.items()} == \
         {k: float(v) for k, v in plain_trainer.callback_metrics.items()}
     plain_ckpts, ckpts = _checkpoint_weights(str(tmp_path / "plain")), _checkpoint_weights(str(tmp_path / "tuned"))
+    # beside the epoch checkpoints: the tuned model's own (see test_lifecycle.py)
+    assert os.path.dirname(callback.tuned_checkpoint_path) == os.path.join(str(tmp_path / "tuned"), "ckpt")
+    tuned_ckpt = ckpts.pop(os.path.basename(callback.tuned_checkpoint_path))
+    assert tuned_ckpt.keys() == model.state_dict().keys()
     assert plain_ckpts.keys() == ckpts.keys() and ckpts
     for name in ckpts:
         assert all(torch.equal(a, b) for a, b in zip(plain_ckpts[name].values(), ckpts[name].values(), strict=True))

@@ -10,7 +10,13 @@ import torch
 from conftest import DigitsClassifier, DigitsDataModule, make_trainer
 
 from panther.nn import SKLinear
-from panther_lightning import SketchCheckpointMixin, SketchTuneCallback, load_sketched_checkpoint
+from panther.nn.rebuild import apply_plan
+from panther_lightning import (
+    SketchCheckpointMixin,
+    SketchTuneCallback,
+    install_sketch_loading,
+    load_sketched_checkpoint,
+)
 
 
 class MixinClassifier(SketchCheckpointMixin, DigitsClassifier):
@@ -75,3 +81,30 @@ def test_resume_from_a_tuned_checkpoint(tuned, tmp_path):
     assert resumed_callback.best_params == callback.best_params
     assert {n for n, m in fresh.named_modules() if isinstance(m, SKLinear)} == set(callback.best_params)
     assert not torch.equal(_outputs(fresh), _outputs(model))  # it trained on
+
+
+def test_layers_follow_the_state_dict_they_load():
+    pl.seed_everything(0, verbose=False)
+    model = install_sketch_loading(DigitsClassifier(hidden=32))
+    dense_state = {k: v.clone() for k, v in model.state_dict().items()}
+    apply_plan(model, {"net.2": {"type": "SKLinear", "params": {"num_terms": 1, "low_rank": 4, "init": "svd"}}})
+    sketched_state = model.state_dict()
+    sketched_outputs = _outputs(model)
+    # its own tensors without their description (as synchronised between processes): the same layers
+    model.load_state_dict({k: v for k, v in sketched_state.items() if isinstance(v, torch.Tensor)}, strict=False)
+    assert isinstance(model.net[2], SKLinear)
+    # a dense state dict puts the dense layer back, with exactly its weights
+    model.load_state_dict(dense_state)
+    assert type(model.net[2]) is torch.nn.Linear and torch.equal(model.net[2].weight, dense_state["net.2.weight"])
+    # and a sketched one the sketch
+    model.load_state_dict(sketched_state)
+    assert isinstance(model.net[2], SKLinear) and torch.equal(_outputs(model), sketched_outputs)
+
+
+def test_a_dense_layer_that_cannot_be_rebuilt_is_named_with_the_fix():
+    model = install_sketch_loading(DigitsClassifier(hidden=32))
+    apply_plan(model, {"net.2": {"type": "SKLinear", "params": {"low_rank": None, "quantize": True}}})
+    state = {k: v for k, v in DigitsClassifier(hidden=32).state_dict().items()}
+    state["net.2.weight"] = torch.zeros(16, 32)  # not the shape of this model's layer
+    with pytest.raises(ValueError, match=r"'net\.2'.*\(16, 32\).*load_sketched_checkpoint"):
+        model.load_state_dict(state)

@@ -3,7 +3,7 @@
 Lightning loads a checkpoint's weights before any callback hook runs, and ``load_from_checkpoint``
 never involves callbacks, so the sketched layers must be rebuilt from the checkpoint itself: each
 sketched layer describes itself in the state dict (``get_extra_state``), and
-:func:`panther.nn.rebuild_sketched_layers` turns those descriptions back into layers. Three ways in:
+:func:`panther.plans.rebuild_sketched_layers` turns those descriptions back into layers. Three ways in:
 
 * :func:`install_sketch_loading` on a module: its ``load_state_dict`` rebuilds first (the callback
   does this in ``setup``, which is what makes ``trainer.fit(..., ckpt_path=...)`` resume work).
@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 import lightning.pytorch as pl
 from torch import nn
 
-from panther.nn.rebuild import rebuild_sketched_layers
+from panther.plans import rebuild_sketched_layers
 from panther_lightning._compat import load_checkpoint_file
 
 M = TypeVar("M", bound="pl.LightningModule")

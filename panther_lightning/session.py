@@ -23,7 +23,8 @@ from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.rank_zero import rank_zero_debug
 from torch import nn
 
-from panther.nn.rebuild import replace_module, save_plan, sketch_plan
+from panther.nn.surgery import replace_module
+from panther.plans import save_plan, sketch_plan
 from panther.tuner import SKAutoTuner
 from panther.tuner.layers import layer_bytes
 from panther.tuner.results import TuningResults
@@ -316,7 +317,7 @@ class SketchTuneSession:
         plan = self.trainer.strategy.broadcast(sketch_plan(self.pl_module), src=0)
         if plan != sketch_plan(self.pl_module):
             self.restore_dense()
-            from panther.nn.rebuild import apply_plan
+            from panther.plans import apply_plan
 
             apply_plan(self.pl_module, plan)
         state = {k: v.detach().cpu() for k, v in self.pl_module.state_dict().items() if isinstance(v, torch.Tensor)}

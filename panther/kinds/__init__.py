@@ -2,7 +2,7 @@
 
 A *kind* (:class:`LayerKind`) knows its dense type(s), its replacement class, how to build the
 replacement from a dense layer, its cost model (``is_cheaper``), its ``params="auto"`` space, and
-how a plan entry or a state dict names it. The tuner, ``"auto"``, :mod:`panther.nn.rebuild` and the
+how a plan entry or a state dict names it. The tuner, ``"auto"``, :mod:`panther.plans` and the
 plan JSON all read this registry, so adding a kind is one file that subclasses :class:`LayerKind`
 and calls :func:`register`; kinds need not be sketches (an int8 kind fits the same contract).
 
@@ -19,7 +19,7 @@ from typing import Any
 
 from torch import nn
 
-from panther.tuner.params import Categorical, ParamSpec
+from panther.space import Categorical, ParamSpec
 
 Space = dict[str, ParamSpec]
 

@@ -30,7 +30,7 @@ from torch import nn
 from panther.kinds import LayerKind, Space, rank_grid, rank_space, register
 from panther.nn.dense import linear_dims, linear_types, linear_weight
 from panther.nn.linear import linear_is_cheaper
-from panther.tuner.params import Categorical
+from panther.space import Categorical
 
 
 class LinearKind(LayerKind):
@@ -88,7 +88,7 @@ class LinearKind(LayerKind):
     def predicted_error(self, dense: nn.Module, params: Mapping[str, Any],
                         input_cov: torch.Tensor | None) -> float | None:
         """A rank's error from the layer's (whitened) spectrum: exact for ``svd``/``data_svd`` sketches."""
-        from panther.tuner._allocation.curves import rank_error_curve, sketch_rank
+        from panther.nn.rank_curves import rank_error_curve, sketch_rank
 
         init, low_rank = params.get("init", "sketch"), params.get("low_rank")
         if params.get("quantize", False) or low_rank is None or init not in ("svd", "data_svd"):

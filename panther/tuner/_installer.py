@@ -17,7 +17,7 @@ from torch import nn
 
 from panther.kinds import LayerKind
 from panther.nn.calibration import collect_input_covariances
-from panther.nn.rebuild import replace_module
+from panther.nn.surgery import replace_module
 from panther.tuner.layers import layer_bytes
 from panther.tuner.selectors import LayerNameResolver
 

@@ -25,7 +25,7 @@ from collections.abc import Hashable, Mapping, Sequence
 from torch import nn
 
 from panther.kinds import LayerKind, kind_of
-from panther.tuner.params import Categorical, ParamSpec
+from panther.space import Categorical, ParamSpec
 
 LayerRef = str | nn.Module
 Space = dict[str, ParamSpec]

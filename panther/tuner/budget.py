@@ -21,7 +21,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from panther.tuner.params import ParamSpec
+from panther.space import ParamSpec
 from panther.tuner.results import TrialRecord
 
 #: How much is left to find out, by probe outcome (with an accuracy threshold).

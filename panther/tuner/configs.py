@@ -10,7 +10,7 @@ import copy
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
-from panther.tuner.params import ParamSpec, as_spec
+from panther.space import ParamSpec, as_spec
 from panther.tuner.selectors import Selector, validate_selector
 
 AUTO = "auto"

@@ -16,10 +16,10 @@ from typing import Any
 from torch import nn
 
 from panther.kinds import kind_of
+from panther.space import ParamSpec, enumerate_space
 from panther.tuner.auto import ParamsResolver
 from panther.tuner.configs import LayerConfig, TuningConfigs
 from panther.tuner.layers import attention_internals, tied_layers, unsupported_reason
-from panther.tuner.params import ParamSpec, enumerate_space
 from panther.tuner.selectors import LayerNameResolver
 
 logger = logging.getLogger(__name__)

@@ -309,13 +309,13 @@ class SKAutoTuner:
         return [name for group in self.results.reverted for name in self.results.groups.get(group, [])]
 
     def best_plan(self) -> dict[str, dict[str, Any]]:
-        """The best parameters as a :mod:`panther.nn.rebuild` plan ``{layer: {"type", "params"}}``."""
+        """The best parameters as a :mod:`panther.plans` plan ``{layer: {"type", "params"}}``."""
         return {name: {"type": self._layers.kinds[name].name, "params": params}
                 for name, params in self.get_best_params().items()}
 
     def save_plan(self, path: str | os.PathLike) -> None:
-        """Write :meth:`best_plan` as JSON; ``panther.nn.rebuild.apply_plan`` re-applies it to a fresh model."""
-        from panther.nn.rebuild import save_plan
+        """Write :meth:`best_plan` as JSON; ``panther.plans.apply_plan`` re-applies it to a fresh model."""
+        from panther.plans import save_plan
 
         save_plan(self.best_plan(), path)
 

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from panther.kinds import LayerKind, all_kinds, kind_named, kind_of, rank_grid, register, unregister
-from panther.nn.rebuild import apply_plan, sketch_plan
+from panther.plans import apply_plan, sketch_plan
 from panther.tuner import LayerConfig, SKAutoTuner, TuningConfigs
 from panther.tuner.layers import layer_bytes
 

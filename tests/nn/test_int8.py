@@ -18,7 +18,7 @@ from torch import nn
 from panther.nn.int8 import quantize_per_channel
 from panther.nn.linear import SKLinear
 from panther.nn.quantized import Int8Linear, Int8SKLinear
-from panther.nn.rebuild import apply_plan, rebuild_sketched_layers, sketch_plan, validate_plan
+from panther.plans import apply_plan, rebuild_sketched_layers, sketch_plan, validate_plan
 
 ACTIVATION_LEVELS = 127  # reduce_range: 7-bit activations
 

@@ -19,7 +19,7 @@ from torch import nn
 from panther.kinds import kind_of
 from panther.nn import SKLinear
 from panther.nn.quantized import Int8Linear, Int8SKLinear
-from panther.nn.rebuild import apply_plan, rebuild_sketched_layers
+from panther.plans import apply_plan, rebuild_sketched_layers
 from panther.tuner import LayerConfig, OptunaSearch, SKAutoTuner, TuningConfigs
 from panther.tuner._allocate import choose_plan, role_of
 from panther.tuner._allocation.profile import profile_layers
@@ -205,7 +205,7 @@ def test_auto_allocates_methods_and_the_plan_reloads_exactly(tmp_path):
 
     fresh = digits_like_mlp()
     tuner.save_plan(tmp_path / "plan.json")
-    from panther.nn.rebuild import load_plan
+    from panther.plans import load_plan
 
     apply_plan(fresh, load_plan(tmp_path / "plan.json"))
     fresh.load_state_dict(model.state_dict())

@@ -10,7 +10,7 @@ from torch import nn
 
 from panther.nn.linear import SKLinear
 from panther.nn.quantized import Int8Linear, Int8SKLinear
-from panther.nn.rebuild import apply_plan
+from panther.plans import apply_plan
 from panther.tuner import LayerConfig, OptunaSearch, SKAutoTuner, TuningConfigs
 
 METHODS = {"num_terms": [1], "low_rank": [16, None], "init": ["svd"], "quantize": [False, True]}

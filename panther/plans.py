@@ -1,8 +1,9 @@
 """Describe a model's replaced layers as a plan, and rebuild them from a plan or a state dict.
 
-A *plan* is ``{layer_name: {"type": "SKLinear", "params": {...}}}``: ``type`` names a layer kind of
-:mod:`panther.kinds` and ``params`` are what the kind builds with (e.g. ``num_terms``, ``low_rank``,
-``init``). It is JSON-serialisable,
+A *plan* is ``{layer_name: {"type": "SKLinear", "params": {...}}}``: ``type`` names the class a
+layer kind of :mod:`panther.kinds` builds (e.g. ``"Int8Linear"``; a kind's own name, as older plans
+wrote it, also loads) and ``params`` are what the kind builds with (e.g. ``num_terms``, ``low_rank``,
+``init``, ``method``). It is JSON-serialisable,
 so a tuning result can be re-applied to a fresh dense model. A sketched model's ``state_dict``
 also describes its layers (their ``_extra_state``), so :func:`rebuild_sketched_layers` can turn a
 fresh dense model into one that loads that state dict strictly.
@@ -35,7 +36,8 @@ def sketch_plan(model: nn.Module) -> Plan:
     for name, module in model.named_modules():
         kind = kind_of_replacement(module) if name else None
         if kind is not None:
-            plan[name] = {"type": kind.name, "params": kind.plan_params(module)}
+            params = kind.plan_params(module)
+            plan[name] = {"type": kind.plan_type(params), "params": params}
     return plan
 
 
@@ -48,7 +50,13 @@ def validate_plan(plan: Any) -> Plan:
             raise ValueError(f"plan entry {name!r} must be {{'type': str, 'params': dict}}, got {entry!r}")
         if not isinstance(entry["params"], Mapping):
             raise ValueError(f"plan entry {name!r}: 'params' must be a dict, got {entry['params']!r}")
-        kind_named(entry["type"])
+        kind = kind_named(entry["type"])
+        try:
+            builds = kind.plan_type(entry["params"])
+        except ValueError as exc:
+            raise ValueError(f"plan entry {name!r}: {exc}") from None
+        if entry["type"] not in (kind.name, builds):
+            raise ValueError(f"plan entry {name!r} has type {entry['type']!r}, but its params build a {builds}")
     return dict(plan)
 
 
@@ -73,14 +81,13 @@ def apply_plan(model: nn.Module, plan: Plan, input_covs: Mapping[str, torch.Tens
         todo.append((name, layer, kind, dict(entry["params"])))
     for name, layer, kind, params in todo:
         cov = (input_covs or {}).get(name)
-        if params.get("init") == "data_svd":
-            if cov is None:
-                warnings.warn(f"{name}: plan asks for init='data_svd' but no input covariance was given; "
-                              "using init='svd' (load the trained weights afterwards for exact values)", stacklevel=2)
-                params["init"] = "svd"
-            else:
-                params["input_cov"] = cov
-        replace_module(model, name, kind.build(layer, params))
+        if kind.uses_input_cov(params) and cov is None:
+            fallback = kind.without_input_cov(params)
+            warnings.warn(f"{name}: plan params {params} need the layer's input covariance, but none was given; "
+                          f"building {fallback} instead (load the trained weights afterwards for exact values)",
+                          stacklevel=2)
+            params = fallback
+        replace_module(model, name, kind.build(layer, params, input_cov=cov))
     return model
 
 

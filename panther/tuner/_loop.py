@@ -62,7 +62,7 @@ class SearchLoop:
 
     def _probe_rounds(self, budget: Budget) -> dict[str, tuple[Prober, list[TrialRecord]]]:
         """Probe every group, one trial per group per round, until all are done or the budget is."""
-        probes = {g.name: (prober_for(g.space, self.threshold_of(g.name)), []) for g in self.groups}
+        probes = {g.name: (prober_for(g.space, self.threshold_of(g.name), g.ordered_axis()), []) for g in self.groups}
         pending = list(self.groups)
         while pending and not budget.exhausted():
             for group in list(pending):

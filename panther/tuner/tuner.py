@@ -52,7 +52,6 @@ from typing import Any, Literal
 
 from torch import nn
 
-from panther.kinds import kind_of
 from panther.nn.calibration import default_forward
 from panther.tuner import _arguments as args
 from panther.tuner._allocate import Allocation, allocatable_reason
@@ -310,7 +309,7 @@ class SKAutoTuner:
 
     def best_plan(self) -> dict[str, dict[str, Any]]:
         """The best parameters as a :mod:`panther.plans` plan ``{layer: {"type", "params"}}``."""
-        return {name: {"type": self._layers.kinds[name].name, "params": params}
+        return {name: {"type": self._layers.kinds[name].plan_type(params), "params": params}
                 for name, params in self.get_best_params().items()}
 
     def save_plan(self, path: str | os.PathLike) -> None:
@@ -355,7 +354,7 @@ class SKAutoTuner:
             raise
         calibrated = self.calibration_data is not None
         reasons = [r for g in groups if (r := allocatable_reason(
-            g, self._kinds_of(g), {n: self._layers.dense_of(n) for n in g.layers}, calibrated)) is not None]
+            g, g.kinds, {n: self._layers.dense_of(n) for n in g.layers}, calibrated)) is not None]
         if self.strategy == "allocate" and reasons:
             raise AllocationUnavailableError(f"strategy='allocate' cannot allocate {reasons[0]}; use strategy='search'")
         if may_allocate and reasons:  # "auto": search instead, over the spaces a search gets
@@ -363,16 +362,10 @@ class SKAutoTuner:
         else:
             _reemit(caught)
         self.allocates = may_allocate and not reasons
-        if self.calibration_data is None:
-            for group in groups:
-                init = group.space.get("init")
-                if init is not None and "data_svd" in (init.values() or []):
-                    raise ValueError(f"{group.name}: init='data_svd' needs calibration_data (batches of real inputs) "
-                                     "passed to SKAutoTuner")
         self._groups: list[TuningGroup] = groups
         self._resolved_configs = resolved
         self._skipped = dict(builder.skipped)
-        self._layers.remember({name: kind_of(self._layers.dense_of(name)) for g in groups for name in g.layers})
+        self._layers.remember({name: kind for g in groups for name, kind in g.kinds.items()})
         self.results = self._new_results()
 
     def _build_groups(self, configs: TuningConfigs, methods: bool) -> tuple[list[TuningGroup], TuningConfigs,
@@ -382,9 +375,6 @@ class SKAutoTuner:
                                data_aware=self.calibration_data is not None, methods=methods)
         groups, resolved = builder.build(configs)
         return groups, resolved, builder
-
-    def _kinds_of(self, group: TuningGroup) -> dict[str, Any]:
-        return {name: kind_of(self._layers.dense_of(name)) for name in group.layers}
 
     def _new_results(self) -> TuningResults:
         return TuningResults(groups={g.name: list(g.layers) for g in self._groups}, skipped=dict(self._skipped))

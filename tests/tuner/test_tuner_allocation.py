@@ -170,10 +170,11 @@ def test_auto_offers_int8_only_when_allocating_on_a_device_with_the_kernel(monke
     resolver = ParamsResolver(nn.Sequential(layer))
     searched = resolver.space_for(layer, data_aware=False)
     allocated = resolver.space_for(layer, data_aware=False, methods=True)
-    assert "quantize" not in searched
-    assert allocated["quantize"].values() == [False, True] and allocated["low_rank"].values()[-1] is None
+    assert "method" not in searched
+    assert allocated["method"].values() == ["sketch", "sketch_int8", "int8"]
+    assert allocated["low_rank"].values() == searched["low_rank"].values()  # int8 ignores the rank
     monkeypatch.setattr("panther.nn.int8.int8_available", lambda device: False)
-    assert "quantize" not in resolver.space_for(layer, data_aware=False, methods=True)
+    assert "method" not in resolver.space_for(layer, data_aware=False, methods=True)
 
 
 def digits_like_mlp() -> nn.Module:

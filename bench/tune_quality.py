@@ -56,8 +56,7 @@ from panther.nn import SKLinear  # noqa: E402
 from panther.nn.calibration import collect_input_covariances  # noqa: E402
 from panther.nn.surgery import replace_module  # noqa: E402
 from panther.plans import apply_plan  # noqa: E402
-from panther.tuner import LayerConfig, OptunaSearch, SKAutoTuner, TuningConfigs  # noqa: E402
-from panther.tuner.auto import ParamsResolver  # noqa: E402
+from panther.tuner import LayerConfig, OptunaSearch, ParamsResolver, SKAutoTuner, TuningConfigs  # noqa: E402
 
 #: ``num_terms`` choices of the original design's per-layer search.
 ORIGINAL_TERMS = (1, 2, 3)

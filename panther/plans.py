@@ -26,6 +26,9 @@ from torch import nn
 from panther.kinds import kind_named, kind_of_class_name, kind_of_replacement
 from panther.nn.surgery import replace_module
 
+__all__ = ["Plan", "apply_plan", "load_plan", "plan_from_state_dict", "rebuild_sketched_layers", "save_plan",
+           "sketch_plan", "validate_plan"]
+
 Plan = dict[str, dict[str, Any]]
 _EXTRA_STATE_SUFFIX = "._extra_state"
 

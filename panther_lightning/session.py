@@ -23,12 +23,9 @@ from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.rank_zero import rank_zero_debug
 from torch import nn
 
-from panther.nn.surgery import replace_module
+from panther.nn import replace_module
 from panther.plans import save_plan, sketch_plan
-from panther.tuner import SKAutoTuner
-from panther.tuner.layers import layer_bytes
-from panther.tuner.results import TuningResults
-from panther.tuner.tuner import AllocationUnavailableError
+from panther.tuner import AllocationUnavailableError, SKAutoTuner, TuningResults, layer_bytes
 from panther_lightning.calibration import calibration_batches, training_step_forward
 from panther_lightning.finetune import finetune
 from panther_lightning.isolation import detached_trainer, read_metric, run_validation

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from torch import nn
 
+__all__ = ["module_paths", "replace_module"]
+
 
 def module_paths(model: nn.Module, target: nn.Module) -> list[str]:
     """Every dotted name under which ``target`` is reachable in ``model`` (shared modules have several)."""

@@ -7,7 +7,7 @@ _EXPORTS = {
     "LayerConfig": ".configs",
     "TuningConfigs": ".configs",
     "LayerNameResolver": ".selectors",
-    "ParamsResolver": ".auto",
+    "ParamsResolver": "._auto",
     "ParamSpec": "panther.space",
     "Categorical": "panther.space",
     "Int": "panther.space",
@@ -15,6 +15,9 @@ _EXPORTS = {
     "SearchAlgorithm": ".search",
     "OptunaSearch": ".search",
     "ModelVisualizer": ".visualizer",
+    "AllocationUnavailableError": ".tuner",
+    "TuningResults": ".results",
+    "layer_bytes": "._layers",
 }
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 __all__ = list(_EXPORTS)

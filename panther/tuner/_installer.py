@@ -18,7 +18,7 @@ from torch import nn
 from panther.kinds import LayerKind
 from panther.nn.calibration import collect_input_covariances
 from panther.nn.surgery import replace_module
-from panther.tuner.layers import layer_bytes
+from panther.tuner._layers import layer_bytes
 from panther.tuner.selectors import LayerNameResolver
 
 logger = logging.getLogger(__name__)

@@ -55,14 +55,14 @@ from torch import nn
 from panther.nn.calibration import default_forward
 from panther.tuner import _arguments as args
 from panther.tuner._allocate import Allocation, allocatable_reason
+from panther.tuner._budget import Budget
+from panther.tuner._groups import GroupBuilder, TuningGroup
 from panther.tuner._installer import LayerInstaller
 from panther.tuner._loop import SearchLoop
 from panther.tuner._policy import ComposedCheck, group_thresholds
 from panther.tuner._progress import TuningProgress, planned_trials
 from panther.tuner._trials import INFEASIBLE_SCORE, TrialRunner
-from panther.tuner.budget import Budget
 from panther.tuner.configs import TuningConfigs
-from panther.tuner.groups import GroupBuilder, TuningGroup
 from panther.tuner.results import TrialRecord, TuningResults, results_dataframe, summary_table
 from panther.tuner.search.base import as_search_algorithm
 from panther.tuner.selectors import LayerNameResolver
@@ -95,7 +95,7 @@ class SKAutoTuner:
         optmization_eval_func: ``f(model) -> float`` to maximise among trials meeting the
             threshold (e.g. throughput). ``optimization_eval_func`` is accepted as well.
         num_runs_per_param: evaluations per candidate; the mean is used, the spread is recorded.
-        max_total_trials: whole-model trial budget shared by all groups (see :mod:`panther.tuner.budget`).
+        max_total_trials: whole-model trial budget shared by all groups (see :mod:`panther.tuner._budget`).
         time_budget_s: stop starting new trials after this many seconds.
         tune_tied: also sketch layers whose parameters are shared with another module (unties them).
         calibration_data: batches of real inputs (an iterable, read once). With it, each tuned

@@ -8,8 +8,7 @@ from torch import nn
 
 from panther.kinds import kind_named, rank_grid
 from panther.nn import SKConv2d, SKLinear
-from panther.tuner.auto import ParamsResolver
-from panther.tuner.layers import layer_bytes
+from panther.tuner import ParamsResolver, layer_bytes
 from panther.tuner.selectors import LayerNameResolver
 
 

@@ -20,11 +20,9 @@ from panther.kinds import kind_of
 from panther.nn import SKLinear
 from panther.nn.quantized import Int8Linear, Int8SKLinear
 from panther.plans import apply_plan, rebuild_sketched_layers
-from panther.tuner import LayerConfig, OptunaSearch, SKAutoTuner, TuningConfigs
+from panther.tuner import LayerConfig, OptunaSearch, ParamsResolver, SKAutoTuner, TuningConfigs, layer_bytes
 from panther.tuner._allocate import choose_plan, role_of
 from panther.tuner._allocation.profile import profile_layers
-from panther.tuner.auto import ParamsResolver
-from panther.tuner.layers import layer_bytes
 from panther.tuner.results import TuningResults
 from panther.tuner.tuner import AllocationUnavailableError
 

@@ -9,7 +9,7 @@ from sketch_copies import with_sketches
 
 from panther.kinds import kind_named
 from panther.tuner import Categorical, Int, LayerConfig, OptunaSearch, SKAutoTuner, TuningConfigs
-from panther.tuner.budget import Bisection, Budget, FixedProbes, potential, probe_params, prober_for
+from panther.tuner._budget import Bisection, Budget, FixedProbes, potential, probe_params, prober_for
 from panther.tuner.results import TrialRecord
 
 

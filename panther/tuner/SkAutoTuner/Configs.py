@@ -6,7 +6,7 @@ _EXPORTS = {
     "LayerConfig": "panther.tuner.configs",
     "TuningConfigs": "panther.tuner.configs",
     "LayerNameResolver": "panther.tuner.selectors",
-    "ParamsResolver": "panther.tuner.auto",
+    "ParamsResolver": "panther.tuner._auto",
     "ParamSpec": "panther.space",
     "Categorical": "panther.space",
     "Int": "panther.space",

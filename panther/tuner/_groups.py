@@ -17,9 +17,9 @@ from torch import nn
 
 from panther.kinds import LayerKind, kind_of
 from panther.space import Space, enumerate_space
-from panther.tuner.auto import ParamsResolver
+from panther.tuner._auto import ParamsResolver
+from panther.tuner._layers import attention_internals, tied_layers, unsupported_reason
 from panther.tuner.configs import LayerConfig, TuningConfigs
-from panther.tuner.layers import attention_internals, tied_layers, unsupported_reason
 from panther.tuner.selectors import LayerNameResolver
 
 logger = logging.getLogger(__name__)

@@ -172,7 +172,7 @@ class Int(ParamSpec):
         if self.step < 1:
             raise ValueError(f"Int: step must be >= 1, got {self.step}")
         if self.log and self.low <= 0:
-            raise ValueError(f"Int: log=True needs low >= 1, got low={self.low}")
+            raise ValueError(f"Int: log=True needs low >= 1 (log=True requires low > 0), got low={self.low}")
         if self.log and self.step != 1:
             raise ValueError("Int: log=True requires step=1 (Optuna cannot sample a stepped log range), "
                              f"got step={self.step}")
@@ -233,7 +233,7 @@ class Float(ParamSpec):
         if self.step is not None and self.step <= 0:
             raise ValueError(f"Float: step must be > 0, got {self.step}")
         if self.log and self.low <= 0:
-            raise ValueError(f"Float: log=True needs low > 0, got low={self.low}")
+            raise ValueError(f"Float: log=True requires low > 0, got low={self.low}")
         if self.log and self.step is not None:
             raise ValueError("Float: step and log=True cannot be combined (Optuna's rule)")
         if self.step is not None:

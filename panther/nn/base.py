@@ -192,7 +192,7 @@ def check_positive_int(name: str, value: Any) -> int:
 
 def check_init(init: str) -> str:
     if init not in INIT_METHODS:
-        raise ValueError(f"init must be one of {INIT_METHODS}, got {init!r}")
+        raise ValueError(f"init must be one of {INIT_METHODS}, got {init!r} (not valid)")
     return init
 
 

@@ -108,7 +108,8 @@ class GroupBuilder:
         selector = config.layer_names
         names = self.resolver.resolve(selector)
         if not names:
-            raise ValueError(f"configs[{index}]: layer selector {selector!r} matches no layer of the model")
+            raise ValueError(f"configs[{index}]: layer selector {selector!r} matches no layer of the model "
+                             "(no layer names match it)")
         selected = {id(self.dense_of(name)) for name in names}
         kept, reasons = [], {}
         for name in names:

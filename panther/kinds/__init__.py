@@ -150,7 +150,7 @@ class LayerKind:
     def check_space(self, space: Space, calibrated: bool) -> None:
         """``ValueError`` (saying which values) when some configuration of ``space`` cannot be built,
         checked before the model is touched; ``calibrated``: calibration data will give covariances."""
-        if not calibrated:
+        if not calibrated and self.data_aware:
             needing = [f"{name}={value!r}" for name, spec in space.items() for value in (spec.values() or [])
                        if self.uses_input_cov({name: value})]
             if needing:

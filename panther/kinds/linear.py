@@ -116,8 +116,9 @@ def method_of(params: Mapping[str, Any]) -> str:
     else:
         method = "sketch_int8" if quantize else "sketch"
     if METHODS[method].sketched and "low_rank" in params and params["low_rank"] is None:
+        full_weight = [name for name, m in METHODS.items() if not m.sketched]
         raise ValueError(f"method={method!r}, low_rank=None: the {METHODS[method].class_name} sketch needs a rank "
-                         "(low_rank=None is only valid with method='int8')")
+                         f"(low_rank=None is only valid with the full-weight methods {full_weight})")
     return method
 
 

@@ -76,6 +76,8 @@ class LinearMethod:
     ``sketched``: built from a rank (reads ``num_terms``, ``low_rank``, ``init``; its covariance use
     follows ``init="data_svd"``); otherwise from the full weight, ignoring those. ``reads_input_cov``:
     always built from the calibration input covariance (e.g. a smoothing derived from it).
+    ``class_name`` names a class exported by :mod:`panther.nn`; give each method a class of its own
+    (its plan ``"type"``), so a plan or checkpoint of an installed layer names the method again.
     """
 
     class_name: str

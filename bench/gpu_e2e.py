@@ -40,8 +40,7 @@ from lightning.pytorch.loggers import CSVLogger
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from panther.nn import SKLinear
-from panther.nn.rebuild import replace_module
+from panther.nn import SKLinear, replace_module
 from panther.ops import _custom_ops, _dispatch
 from panther.ops._cuda_ext import cuda_extension
 from panther_lightning import SketchTuneCallback

@@ -54,9 +54,9 @@ from digits_data import accuracy, digits_mlp, load_digits_split, train  # noqa: 
 
 from panther.nn import SKLinear  # noqa: E402
 from panther.nn.calibration import collect_input_covariances  # noqa: E402
-from panther.nn.rebuild import apply_plan, replace_module  # noqa: E402
-from panther.tuner import LayerConfig, OptunaSearch, SKAutoTuner, TuningConfigs  # noqa: E402
-from panther.tuner.auto import ParamsResolver  # noqa: E402
+from panther.nn.surgery import replace_module  # noqa: E402
+from panther.plans import apply_plan  # noqa: E402
+from panther.tuner import LayerConfig, OptunaSearch, ParamsResolver, SKAutoTuner, TuningConfigs  # noqa: E402
 
 #: ``num_terms`` choices of the original design's per-layer search.
 ORIGINAL_TERMS = (1, 2, 3)
@@ -98,7 +98,7 @@ class Outcome:
 
 @dataclass
 class SearchResult:
-    plan: dict[str, dict[str, Any]]  # panther.nn.rebuild plan (empty for torch.ao models)
+    plan: dict[str, dict[str, Any]]  # panther.plans plan (empty for torch.ao models)
     evaluations: int  # full evaluations spent
     wall_s: float
     tuner: SKAutoTuner | None = None  # SKAutoTuner procedures: its records, for the plot

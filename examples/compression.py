@@ -12,7 +12,7 @@ from collections.abc import Callable, Mapping, Sequence
 import torch
 from torch import nn
 
-from panther.nn.rebuild import apply_plan
+from panther.plans import apply_plan
 
 
 def sketched_copy(model: nn.Module, ranks: Mapping[str, int], init: str,

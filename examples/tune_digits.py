@@ -23,8 +23,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from digits_data import accuracy, digits_mlp, load_digits_split, train  # noqa: E402
 
-from panther.tuner import LayerConfig, SKAutoTuner, TuningConfigs  # noqa: E402
-from panther.tuner.layers import layer_bytes  # noqa: E402
+from panther.tuner import LayerConfig, SKAutoTuner, TuningConfigs, layer_bytes  # noqa: E402
 
 
 def throughput(model: nn.Module, batch: torch.Tensor, repeats: int = 15, calls: int = 20) -> float:

@@ -1,7 +1,9 @@
 """Panther: sketched (randomized low-rank) layers for PyTorch and an auto-tuner that picks them.
 
-Subpackages: :mod:`panther.nn` (layers), :mod:`panther.ops` (the fused sketched-linear op and its
-CUDA kernels), :mod:`panther.tuner` (``SKAutoTuner``). Imports are lazy: ``import panther`` loads
+Subpackages, bottom to top (each imports only from those before it): :mod:`panther.space` (parameter
+specs), :mod:`panther.ops` (the fused sketched-linear op and its CUDA kernels), :mod:`panther.nn`
+(layers), :mod:`panther.kinds` (the layer-kind registry), :mod:`panther.plans` (plans: which layer
+becomes what), :mod:`panther.tuner` (``SKAutoTuner``). Imports are lazy: ``import panther`` loads
 neither Optuna nor any compiled extension.
 """
 

@@ -65,17 +65,12 @@ def nothing_to_tune(pl_module: pl.LightningModule, options: SketchTuneOptions) -
     except ValueError as exc:
         return str(exc)
     if options.trainable:
-        int8 = [group.name for group in decision.groups if _offers_int8(group.space)]
-        if int8:
-            raise ValueError(f"trainable=True tunes sketches only, but the configs ask for int8 (quantize=True) on "
-                             f"{int8}; drop quantize from their params, or set trainable=False")
+        frozen = [group.name for group in decision.groups
+                  if any(kind.inference_only_in(group.space) for kind in group.kinds.values())]
+        if frozen:
+            raise ValueError(f"trainable=True tunes sketches only, but the configs ask for an inference-only "
+                             f"method (int8) on {frozen}; drop it from their params, or set trainable=False")
     return decision.nothing_to_tune
-
-
-def _offers_int8(space: dict[str, Any]) -> bool:
-    """Whether a resolved space may build int8 layers (the linear kind's ``quantize=True``)."""
-    spec = space.get("quantize")
-    return spec is not None and True in (spec.values() or [])
 
 
 def check_trainable(pl_module: pl.LightningModule, resuming_from: str | None = None) -> None:

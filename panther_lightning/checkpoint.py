@@ -4,7 +4,7 @@ Lightning loads a checkpoint's weights before any callback hook runs, and ``load
 never involves callbacks, so a module's layers must be made to match the checkpoint from the
 checkpoint itself: each replaced layer describes itself in the state dict (``get_extra_state``).
 :func:`follow_checkpoint_layers` gives the module the layers the checkpoint was saved from: the
-described replacements are rebuilt (``panther.nn.rebuild_sketched_layers``), and a replaced layer
+described replacements are rebuilt (``panther.plans.rebuild_sketched_layers``), and a replaced layer
 the checkpoint holds dense weights for goes back to a dense layer, so that
 ``trainer.test(model, ckpt_path="best")`` after tuning evaluates exactly the weights in that file.
 Three ways in:
@@ -26,7 +26,8 @@ from typing import Any, TypeVar
 import lightning.pytorch as pl
 from torch import nn
 
-from panther.nn.rebuild import plan_from_state_dict, rebuild_sketched_layers, replace_module, sketch_plan
+from panther.nn import replace_module
+from panther.plans import plan_from_state_dict, rebuild_sketched_layers, sketch_plan
 from panther_lightning._compat import load_checkpoint_file
 
 M = TypeVar("M", bound="pl.LightningModule")

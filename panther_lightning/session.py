@@ -26,12 +26,10 @@ from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.rank_zero import rank_zero_debug
 from torch import nn
 
-from panther.nn.rebuild import replace_module, save_plan, sketch_plan
-from panther.tuner import SKAutoTuner
-from panther.tuner.layers import layer_bytes
-from panther.tuner.results import TuningResults
-from panther.tuner.search.base import as_search_algorithm
-from panther.tuner.strategy import TuningDecision, decide_strategy
+from panther.nn import replace_module
+from panther.plans import save_plan, sketch_plan
+from panther.tuner import SKAutoTuner, TuningDecision, TuningResults, decide_strategy, layer_bytes
+from panther.tuner.search import as_search_algorithm
 from panther_lightning.calibration import calibration_batches, training_step_forward
 from panther_lightning.finetune import finetune
 from panther_lightning.isolation import detached_trainer, read_metric, run_validation
@@ -321,7 +319,7 @@ class SketchTuneSession:
         plan = self.trainer.strategy.broadcast(sketch_plan(self.pl_module), src=0)
         if plan != sketch_plan(self.pl_module):
             self.restore_dense()
-            from panther.nn.rebuild import apply_plan
+            from panther.plans import apply_plan
 
             apply_plan(self.pl_module, plan)
         state = {k: v.detach().cpu() for k, v in self.pl_module.state_dict().items() if isinstance(v, torch.Tensor)}

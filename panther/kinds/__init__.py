@@ -1,10 +1,13 @@
 """One registry of layer kinds: what replaces each dense layer, at what cost, searched over what.
 
-A *kind* (:class:`LayerKind`) knows its dense type(s), its replacement class, how to build the
-replacement from a dense layer, its cost model (``is_cheaper``), its ``params="auto"`` space, and
-how a plan entry or a state dict names it. The tuner, ``"auto"``, :mod:`panther.nn.rebuild` and the
-plan JSON all read this registry, so adding a kind is one file that subclasses :class:`LayerKind`
-and calls :func:`register`; kinds need not be sketches (an int8 kind fits the same contract).
+A *kind* (:class:`LayerKind`) knows its dense type(s), its replacement classes, how to build a
+replacement from a dense layer (and whether that reads the layer's calibration input covariance),
+its cost model (``is_cheaper``), its ``params="auto"`` space, which of its parameters a budget may
+bisect (``size_params``), which spaces it cannot build (``check_space``), how jointly tuned layers
+share one space (``joint_space``), and how a plan entry or a state dict names it. The tuner,
+``"auto"``, :mod:`panther.plans` and the plan JSON all read this registry and hold no parameter name
+of their own, so adding a kind is one file that subclasses :class:`LayerKind` and calls
+:func:`register`; kinds need not be sketches (an int8 kind fits the same contract).
 
 Built-in kinds (:mod:`.linear`, :mod:`.conv2d`, :mod:`.attention`) are imported on first lookup,
 so ``import panther`` stays cheap.
@@ -14,14 +17,15 @@ from __future__ import annotations
 
 import importlib
 import inspect
-from collections.abc import Hashable, Mapping
+from collections.abc import Hashable, Mapping, Sequence
 from typing import Any
 
 from torch import nn
 
-from panther.tuner.params import Categorical, ParamSpec
+from panther.space import Categorical, Space
 
-Space = dict[str, ParamSpec]
+__all__ = ["LayerKind", "Space", "all_kinds", "intersect_spaces", "kind_named", "kind_of", "kind_of_class_name",
+           "kind_of_replacement", "rank_grid", "rank_space", "register", "unregister"]
 
 #: Built-in kinds, most specific dense type first (an attention block holds Linear layers).
 _BUILTIN_MODULES = ("panther.kinds.attention", "panther.kinds.conv2d", "panther.kinds.linear")
@@ -38,8 +42,11 @@ class LayerKind:
 
     #: The plan's ``"type"`` and the replacement class's name (e.g. ``"SKLinear"``).
     name: str = ""
-    #: Whether ``params["init"] = "data_svd"`` (input covariances from calibration data) applies.
+    #: Whether some params read the layer's calibration input covariance (see :meth:`uses_input_cov`).
     data_aware: bool = False
+    #: Parameters whose larger values cost more and (for a trained layer) approximate it better:
+    #: the axes a budgeted search may bisect along (see :meth:`ordered_axis`).
+    size_params: tuple[str, ...] = ()
     #: Whether a replacement computes ``f(x)`` from the dense layer's one input alone, so whole-model
     #: allocation can measure it on the inputs the dense layer sees (attention takes several).
     profiles_alone: bool = True
@@ -68,12 +75,30 @@ class LayerKind:
         return dense_type is not None and type(layer).forward is dense_type.forward
 
     # -- building -------------------------------------------------------------------------------
-    def build(self, dense: nn.Module, params: Mapping[str, Any], copy_weights: bool = True) -> nn.Module:
-        """The replacement of ``dense``; without ``copy_weights`` it is freshly initialised instead."""
-        module = self.replacement().from_dense(dense, **dict(params))
+    def build(self, dense: nn.Module, params: Mapping[str, Any], copy_weights: bool = True, *,
+              input_cov: Any | None = None) -> nn.Module:
+        """The replacement of ``dense``; without ``copy_weights`` it is freshly initialised instead.
+
+        ``input_cov`` is the layer's calibration input second moment, passed on where
+        :meth:`uses_input_cov` says the params read it.
+        """
+        kwargs = dict(params)
+        if self.uses_input_cov(params):
+            kwargs["input_cov"] = input_cov
+        module = self.replacement().from_dense(dense, **kwargs)
         if not copy_weights:
             module.reset_parameters()
         return module
+
+    def uses_input_cov(self, params: Mapping[str, Any]) -> bool:
+        """Whether :meth:`build` with ``params`` reads the input covariance (default: a data-aware
+        sketch's ``init="data_svd"``)."""
+        return self.data_aware and params.get("init") == "data_svd"
+
+    def without_input_cov(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        """The params to build when no covariance is at hand (a plan re-applied without calibration
+        data, whose trained weights are loaded next): ``data_svd`` becomes ``svd``."""
+        return {**params, "init": "svd"} if self.uses_input_cov(params) else dict(params)
 
     def parameter_names(self) -> set[str] | None:
         """Keyword arguments :meth:`build` accepts in ``params`` (``None``: any)."""
@@ -85,6 +110,11 @@ class LayerKind:
     def canonical_params(self, params: Mapping[str, Any]) -> dict[str, Any]:
         """``params`` without entries that do not change what :meth:`build` returns (one key per module)."""
         return dict(params)
+
+    def plan_type(self, params: Mapping[str, Any]) -> str:
+        """The plan entry's ``"type"`` for a module built with ``params``: the class it builds, so
+        the plan names the method (default: the kind's name, which is its replacement's)."""
+        return self.name
 
     def plan_params(self, module: nn.Module) -> dict[str, Any]:
         """The plan's ``"params"`` for an installed replacement (what :meth:`build` needs again)."""
@@ -116,6 +146,41 @@ class LayerKind:
         methods per layer (e.g. int8 beside the sketch); a per-group search gets one ordered axis.
         """
         return None
+
+    def check_space(self, space: Space, calibrated: bool) -> None:
+        """``ValueError`` (saying which values) when some configuration of ``space`` cannot be built,
+        checked before the model is touched; ``calibrated``: calibration data will give covariances."""
+        if not calibrated and self.data_aware:
+            needing = [f"{name}={value!r}" for name, spec in space.items() for value in (spec.values() or [])
+                       if self.uses_input_cov({name: value})]
+            if needing:
+                raise ValueError(f"{', '.join(needing)} needs the layer's input covariance: pass calibration_data "
+                                 "(batches of real inputs) to SKAutoTuner")
+
+    def inference_only_in(self, space: Space) -> bool:
+        """Whether some configuration of ``space`` builds a layer with nothing left to train (e.g. int8),
+        which a caller that must keep the model trainable refuses before tuning."""
+        return False
+
+    def joint_space(self, spaces: Sequence[Space]) -> Space | None:
+        """One space for layers tuned jointly (each with its own "auto" space); ``None`` if none fits all."""
+        return intersect_spaces(spaces)
+
+    def ordered_axis(self, space: Space) -> tuple[str, list[Any]] | None:
+        """``(name, ascending values)`` when the only open choice of ``space`` is one of
+        :attr:`size_params`: a budget may then bisect it for the smallest value that is accurate enough."""
+        open_specs = [(name, spec.values()) for name, spec in space.items()
+                      if spec.values() is None or len(spec.values()) > 1]  # type: ignore[arg-type]
+        if len(open_specs) != 1:
+            return None
+        name, values = open_specs[0]
+        if name not in self.size_params or values is None:
+            return None
+        try:
+            ascending = values == sorted(values)
+        except TypeError:  # values that do not compare (mixed types)
+            return None
+        return (name, values) if ascending else None
 
     def predicted_error(self, dense: nn.Module, params: Mapping[str, Any],
                         input_cov: Any | None) -> float | None:
@@ -156,12 +221,13 @@ def kind_of(layer: nn.Module) -> LayerKind | None:
 
 
 def kind_named(name: str) -> LayerKind:
-    """The kind of a plan's ``"type"``; ``ValueError`` listing the known ones otherwise."""
+    """The kind of a plan's ``"type"`` (a kind's name, or the name of a class it builds, e.g.
+    ``"Int8Linear"``); ``ValueError`` listing the known ones otherwise."""
     _load_builtins()
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise ValueError(f"unknown layer type {name!r}; known: {sorted(_REGISTRY)}") from None
+    kind = _REGISTRY.get(name) or kind_of_class_name(name)
+    if kind is None:
+        raise ValueError(f"unknown layer type {name!r}; known: {sorted(_REGISTRY)}")
+    return kind
 
 
 def kind_of_replacement(module: nn.Module) -> LayerKind | None:
@@ -173,6 +239,26 @@ def kind_of_class_name(class_name: Any) -> LayerKind | None:
     """The kind one of whose :meth:`~LayerKind.replacements` is called ``class_name`` (a state dict's
     ``_extra_state`` names the class, not the kind)."""
     return next((k for k in all_kinds() if any(c.__name__ == class_name for c in k.replacements())), None)
+
+
+def intersect_spaces(spaces: Sequence[Space]) -> Space | None:
+    """The values every space offers, per parameter, in the first space's order (``None``: some
+    parameter has no value in common, or a continuous one differs)."""
+    if not spaces:
+        return None
+    joint: Space = {}
+    for name, spec in spaces[0].items():
+        values = spec.values()
+        if values is None:
+            if any(other.get(name) != spec for other in spaces[1:]):
+                return None
+            joint[name] = spec
+            continue
+        shared = [v for v in values if all(name in other and other[name].contains(v) for other in spaces[1:])]
+        if not shared:
+            return None
+        joint[name] = Categorical(shared)
+    return joint
 
 
 def rank_grid(is_cheaper: Any, upper: int) -> list[int]:

@@ -17,6 +17,7 @@ from panther.kinds import LayerKind, register
 class AttentionKind(LayerKind):
     name = "RandMultiHeadAttention"
     profiles_alone = False  # takes query, key, value and masks
+    size_params = ("num_random_features",)
 
     def dense_types(self) -> tuple[type, ...]:
         return (nn.MultiheadAttention,)

@@ -13,6 +13,7 @@ from panther.kinds import LayerKind, Space, rank_grid, rank_space, register
 class Conv2dKind(LayerKind):
     name = "SKConv2d"
     data_aware = True
+    size_params = ("low_rank", "num_terms")
 
     def dense_types(self) -> tuple[type, ...]:
         return (nn.Conv2d,)

@@ -9,7 +9,9 @@ _EXPORTS = {
     "Int8Linear": ".quantized",
     "Int8SKLinear": ".quantized",
     "SketchedModule": ".base",
-    "rebuild_sketched_layers": ".rebuild",
+    "replace_module": ".surgery",
 }
-__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+#: Plans need the layer-kind registry above this package (see docs/architecture.md).
+_MOVED = {"rebuild_sketched_layers": "panther.plans"}
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, _MOVED)
 __all__ = list(_EXPORTS)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import warnings
 from typing import Any
 
 import torch
@@ -92,6 +93,15 @@ class RandMultiHeadAttention(SketchedModule):
     """
 
     dense_type = nn.MultiheadAttention
+    #: Said once per construction (``UserWarning``) when the layer is built with the original
+    #: Panther's arguments (``num_random_features``, ``kernel_fn``, ``iscausal``) and no explicit
+    #: ``batch_first``: the original took ``(N, L, E)``; this layer, like ``nn.MultiheadAttention``,
+    #: takes ``(L, N, E)`` unless ``batch_first=True``, and batch-first input of equal lengths would
+    #: silently attend across the batch.
+    BATCH_FIRST_NOTICE = ("RandMultiHeadAttention reads inputs as (L, N, E), sequence first, like "
+                          "nn.MultiheadAttention, unless batch_first=True; the original Panther read (N, L, E). "
+                          "Pass batch_first=True for batch-first inputs, or batch_first=False to keep sequence "
+                          "first, and this notice goes away")
     runtime_hyperparameters = frozenset({"dropout", "batch_first", "feature_redraw_interval", "iscausal"})
     bias_k: torch.Tensor | None
     bias_v: torch.Tensor | None
@@ -107,17 +117,25 @@ class RandMultiHeadAttention(SketchedModule):
         add_zero_attn: bool = False,
         kdim: int | None = None,
         vdim: int | None = None,
-        batch_first: bool = False,
+        batch_first: bool | None = None,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
         *,
-        num_random_features: int = 64,
-        kernel_fn: str = "softmax",
+        num_random_features: int | None = None,
+        kernel_fn: str | None = None,
         generator: torch.Generator | None = None,
         feature_redraw_interval: int | None = None,
-        iscausal: bool = False,
+        iscausal: bool | None = None,
     ) -> None:
         super().__init__()
+        # None: not given (defaults False, 64, "softmax", False); given with no batch_first, the
+        # original's arguments mark code ported from it, whose inputs were batch first.
+        if batch_first is None and any(a is not None for a in (num_random_features, kernel_fn, iscausal)):
+            warnings.warn(self.BATCH_FIRST_NOTICE, UserWarning, stacklevel=2)
+        batch_first = bool(batch_first)
+        num_random_features = 64 if num_random_features is None else num_random_features
+        kernel_fn = "softmax" if kernel_fn is None else kernel_fn
+        iscausal = False if iscausal is None else iscausal
         self.embed_dim = check_positive_int("embed_dim", embed_dim)
         self.num_heads = check_positive_int("num_heads", num_heads)
         if embed_dim % num_heads:
@@ -128,7 +146,7 @@ class RandMultiHeadAttention(SketchedModule):
         self.vdim = embed_dim if vdim is None else check_positive_int("vdim", vdim)
         self.num_random_features = check_positive_int("num_random_features", num_random_features)
         if kernel_fn not in KERNEL_FNS:
-            raise ValueError(f"kernel_fn must be one of {KERNEL_FNS}, got {kernel_fn!r}")
+            raise ValueError(f"kernel_fn must be one of {KERNEL_FNS}, got {kernel_fn!r} (not supported)")
         if feature_redraw_interval is not None:
             check_positive_int("feature_redraw_interval", feature_redraw_interval)
         if generator is not None and not isinstance(generator, torch.Generator):

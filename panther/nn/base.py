@@ -1,7 +1,7 @@
 """The contract every sketched layer follows, and the registry used to rebuild them.
 
 A sketched layer stores its constructor hyperparameters in ``get_extra_state`` so that a model
-holding it can be rebuilt from a plain ``state_dict`` (see :mod:`panther.nn.rebuild`).
+holding it can be rebuilt from a plain ``state_dict`` (see :mod:`panther.plans`).
 """
 
 from __future__ import annotations
@@ -150,7 +150,7 @@ class SketchedModule(nn.Module):
             raise ValueError(
                 f"checkpoint holds {state.get('class')}({theirs}) but this layer is "
                 f"{type(self).__name__}({mine}); mismatched: {mismatched}. Rebuild the model with "
-                "panther.nn.rebuild_sketched_layers before loading."
+                "panther.plans.rebuild_sketched_layers before loading."
             )
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # type: ignore[override]
@@ -192,7 +192,7 @@ def check_positive_int(name: str, value: Any) -> int:
 
 def check_init(init: str) -> str:
     if init not in INIT_METHODS:
-        raise ValueError(f"init must be one of {INIT_METHODS}, got {init!r}")
+        raise ValueError(f"init must be one of {INIT_METHODS}, got {init!r} (not valid)")
     return init
 
 

@@ -9,6 +9,7 @@ channels, averaging the ``2T`` terms. Per group the dense kernel, reshaped to a 
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -127,6 +128,12 @@ class SKConv2d(SketchedModule):
 
     dense_type = nn.Conv2d
 
+    #: Warned (``UserWarning``, once per construction) when the sketch needs at least the dense
+    #: convolution's multiply-adds (:func:`conv_is_cheaper`): it then saves nothing. Plain words, so it
+    #: also serves as the ``match`` pattern of ``pytest.warns``.
+    WARNING_MSG_CONV = ("SKConv2d holds at least as many parameters as the dense convolution it replaces, so it "
+                        "saves nothing: use a smaller low_rank or num_terms, or keep nn.Conv2d")
+
     def __init__(
         self,
         in_channels: int,
@@ -168,6 +175,10 @@ class SKConv2d(SketchedModule):
             raise ValueError(f"input_cov is only used by init='data_svd', got init={init!r}")
         if W_init is not None and tuple(W_init.shape) != self._dense_shape():
             raise ValueError(f"W_init must have shape {self._dense_shape()}, got {tuple(W_init.shape)}")
+        ratio = conv_flops_ratio(in_channels, out_channels, self.kernel_size, self.groups, num_terms, low_rank)
+        if not ratio < 1:
+            warnings.warn(f"{self.WARNING_MSG_CONV} (num_terms={num_terms}, low_rank={low_rank}: {ratio:.2f}x the "
+                          "dense layer's multiply-adds)", UserWarning, stacklevel=2)
         self._pad_amounts = explicit_padding(self.padding, self.kernel_size, self.dilation)
         covs = self._group_covariances(input_cov) if input_cov is not None else None
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any
 
 import torch
@@ -43,6 +44,11 @@ class SKLinear(SketchedModule):
     """
 
     dense_type = nn.Linear
+    #: Warned (``UserWarning``, once per construction) when the sketch stores at least as many numbers
+    #: as the dense layer, ``2·T·k·(d_in + d_out) >= d_in·d_out``: it then saves nothing. Plain words,
+    #: so it also serves as the ``match`` pattern of ``pytest.warns``.
+    WARNING_MSG_FC = ("SKLinear holds at least as many parameters as the dense layer it replaces, so it saves "
+                      "nothing: use a smaller low_rank or num_terms, or keep nn.Linear")
 
     def __init__(
         self,
@@ -69,6 +75,10 @@ class SKLinear(SketchedModule):
             raise ValueError("init='data_svd' needs input_cov, the (in_features, in_features) input covariance")
         if W_init is not None and tuple(W_init.shape) != (out_features, in_features):
             raise ValueError(f"W_init must have shape ({out_features}, {in_features}), got {tuple(W_init.shape)}")
+        if not linear_is_cheaper(in_features, out_features, num_terms, low_rank):
+            warnings.warn(f"{self.WARNING_MSG_FC} (2·{num_terms}·{low_rank}·({in_features} + {out_features}) = "
+                          f"{2 * num_terms * low_rank * (in_features + out_features)} >= {in_features * out_features})",
+                          UserWarning, stacklevel=2)
         kw: dict[str, Any] = {"device": device, "dtype": dtype}
         T, k = num_terms, low_rank
         self.S1s = nn.Parameter(torch.empty(T, in_features, k, **kw))

@@ -3,7 +3,7 @@
 Both are inference layers built from a trained layer (``from_dense``). Their state is plain
 tensors (int8 weights, float32 per-channel scales, float32 bias, all buffers) plus the usual
 ``_extra_state`` of hyperparameters, so a checkpoint loads with ``torch.load(weights_only=True)``
-and :func:`panther.nn.rebuild.rebuild_sketched_layers` rebuilds them like any sketched layer. The
+and :func:`panther.plans.rebuild_sketched_layers` rebuilds them like any sketched layer. The
 int8 products themselves are :mod:`panther.nn.int8`'s.
 
 Without gradients (``eval``, ``no_grad``) the int8 kernel runs. When the input needs a gradient (a

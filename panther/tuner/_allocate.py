@@ -42,12 +42,12 @@ from torch import nn
 from panther.nn.dense import is_linear_like
 from panther.tuner._allocation import AllocationPath, Option, Plan
 from panther.tuner._allocation.profile import LayerProfile, profile_layers
+from panther.tuner._budget import Budget
+from panther.tuner._evaluation import describe, measure
+from panther.tuner._groups import TuningGroup
 from panther.tuner._installer import LayerInstaller
+from panther.tuner._layers import layer_bytes
 from panther.tuner._trials import TrialRunner, params_key
-from panther.tuner.budget import Budget
-from panther.tuner.evaluation import describe, measure
-from panther.tuner.groups import TuningGroup
-from panther.tuner.layers import layer_bytes
 from panther.tuner.results import TuningResults
 
 logger = logging.getLogger(__name__)

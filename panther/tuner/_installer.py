@@ -17,8 +17,8 @@ from torch import nn
 
 from panther.kinds import LayerKind
 from panther.nn.calibration import collect_input_covariances
-from panther.nn.rebuild import replace_module
-from panther.tuner.layers import layer_bytes
+from panther.nn.surgery import replace_module
+from panther.tuner._layers import layer_bytes
 from panther.tuner.selectors import LayerNameResolver
 
 logger = logging.getLogger(__name__)
@@ -82,14 +82,15 @@ class LayerInstaller:
 
     def build(self, name: str, params: Mapping[str, Any], copy_weights: bool) -> nn.Module:
         """A candidate for ``name`` from its dense original, in the original's train/eval mode."""
-        dense = self.originals[name]
-        if params.get("init") == "data_svd":
+        dense, kind = self.originals[name], self.kinds[name]
+        input_cov = None
+        if kind.uses_input_cov(params):
             self.calibrate()
             if name not in self.input_covs:
-                raise ValueError(f"init='data_svd' needs {name}'s input covariance, but no calibration batch "
+                raise ValueError(f"{dict(params)} needs {name}'s input covariance, but no calibration batch "
                                  "reached the layer (is it called by its parent?)")
-            params = {**params, "input_cov": self.input_covs[name]}
-        candidate = self.kinds[name].build(dense, params, copy_weights)
+            input_cov = self.input_covs[name]
+        candidate = kind.build(dense, params, copy_weights, input_cov=input_cov)
         candidate.train(dense.training)
         return candidate
 

@@ -1,7 +1,7 @@
 """The trial loop: every group asks the search for parameters until its budget or the search ends.
 
 Without a whole-model budget, each group runs its search to the end in turn. With one
-(``max_total_trials`` / ``time_budget_s``, see :mod:`panther.tuner.budget`), groups are first probed
+(``max_total_trials`` / ``time_budget_s``, see :mod:`panther.tuner._budget`), groups are first probed
 round-robin, so a tight budget still reaches each one, and what remains is shared in proportion
 to what a group can still gain.
 """
@@ -13,10 +13,10 @@ import logging
 import math
 from collections.abc import Callable, Sequence
 
+from panther.tuner._budget import Budget, Prober, potential, prober_for
+from panther.tuner._groups import TuningGroup
 from panther.tuner._sharing import SharedTrials, record_fields
 from panther.tuner._trials import TrialRunner
-from panther.tuner.budget import Budget, Prober, potential, prober_for
-from panther.tuner.groups import TuningGroup
 from panther.tuner.results import TrialRecord
 from panther.tuner.search.base import SearchAlgorithm, param_space_for
 
@@ -62,7 +62,7 @@ class SearchLoop:
 
     def _probe_rounds(self, budget: Budget) -> dict[str, tuple[Prober, list[TrialRecord]]]:
         """Probe every group, one trial per group per round, until all are done or the budget is."""
-        probes = {g.name: (prober_for(g.space, self.threshold_of(g.name)), []) for g in self.groups}
+        probes = {g.name: (prober_for(g.space, self.threshold_of(g.name), g.ordered_axis()), []) for g in self.groups}
         pending = list(self.groups)
         while pending and not budget.exhausted():
             for group in list(pending):

@@ -11,7 +11,7 @@ import logging
 import math
 from collections.abc import Callable, Mapping
 
-from panther.tuner.evaluation import describe
+from panther.tuner._evaluation import describe
 from panther.tuner.results import TrialRecord, TuningResults
 
 logger = logging.getLogger(__name__)

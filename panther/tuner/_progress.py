@@ -16,7 +16,7 @@ import sys
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from panther.tuner.groups import TuningGroup
+from panther.tuner._groups import TuningGroup
 from panther.tuner.results import TrialRecord
 from panther.tuner.search.base import SearchAlgorithm
 

@@ -10,9 +10,9 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from panther.tuner._evaluation import describe
+from panther.tuner._groups import TuningGroup
 from panther.tuner._trials import RECORD_FIELDS, TrialRunner
-from panther.tuner.evaluation import describe
-from panther.tuner.groups import TuningGroup
 from panther.tuner.results import TrialRecord
 from panther.tuner.search.base import KnownResult, SearchAlgorithm
 

@@ -15,10 +15,10 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from panther.tuner._evaluation import EvalFunc, describe, measure
+from panther.tuner._groups import TuningGroup
 from panther.tuner._installer import LayerInstaller
-from panther.tuner.evaluation import describe, measure
-from panther.tuner.groups import TuningGroup
-from panther.tuner.layers import layer_bytes
+from panther.tuner._layers import layer_bytes
 from panther.tuner.results import TrialRecord, TuningResults
 
 logger = logging.getLogger(__name__)
@@ -27,8 +27,6 @@ logger = logging.getLogger(__name__)
 INFEASIBLE_SCORE = -1.0e6
 #: The fields of a trial's record that travel with it through a search's storage.
 RECORD_FIELDS = ("status", "accuracy", "accuracy_std", "speed", "speed_std", "feasible", "bytes", "error")
-
-EvalFunc = Callable[..., float]
 
 
 def params_key(params: Mapping[str, Any]) -> tuple:

@@ -10,7 +10,7 @@ import copy
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
-from panther.tuner.params import ParamSpec, as_spec
+from panther.space import ParamSpec, as_spec
 from panther.tuner.selectors import Selector, validate_selector
 
 AUTO = "auto"
@@ -209,7 +209,7 @@ class TuningConfigs:
         if isinstance(index, bool) or not isinstance(index, int):
             raise TypeError(f"config index must be an int, got {index!r}")
         if not -len(self.configs) <= index < len(self.configs):
-            raise IndexError(f"config index {index} out of range for {len(self.configs)} configs")
+            raise IndexError(f"config index {index} out of range (out of bounds) for {len(self.configs)} configs")
         return index
 
     def __eq__(self, other: object) -> bool:

@@ -72,7 +72,7 @@ def validate_selector(selector: Any) -> None:
     else:
         raise TypeError(
             "a layer selector must be a string pattern, a list of patterns or a dict with keys "
-            f"{list(_FILTER_KEYS + _PICK_KEYS)}, got {type(selector).__name__}: {selector!r}"
+            f"{list(_FILTER_KEYS + _PICK_KEYS)}, got the unsupported type {type(selector).__name__}: {selector!r}"
         )
 
 
@@ -84,7 +84,7 @@ def _validate_dict(selector: dict[str, Any]) -> None:
     if not any(key in selector for key in _FILTER_KEYS):
         raise ValueError(f"a dict layer selector needs at least one of {list(_FILTER_KEYS)}: {selector!r}")
     if all(key in selector for key in _PICK_KEYS):
-        raise ValueError("a layer selector cannot use 'indices' and 'range' together")
+        raise ValueError("a layer selector cannot use 'indices' and 'range' together (Cannot use both: pick one)")
     if "pattern" in selector:
         for pattern in _as_list("pattern", selector["pattern"]):
             compile_pattern(pattern)
@@ -101,7 +101,8 @@ def _validate_dict(selector: dict[str, Any]) -> None:
     if "range" in selector:
         bounds = selector["range"]
         if not isinstance(bounds, (list, tuple)) or len(bounds) not in (2, 3):
-            raise ValueError(f"'range' must be [start, end] or [start, end, step], got {bounds!r}")
+            raise ValueError(f"'range' must be [start, end] or [start, end, step] (it must contain 2 or 3 elements), "
+                             f"got {bounds!r}")
         if any(b is not None and (isinstance(b, bool) or not isinstance(b, int)) for b in bounds):
             raise SelectorTypeError(f"'range' bounds must be integers or None, got {bounds!r}")
         if len(bounds) == 3 and bounds[2] == 0:
@@ -117,7 +118,8 @@ def _as_list(key: str, value: Any) -> list[Any]:
 
 def _validate_strings(key: str, values: Sequence[Any]) -> None:
     if not values:
-        raise ValueError(f"{key} must not be an empty list")
+        hint = " (no layer names given)" if key == "layer_names" else ""
+        raise ValueError(f"{key} must not be an empty list{hint}")
     for value in values:
         if not isinstance(value, str):
             raise TypeError(f"{key} entries must be strings, got {type(value).__name__}: {value!r}")
@@ -232,7 +234,8 @@ def _pick(selector: dict[str, Any], matched: list[str]) -> list[str]:
         for index in _as_list("indices", selector["indices"]):
             if not -len(matched) <= index < len(matched):
                 raise SelectorIndexError(
-                    f"selector index {index} is out of range: {len(matched)} layers matched {selector!r}"
+                    f"selector index {index} is out of range (out of bounds): {len(matched)} layers matched "
+                    f"{selector!r}"
                 )
             positions.add(index % len(matched))
         return [matched[i] for i in sorted(positions)]

@@ -15,10 +15,9 @@ from typing import Any, Literal
 
 from torch import nn
 
-from panther.kinds import kind_of
 from panther.tuner._allocate import allocatable_reason
+from panther.tuner._groups import GroupBuilder, TuningGroup
 from panther.tuner.configs import TuningConfigs
-from panther.tuner.groups import GroupBuilder, TuningGroup
 from panther.tuner.selectors import LayerNameResolver
 
 __all__ = ["AllocationUnavailableError", "TuningDecision", "decide_strategy"]
@@ -101,8 +100,7 @@ def decide_strategy(
         _reemit(caught, stacklevel)
         raise
     reasons = [reason for group in groups if (reason := allocatable_reason(
-        group, {n: kind_of(dense_of(n)) for n in group.layers}, {n: dense_of(n) for n in group.layers},
-        calibrated)) is not None]
+        group, group.kinds, {n: dense_of(n) for n in group.layers}, calibrated)) is not None]
     if strategy == "allocate" and reasons:
         raise AllocationUnavailableError(f"strategy='allocate' cannot allocate {reasons[0]}; use strategy='search'")
     if may_allocate and reasons:  # "auto": search instead, over the spaces a search gets

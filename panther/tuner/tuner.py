@@ -52,18 +52,17 @@ from typing import Any, Literal
 
 from torch import nn
 
-from panther.kinds import kind_of
 from panther.nn.calibration import default_forward
 from panther.tuner import _arguments as args
 from panther.tuner._allocate import Allocation
+from panther.tuner._budget import Budget
+from panther.tuner._groups import TuningGroup
 from panther.tuner._installer import LayerInstaller
 from panther.tuner._loop import SearchLoop
 from panther.tuner._policy import ComposedCheck, group_thresholds
 from panther.tuner._progress import TuningProgress, planned_trials
 from panther.tuner._trials import INFEASIBLE_SCORE, TrialRunner
-from panther.tuner.budget import Budget
 from panther.tuner.configs import TuningConfigs
-from panther.tuner.groups import TuningGroup
 from panther.tuner.results import TrialRecord, TuningResults, results_dataframe, summary_table
 from panther.tuner.search.base import as_search_algorithm
 from panther.tuner.selectors import LayerNameResolver
@@ -87,7 +86,7 @@ class SKAutoTuner:
         optmization_eval_func: ``f(model) -> float`` to maximise among trials meeting the
             threshold (e.g. throughput). ``optimization_eval_func`` is accepted as well.
         num_runs_per_param: evaluations per candidate; the mean is used, the spread is recorded.
-        max_total_trials: whole-model trial budget shared by all groups (see :mod:`panther.tuner.budget`).
+        max_total_trials: whole-model trial budget shared by all groups (see :mod:`panther.tuner._budget`).
         time_budget_s: stop starting new trials after this many seconds.
         tune_tied: also sketch layers whose parameters are shared with another module (unties them).
         calibration_data: batches of real inputs (an iterable, read once). With it, each tuned
@@ -300,13 +299,13 @@ class SKAutoTuner:
         return [name for group in self.results.reverted for name in self.results.groups.get(group, [])]
 
     def best_plan(self) -> dict[str, dict[str, Any]]:
-        """The best parameters as a :mod:`panther.nn.rebuild` plan ``{layer: {"type", "params"}}``."""
-        return {name: {"type": self._layers.kinds[name].name, "params": params}
+        """The best parameters as a :mod:`panther.plans` plan ``{layer: {"type", "params"}}``."""
+        return {name: {"type": self._layers.kinds[name].plan_type(params), "params": params}
                 for name, params in self.get_best_params().items()}
 
     def save_plan(self, path: str | os.PathLike) -> None:
-        """Write :meth:`best_plan` as JSON; ``panther.nn.rebuild.apply_plan`` re-applies it to a fresh model."""
-        from panther.nn.rebuild import save_plan
+        """Write :meth:`best_plan` as JSON; ``panther.plans.apply_plan`` re-applies it to a fresh model."""
+        from panther.plans import save_plan
 
         save_plan(self.best_plan(), path)
 
@@ -340,16 +339,10 @@ class SKAutoTuner:
                                    dense_of=self._layers.dense_of, stacklevel=4)
         groups = decision.groups
         self.allocates = decision.allocates
-        if self.calibration_data is None:
-            for group in groups:
-                init = group.space.get("init")
-                if init is not None and "data_svd" in (init.values() or []):
-                    raise ValueError(f"{group.name}: init='data_svd' needs calibration_data (batches of real inputs) "
-                                     "passed to SKAutoTuner")
         self._groups: list[TuningGroup] = groups
         self._resolved_configs = decision.configs
         self._skipped = dict(decision.skipped)
-        self._layers.remember({name: kind_of(self._layers.dense_of(name)) for g in groups for name in g.layers})
+        self._layers.remember({name: kind for g in groups for name, kind in g.kinds.items()})
         self.results = self._new_results()
 
     def _new_results(self) -> TuningResults:

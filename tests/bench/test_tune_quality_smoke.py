@@ -17,7 +17,7 @@ sys.path.insert(0, str(ROOT / "examples"))
 from compression import layer_ratio, rank_for_ratio, sketched_copy  # noqa: E402
 
 from panther.nn import SKLinear  # noqa: E402
-from panther.nn.rebuild import apply_plan  # noqa: E402
+from panther.plans import apply_plan  # noqa: E402
 
 
 def _load_bench():

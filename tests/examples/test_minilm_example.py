@@ -29,7 +29,7 @@ from minilm_model import (  # noqa: E402
 )
 from text_data import load_text_split, split_sentences  # noqa: E402
 
-from panther.nn.rebuild import apply_plan  # noqa: E402
+from panther.plans import apply_plan  # noqa: E402
 
 
 @pytest.fixture(scope="module")

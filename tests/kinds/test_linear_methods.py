@@ -1,13 +1,18 @@
-"""The linear kind's four methods per layer: which module each (low_rank, quantize) builds, and "auto"."""
+"""The linear kind's methods per layer: which module each (method, or the older low_rank/quantize) builds, "auto"."""
 
 from __future__ import annotations
 
 import pytest
+import torch
 from torch import nn
 
 from panther.kinds import kind_named, kind_of_class_name, kind_of_replacement, rank_space
+from panther.kinds.linear import METHODS as METHOD_TABLE
+from panther.kinds.linear import LinearMethod
 from panther.nn.linear import SKLinear
 from panther.nn.quantized import Int8Linear, Int8SKLinear
+from panther.tuner import Categorical, LayerConfig, SKAutoTuner
+from panther.tuner._groups import TuningGroup
 
 KIND = kind_named("SKLinear")
 METHODS = [  # (params, the class built)
@@ -51,3 +56,33 @@ def test_auto_keeps_the_sketch_space_until_allocation_weighs_methods(copy_weight
     space = KIND.auto_space(dense, copy_weights, data_aware)
     assert set(space) == {"num_terms", "low_rank", "init"} and None not in space["low_rank"].values()
     assert space == rank_space(space["low_rank"].values(), copy_weights, data_aware)
+
+
+def test_a_new_method_is_one_table_entry_and_the_tuner_feeds_it_the_covariance(monkeypatch):
+    """What a method needs (its class, rank or not, covariance or not, a builder) is one METHODS entry."""
+    seen = []
+
+    def build(dense, params, input_cov, copy_weights):
+        seen.append(input_cov)
+        return Int8Linear.from_dense(dense)
+
+    monkeypatch.setitem(METHOD_TABLE, "int8_cov", LinearMethod("Int8Linear", sketched=False, build=build,
+                                                          reads_input_cov=True))
+    assert KIND.uses_input_cov({"method": "int8_cov"})
+    assert KIND.canonical_params({"method": "int8_cov", "low_rank": 4, "init": "svd"}) == {"method": "int8_cov"}
+    with pytest.raises(ValueError, match="method='int8_cov' needs the layer's input covariance"):
+        KIND.check_space({"method": Categorical(["int8_cov"])}, calibrated=False)
+    torch.manual_seed(0)
+    model, x = nn.Sequential(nn.Linear(16, 8)), torch.randn(64, 16)
+    tuner = SKAutoTuner(model, LayerConfig("0", {"method": ["int8_cov"]}), lambda m: 1.0, calibration_data=[x])
+    tuner.replace_without_tuning()
+    assert type(model[0]) is Int8Linear and tuner.best_plan() == {}  # nothing tuned, but installed
+    x64 = x.double()
+    torch.testing.assert_close(seen[-1], x64.T @ x64 / len(x), rtol=1e-6, atol=1e-9)  # the calibration second moment
+
+
+def test_a_group_bisects_only_a_size_every_kind_of_it_names():
+    space = {"low_rank": Categorical([1, 2, 4])}
+    attention = kind_named("RandMultiHeadAttention")
+    assert TuningGroup("a", ["a"], space, True, 0, {"a": KIND}).ordered_axis() == ("low_rank", [1, 2, 4])
+    assert TuningGroup("a+b", ["a", "b"], space, True, 0, {"a": KIND, "b": attention}).ordered_axis() is None

@@ -11,9 +11,8 @@ import torch
 from torch import nn
 
 from panther.kinds import LayerKind, all_kinds, kind_named, kind_of, rank_grid, register, unregister
-from panther.nn.rebuild import apply_plan, sketch_plan
-from panther.tuner import LayerConfig, SKAutoTuner, TuningConfigs
-from panther.tuner.layers import layer_bytes
+from panther.plans import apply_plan, sketch_plan
+from panther.tuner import LayerConfig, SKAutoTuner, TuningConfigs, layer_bytes
 
 DENSE_EXAMPLES = {
     "SKLinear": lambda: nn.Linear(48, 40),

@@ -10,7 +10,7 @@ import torch
 from conftest import DigitsClassifier, DigitsDataModule, make_trainer
 
 from panther.nn import SKLinear
-from panther.nn.rebuild import apply_plan
+from panther.plans import apply_plan
 from panther_lightning import (
     SketchCheckpointMixin,
     SketchTuneCallback,

@@ -390,7 +390,7 @@ def test_state_dict_round_trip_and_rebuild_from_hyperparameters():
 
 
 def test_sketched_model_state_dict_rebuilds_a_fresh_dense_model():
-    from panther.nn import rebuild_sketched_layers
+    from panther.plans import rebuild_sketched_layers
 
     def model() -> nn.Module:
         return nn.Sequential(encoder_layer())

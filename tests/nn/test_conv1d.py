@@ -8,7 +8,7 @@ from torch import nn
 
 from panther.nn import SKLinear
 from panther.nn.calibration import collect_input_covariances
-from panther.nn.rebuild import apply_plan, rebuild_sketched_layers
+from panther.plans import apply_plan, rebuild_sketched_layers
 from panther.tuner import LayerConfig, SKAutoTuner, TuningConfigs
 
 pytorch_utils = pytest.importorskip("transformers.pytorch_utils")

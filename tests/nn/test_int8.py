@@ -18,7 +18,7 @@ from torch import nn
 from panther.nn.int8 import quantize_per_channel
 from panther.nn.linear import SKLinear
 from panther.nn.quantized import Int8Linear, Int8SKLinear
-from panther.nn.rebuild import apply_plan, rebuild_sketched_layers, sketch_plan, validate_plan
+from panther.plans import apply_plan, rebuild_sketched_layers, sketch_plan, validate_plan
 
 ACTIVATION_LEVELS = 127  # reduce_range: 7-bit activations
 
@@ -112,9 +112,15 @@ def test_loading_new_weights_repacks_and_copies_pack_afresh():
         torch.testing.assert_close(twin(x), before)
 
 
+#: A plan as written before methods were named (the "SKLinear" type, low_rank/quantize): it still loads.
 EVERY_METHOD = {"0": {"type": "SKLinear", "params": {"low_rank": None, "quantize": True}},
                 "2": {"type": "SKLinear", "params": {"num_terms": 1, "low_rank": 4, "init": "svd", "quantize": True}},
                 "4": {"type": "SKLinear", "params": {"num_terms": 1, "low_rank": 2, "init": "svd"}}}
+#: The plan written today: each entry names the class it builds and its method.
+EVERY_METHOD_NAMED = {"0": {"type": "Int8Linear", "params": {"method": "int8"}},
+                      "2": {"type": "Int8SKLinear",
+                            "params": {"method": "sketch_int8", "num_terms": 1, "low_rank": 4, "init": "svd"}},
+                      "4": {"type": "SKLinear", "params": {"num_terms": 1, "low_rank": 2, "init": "svd"}}}
 
 
 def dense_model() -> nn.Sequential:
@@ -145,9 +151,23 @@ def test_checkpoint_loads_with_weights_only_and_rebuilds_a_dense_model_strictly(
 def test_plan_json_round_trip_rebuilds_the_same_layers():
     model = model_with_every_method()
     plan = validate_plan(json.loads(json.dumps(sketch_plan(model))))
-    assert plan == EVERY_METHOD  # the SKLinear entry has no "quantize": today's plans are unchanged
+    assert plan == EVERY_METHOD_NAMED  # the plain sketch's entry has no "method": its plans are unchanged
+    assert sketch_plan(apply_plan(dense_model(), EVERY_METHOD_NAMED)) == plan
     again = apply_plan(dense_model(), plan)
     assert sketch_plan(again) == plan and sketch_plan(apply_plan(again, plan)) == plan  # installed: left alone
     for mine, theirs in zip(model.state_dict().values(), again.state_dict().values(), strict=True):
         if isinstance(mine, torch.Tensor):
             torch.testing.assert_close(mine, theirs, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("entry,message", [
+    ({"type": "Int8Linear", "params": {"num_terms": 1, "low_rank": 4, "init": "svd"}}, "build a SKLinear"),
+    ({"type": "SKLinear", "params": {"low_rank": None}}, "low_rank=None, quantize=False"),
+    ({"type": "SKLinear", "params": {"method": "int4"}}, "method='int4' is not valid"),
+], ids=["type names another class", "builds nothing", "unknown method"])
+def test_a_plan_whose_type_and_params_disagree_is_refused_before_the_model_is_touched(entry, message):
+    model = dense_model()
+    before = [type(m) for m in model]
+    with pytest.raises(ValueError, match=message):
+        apply_plan(model, {"2": entry})
+    assert [type(m) for m in model] == before

@@ -5,8 +5,7 @@ import copy
 import pytest
 from sketch_copies import with_sketches
 
-from panther.tuner import Categorical, LayerConfig, OptunaSearch, SKAutoTuner, TuningConfigs
-from panther.tuner.layers import layer_bytes
+from panther.tuner import Categorical, LayerConfig, OptunaSearch, SKAutoTuner, TuningConfigs, layer_bytes
 from panther.tuner.results import TuningResults
 from panther.tuner.tuner import group_thresholds
 

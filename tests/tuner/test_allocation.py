@@ -13,7 +13,8 @@ from torch import nn
 from panther.kinds import kind_of
 from panther.nn import SKLinear
 from panther.nn.calibration import collect_input_covariances
-from panther.tuner._allocation import AllocationPath, Option, rank_error_curve, sketch_rank
+from panther.nn.rank_curves import rank_error_curve, sketch_rank
+from panther.tuner._allocation import AllocationPath, Option
 
 
 def relative_output_error(sketch: nn.Module, dense: nn.Module, x: torch.Tensor) -> float:

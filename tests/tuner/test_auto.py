@@ -6,10 +6,9 @@ import pytest
 import torch
 from torch import nn
 
-from panther.kinds import rank_grid
+from panther.kinds import kind_named, rank_grid
 from panther.nn import SKConv2d, SKLinear
-from panther.tuner.auto import ParamsResolver
-from panther.tuner.layers import layer_bytes
+from panther.tuner import ParamsResolver, layer_bytes
 from panther.tuner.selectors import LayerNameResolver
 
 
@@ -77,7 +76,8 @@ def test_init_follows_copy_weights_and_resolution_is_deterministic():
 def test_joint_space_keeps_ranks_cheaper_for_every_layer():
     model = nn.Sequential(nn.Linear(256, 256), nn.Linear(256, 10))
     spaces = ParamsResolver(model).resolve(["0", "1"])
-    joint = ParamsResolver.joint_space(list(spaces.values()))
+    joint = kind_named("SKLinear").joint_space(list(spaces.values()))  # the kind owns joint spaces
+    assert joint.keys() == spaces["0"].keys() and joint["init"] == spaces["0"]["init"]
     assert joint["low_rank"].values() == spaces["1"]["low_rank"].values()
     for k in joint["low_rank"].values():
         assert 2 * k * (256 + 10) < 256 * 10

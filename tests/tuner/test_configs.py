@@ -170,7 +170,7 @@ def test_repr_lists_configs():
 
 
 def test_original_panther_import_paths():
-    from panther.tuner.auto import ParamsResolver as CurrentParamsResolver
+    from panther.tuner import ParamsResolver as CurrentParamsResolver
     from panther.tuner.selectors import LayerNameResolver as CurrentResolver
     from panther.tuner.SkAutoTuner import LayerConfig as LegacyLayerConfig
     from panther.tuner.SkAutoTuner.Configs import LayerNameResolver, ParamsResolver

@@ -48,9 +48,9 @@ def test_auto_allocates_with_a_threshold_and_no_chosen_search():
     assert decision.strategy == "allocate" and decision.why_search is None and decision.nothing_to_tune is None
     assert exported is decide_strategy
     # int8 is offered beside the sketch when allocating on CPU; methods=False keeps sketches only
-    assert all(True in g.space["quantize"].values() for g in decision.groups)
+    assert all("int8" in g.space["method"].values() for g in decision.groups)
     sketches = decide_strategy(_mlp(), LINEARS, thresholded=True, search_given=False, methods=False)
-    assert sketches.allocates and all("quantize" not in g.space for g in sketches.groups)
+    assert sketches.allocates and all("method" not in g.space for g in sketches.groups)
     assert all(None not in g.space["low_rank"].values() for g in sketches.groups)
 
 

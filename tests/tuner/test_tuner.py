@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from panther.nn import RandMultiHeadAttention, SKConv2d, SKLinear
-from panther.nn.rebuild import apply_plan, load_plan
+from panther.plans import apply_plan, load_plan
 from panther.tuner import Categorical, Float, Int, LayerConfig, OptunaSearch, SKAutoTuner, TuningConfigs
 
 RANKS = {"num_terms": Categorical([1]), "low_rank": Categorical([4, 8])}

@@ -19,12 +19,10 @@ from torch import nn
 from panther.kinds import kind_of
 from panther.nn import SKLinear
 from panther.nn.quantized import Int8Linear, Int8SKLinear
-from panther.nn.rebuild import apply_plan, rebuild_sketched_layers
-from panther.tuner import LayerConfig, OptunaSearch, SKAutoTuner, TuningConfigs
+from panther.plans import apply_plan, rebuild_sketched_layers
+from panther.tuner import LayerConfig, OptunaSearch, ParamsResolver, SKAutoTuner, TuningConfigs, layer_bytes
 from panther.tuner._allocate import choose_plan, role_of
 from panther.tuner._allocation.profile import profile_layers
-from panther.tuner.auto import ParamsResolver
-from panther.tuner.layers import layer_bytes
 from panther.tuner.results import TuningResults
 from panther.tuner.tuner import AllocationUnavailableError
 
@@ -170,10 +168,11 @@ def test_auto_offers_int8_only_when_allocating_on_a_device_with_the_kernel(monke
     resolver = ParamsResolver(nn.Sequential(layer))
     searched = resolver.space_for(layer, data_aware=False)
     allocated = resolver.space_for(layer, data_aware=False, methods=True)
-    assert "quantize" not in searched
-    assert allocated["quantize"].values() == [False, True] and allocated["low_rank"].values()[-1] is None
+    assert "method" not in searched
+    assert allocated["method"].values() == ["sketch", "sketch_int8", "int8"]
+    assert allocated["low_rank"].values() == searched["low_rank"].values()  # int8 ignores the rank
     monkeypatch.setattr("panther.nn.int8.int8_available", lambda device: False)
-    assert "quantize" not in resolver.space_for(layer, data_aware=False, methods=True)
+    assert "method" not in resolver.space_for(layer, data_aware=False, methods=True)
 
 
 def digits_like_mlp() -> nn.Module:
@@ -205,7 +204,7 @@ def test_auto_allocates_methods_and_the_plan_reloads_exactly(tmp_path):
 
     fresh = digits_like_mlp()
     tuner.save_plan(tmp_path / "plan.json")
-    from panther.nn.rebuild import load_plan
+    from panther.plans import load_plan
 
     apply_plan(fresh, load_plan(tmp_path / "plan.json"))
     fresh.load_state_dict(model.state_dict())

@@ -7,8 +7,9 @@ import optuna
 import pytest
 from sketch_copies import with_sketches
 
+from panther.kinds import kind_named
 from panther.tuner import Categorical, Int, LayerConfig, OptunaSearch, SKAutoTuner, TuningConfigs
-from panther.tuner.budget import Bisection, Budget, FixedProbes, ordered_axis, potential, probe_params, prober_for
+from panther.tuner._budget import Bisection, Budget, FixedProbes, potential, probe_params, prober_for
 from panther.tuner.results import TrialRecord
 
 
@@ -19,6 +20,7 @@ def test_probes_are_the_cheapest_and_a_middle_configuration():
 
 
 def test_ordered_axis_is_the_single_open_cost_increasing_size():
+    ordered_axis = kind_named("SKLinear").ordered_axis  # the kind names its sizes; the budget holds none
     auto_like = {"num_terms": Categorical([1]), "low_rank": Categorical([1, 2, 4, 8]), "init": Categorical(["svd"])}
     assert ordered_axis(auto_like) == ("low_rank", [1, 2, 4, 8])
     assert ordered_axis({"low_rank": Int(2, 8, step=2)}) == ("low_rank", [2, 4, 6, 8])
@@ -26,8 +28,12 @@ def test_ordered_axis_is_the_single_open_cost_increasing_size():
     assert ordered_axis({"low_rank": Categorical([8, 4])}) is None  # not ascending
     assert ordered_axis({"kernel": Categorical([1, 2])}) is None  # not known to cost more when larger
     assert ordered_axis({"low_rank": Categorical([4, "8"])}) is None  # values that cannot be ordered
-    assert isinstance(prober_for(auto_like, threshold=0.9), Bisection)
-    assert isinstance(prober_for(auto_like, threshold=None), FixedProbes)  # nothing to bisect against
+    assert ordered_axis({"num_random_features": Categorical([8, 16])}) is None  # another kind's size
+    attention_axis = kind_named("RandMultiHeadAttention").ordered_axis({"num_random_features": Categorical([8, 16])})
+    assert attention_axis == ("num_random_features", [8, 16])
+    assert isinstance(prober_for(auto_like, threshold=0.9, axis=ordered_axis(auto_like)), Bisection)
+    assert isinstance(prober_for(auto_like, threshold=None, axis=ordered_axis(auto_like)), FixedProbes)  # no threshold
+    assert isinstance(prober_for(auto_like, threshold=0.9, axis=None), FixedProbes)  # no size to bisect
 
 
 @pytest.mark.parametrize("smallest_ok", [None, 1, 2, 3, 7, 12, 13])

@@ -60,3 +60,11 @@ def test_calibration_data_must_be_iterable(fresh_model):
     with pytest.raises(TypeError, match="calibration_data"):
         SKAutoTuner(fresh_model(), TuningConfigs([LayerConfig(["fc1"], "auto")]),
                     accuracy_eval_func=lambda m: 0.0, calibration_data=3)
+
+
+def test_data_svd_without_calibration_is_rejected_for_convolutions_too():
+    """The check is the kind's (``check_space``), so every data-aware kind gets it, named by layer."""
+    model = nn.Sequential(nn.Conv2d(3, 8, 3))
+    with pytest.raises(ValueError, match=r"configs\[0\]: '0' \(SKConv2d\): init='data_svd' needs"):
+        SKAutoTuner(model, LayerConfig("0", {"low_rank": [1], "init": ["svd", "data_svd"]}), lambda m: 1.0)
+    assert type(model[0]) is nn.Conv2d

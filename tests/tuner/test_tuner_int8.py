@@ -1,4 +1,4 @@
-"""Int8 per-layer methods through SKAutoTuner: tuning ``quantize``, installing and re-planning it, backing off."""
+"""Int8 per-layer methods through SKAutoTuner: tuning ``method``, installing and re-planning it, backing off."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ from torch import nn
 
 from panther.nn.linear import SKLinear
 from panther.nn.quantized import Int8Linear, Int8SKLinear
-from panther.nn.rebuild import apply_plan
+from panther.plans import apply_plan
 from panther.tuner import LayerConfig, OptunaSearch, SKAutoTuner, TuningConfigs
 
-METHODS = {"num_terms": [1], "low_rank": [16, None], "init": ["svd"], "quantize": [False, True]}
+METHODS = {"method": ["sketch", "sketch_int8", "int8"], "num_terms": [1], "low_rank": [16], "init": ["svd"]}
 
 
 def stored_bytes(model: nn.Module) -> int:
@@ -25,21 +25,22 @@ def inverse_bytes(model: nn.Module) -> float:
     return 1.0 / stored_bytes(model)
 
 
-def test_quantize_is_tuned_installed_and_re_planned(digits_model, accuracy_fn, dense_accuracy):
+def test_method_is_tuned_installed_and_re_planned(digits_model, accuracy_fn, dense_accuracy):
     dense = copy.deepcopy(digits_model)
     tuner = SKAutoTuner(digits_model, TuningConfigs([LayerConfig(["fc1", "fc2"], METHODS, separate=True)]),
                         accuracy_fn, OptunaSearch(n_trials=40, seed=0), accuracy_threshold=dense_accuracy - 0.03,
                         optmization_eval_func=inverse_bytes)
     tuner.tune()
-    tried = {(r.group, r.params["low_rank"], r.params["quantize"]): r for r in tuner.results.records}
-    assert {k[1:] for k in tried} == {(16, False), (16, True), (None, False), (None, True)}
-    assert all(r.status == "failed" and "low_rank=None" in r.error for k, r in tried.items() if k[1:] == (None, False))
+    tried = {(r.group, r.params["method"]): r for r in tuner.results.records}
+    assert {k[1] for k in tried} == {"sketch", "sketch_int8", "int8"}
+    assert not [r for r in tried.values() if r.status == "failed"]  # every combination builds
     best = tuner.get_best_params()
     tuner.apply_best_params()
-    expected = {(16, False): SKLinear, (16, True): Int8SKLinear, (None, True): Int8Linear}
+    expected = {"sketch": SKLinear, "sketch_int8": Int8SKLinear, "int8": Int8Linear}
     for name, params in best.items():
-        assert type(digits_model.get_submodule(name)) is expected[params["low_rank"], params["quantize"]]
-    assert any(p["quantize"] for p in best.values())  # int8 stores fewer bytes: it wins where accurate enough
+        assert type(digits_model.get_submodule(name)) is expected[params["method"]]
+        assert tuner.best_plan()[name]["type"] == expected[params["method"]].__name__
+    assert any(p["method"] != "sketch" for p in best.values())  # int8 stores fewer bytes: it wins where accurate
     assert accuracy_fn(digits_model) >= dense_accuracy - 0.03 - 1e-9
     apply_plan(dense, tuner.best_plan())
     x = torch.rand(8, 64)
@@ -68,3 +69,28 @@ def test_composed_check_backs_off_int8_to_fp32(digits_model, space, fallback):
     assert {type(digits_model.fc1), type(digits_model.fc2)} == {int8, fallback}  # one group backed off
     assert tuner.results.composed_accuracy == pytest.approx(0.96 if fallback is SKLinear else 0.97)
     assert (tuner.reverted_layers != []) == (fallback is nn.Linear)
+
+
+@pytest.mark.parametrize("space,values", [
+    ({"num_terms": [1], "low_rank": [16, None], "init": ["svd"], "quantize": [False, True]},
+     "low_rank=None, quantize=False"),
+    ({"method": ["sketch", "int8"], "low_rank": [None]}, "method='sketch', low_rank=None"),
+    ({"method": ["int8"], "quantize": [True]}, "method='int8' and quantize=True: cannot use both"),
+], ids=["old form, full rank without int8", "sketch without a rank", "method and quantize"])
+def test_a_space_holding_a_combination_that_builds_nothing_is_refused_before_the_model_is_touched(
+        digits_model, space, values):
+    before = [type(m) for m in digits_model.modules()]
+    with pytest.raises(ValueError, match=f"configs\\[0\\]: 'fc1' \\(SKLinear\\): {values}"):
+        SKAutoTuner(digits_model, TuningConfigs([LayerConfig(["fc1", "fc2"], space, separate=True)]),
+                    lambda m: 1.0, accuracy_threshold=0.5)
+    assert [type(m) for m in digits_model.modules()] == before
+
+
+def test_the_old_low_rank_quantize_form_still_tunes_and_installs_int8(digits_model):
+    space = {"num_terms": [1], "low_rank": [16, None], "init": ["svd"], "quantize": [True]}
+    tuner = SKAutoTuner(digits_model, TuningConfigs([LayerConfig(["fc1"], space)]), lambda m: 1.0,
+                        OptunaSearch(n_trials=2, seed=0))
+    tuner.tune()
+    assert {r.params["low_rank"] for r in tuner.results.records if r.status != "failed"} == {16, None}
+    tuner.apply_best_params()
+    assert type(digits_model.fc1) in (Int8SKLinear, Int8Linear)

@@ -9,8 +9,7 @@ from sketch_copies import with_sketches
 from torch import nn
 
 from panther.nn import SKLinear
-from panther.tuner import Categorical, Int, LayerConfig, OptunaSearch, SKAutoTuner, TuningConfigs
-from panther.tuner.layers import layer_bytes
+from panther.tuner import Categorical, Int, LayerConfig, OptunaSearch, SKAutoTuner, TuningConfigs, layer_bytes
 
 
 def fixed(rank):

@@ -20,8 +20,9 @@ import torch
 from torch import nn
 from zoo_models import zoo_params
 
-from panther.nn import SKConv2d, SketchedModule, SKLinear, rebuild_sketched_layers
+from panther.nn import SKConv2d, SketchedModule, SKLinear
 from panther.nn.dense import is_linear_like, linear_dims
+from panther.plans import rebuild_sketched_layers
 from panther.tuner import LayerConfig, OptunaSearch, SKAutoTuner, TuningConfigs
 
 pytestmark = pytest.mark.parametrize("zoo_model", zoo_params(), indirect=True)

@@ -6,11 +6,11 @@ _EXPORTS = {
     "LayerConfig": "panther.tuner.configs",
     "TuningConfigs": "panther.tuner.configs",
     "LayerNameResolver": "panther.tuner.selectors",
-    "ParamsResolver": "panther.tuner.auto",
-    "ParamSpec": "panther.tuner.params",
-    "Categorical": "panther.tuner.params",
-    "Int": "panther.tuner.params",
-    "Float": "panther.tuner.params",
+    "ParamsResolver": "panther.tuner._auto",
+    "ParamSpec": "panther.space",
+    "Categorical": "panther.space",
+    "Int": "panther.space",
+    "Float": "panther.space",
 }
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 __all__ = list(_EXPORTS)

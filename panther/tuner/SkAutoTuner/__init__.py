@@ -10,7 +10,7 @@ _EXPORTS = {
     "LayerConfig": "panther.tuner.configs",
     "TuningConfigs": "panther.tuner.configs",
     "LayerNameResolver": "panther.tuner.selectors",
-    "ParamsResolver": "panther.tuner.auto",
+    "ParamsResolver": "panther.tuner._auto",
     "SearchAlgorithm": "panther.tuner.search",
     "OptunaSearch": "panther.tuner.search",
     "ModelVisualizer": "panther.tuner.visualizer",

@@ -28,7 +28,7 @@ from torch import nn
 
 from panther.nn.calibration import layer_input_rows
 from panther.nn.dense import is_linear_like, linear_dims
-from panther.tuner.layers import layer_bytes
+from panther.tuner._layers import layer_bytes
 
 #: Rows of the Gaussian inputs that stand in for calibration data.
 _GAUSSIAN_ROWS = 512

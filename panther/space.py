@@ -1,4 +1,8 @@
-"""Search-space specifications: :class:`Categorical`, :class:`Int` and :class:`Float`.
+"""Search-space specifications: :class:`Categorical`, :class:`Int` and :class:`Float`, and :data:`Space`.
+
+The bottom of the package (it imports nothing from Panther): layer kinds describe their spaces with
+these specs and the tuner searches them, so both import them from here (:mod:`panther.tuner` and
+:mod:`panther.tuner.params` re-export them under the spec's paths).
 
 A spec is validated when it is built, so a bad range fails where it is written and not deep
 inside Optuna half-way through a tuning run. Every spec can
@@ -168,7 +172,7 @@ class Int(ParamSpec):
         if self.step < 1:
             raise ValueError(f"Int: step must be >= 1, got {self.step}")
         if self.log and self.low <= 0:
-            raise ValueError(f"Int: log=True needs low >= 1, got low={self.low}")
+            raise ValueError(f"Int: log=True needs low >= 1 (log=True requires low > 0), got low={self.low}")
         if self.log and self.step != 1:
             raise ValueError("Int: log=True requires step=1 (Optuna cannot sample a stepped log range), "
                              f"got step={self.step}")
@@ -229,7 +233,7 @@ class Float(ParamSpec):
         if self.step is not None and self.step <= 0:
             raise ValueError(f"Float: step must be > 0, got {self.step}")
         if self.log and self.low <= 0:
-            raise ValueError(f"Float: log=True needs low > 0, got low={self.low}")
+            raise ValueError(f"Float: log=True requires low > 0, got low={self.low}")
         if self.log and self.step is not None:
             raise ValueError("Float: step and log=True cannot be combined (Optuna's rule)")
         if self.step is not None:
@@ -284,6 +288,10 @@ class Float(ParamSpec):
     def __repr__(self) -> str:
         extra = (f", step={self.step}" if self.step is not None else "") + (", log=True" if self.log else "")
         return f"Float({self.low}, {self.high}{extra})"
+
+
+#: A layer's search space: parameter name -> its spec.
+Space = dict[str, ParamSpec]
 
 
 def as_spec(value: Any) -> ParamSpec:

@@ -25,15 +25,13 @@ from collections.abc import Hashable, Mapping, Sequence
 from torch import nn
 
 from panther.kinds import LayerKind, kind_of
-from panther.tuner.params import Categorical, ParamSpec
+from panther.space import Space
 
 LayerRef = str | nn.Module
-Space = dict[str, ParamSpec]
 
 
-def _kind_with_auto_space(layer: nn.Module) -> LayerKind | None:
-    """The layer's kind if it has an ``"auto"`` space (attention, whose cost depends on the sequence, has none)."""
-    kind = kind_of(layer)
+def _with_auto_space(kind: LayerKind | None) -> LayerKind | None:
+    """``kind`` if it has an ``"auto"`` space (attention, whose cost depends on the sequence, has none)."""
     return kind if kind is not None and type(kind).auto_space is not LayerKind.auto_space else None
 
 
@@ -66,7 +64,7 @@ class ParamsResolver:
         weights without it, and ``"sketch"`` for freshly initialised layers. ``methods``: the tuner
         allocates over the whole model, so kinds may offer several methods (int8 on CPU).
         """
-        kind = _kind_with_auto_space(layer)
+        kind = _with_auto_space(kind_of(layer))
         return None if kind is None else kind.auto_space(layer, copy_weights, data_aware, methods)
 
     def resolve(self, layers: Sequence[LayerRef], copy_weights: bool = True,
@@ -79,20 +77,21 @@ class ParamsResolver:
         return self.resolve_modules(dict(self._lookup(ref) for ref in layers), copy_weights, data_aware, methods)
 
     def resolve_modules(self, layers: Mapping[str, nn.Module], copy_weights: bool = True,
-                        data_aware: bool = False, methods: bool = False) -> dict[str, Space]:
-        """:meth:`resolve` for layers given as ``{name: module}``."""
+                        data_aware: bool = False, methods: bool = False,
+                        kinds: Mapping[str, LayerKind] | None = None) -> dict[str, Space]:
+        """:meth:`resolve` for layers given as ``{name: module}`` (``kinds``: their kinds, if known)."""
         spaces: dict[str, Space] = {}
         shared: dict[Hashable, Space | None] = {}
         self.skipped = {}
         for name, layer in layers.items():
-            kind = _kind_with_auto_space(layer)
+            kind = _with_auto_space(kinds[name] if kinds is not None else kind_of(layer))
             if kind is None:
                 self.skipped[name] = f"params='auto' does not support {type(layer).__name__}"
                 warnings.warn(f"{self.skipped[name]}: skipping {name!r}", stacklevel=3)
                 continue
             key = kind.shape_key(layer)
             if key not in shared:
-                shared[key] = self.space_for(layer, copy_weights, data_aware, methods)
+                shared[key] = kind.auto_space(layer, copy_weights, data_aware, methods)
             if shared[key] is None:
                 self.skipped[name] = f"no sketch of this {type(layer).__name__} is cheaper than the dense layer"
                 warnings.warn(f"params='auto': {self.skipped[name]}; skipping {name!r}", stacklevel=3)
@@ -111,16 +110,6 @@ class ParamsResolver:
             else:
                 grouped.append(([name], space))
         return grouped
-
-    @staticmethod
-    def joint_space(spaces: Sequence[Space]) -> Space | None:
-        """One space valid for every layer of a jointly tuned group: the ranks cheaper for all of them."""
-        if not spaces:
-            return None
-        ranks = [k for k in spaces[0]["low_rank"].values() if all(k in s["low_rank"].values() for s in spaces[1:])]
-        if not ranks:
-            return None
-        return {**spaces[0], "low_rank": Categorical(ranks)}
 
     def _lookup(self, ref: LayerRef) -> tuple[str, nn.Module]:
         if isinstance(ref, str):

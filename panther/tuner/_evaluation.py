@@ -14,7 +14,8 @@ from typing import Any
 
 from torch import nn
 
-EvalFunc = Callable[..., Any]
+#: A user's evaluation function: ``f(model[, resource=...]) -> number`` (accuracy or speed).
+EvalFunc = Callable[..., float]
 
 
 def accepts_resource(func: EvalFunc) -> bool:

@@ -6,8 +6,9 @@ import pytest
 import torch
 from torch import nn
 
-from panther.nn import SKLinear, rebuild_sketched_layers
-from panther.nn.rebuild import apply_plan, load_plan, replace_module, save_plan, sketch_plan
+from panther.nn import SKLinear
+from panther.nn.surgery import replace_module
+from panther.plans import apply_plan, load_plan, rebuild_sketched_layers, save_plan, sketch_plan
 
 
 class TwoHeads(nn.Module):
@@ -76,3 +77,13 @@ def test_bad_plans_fail_before_the_model_changes():
             apply_plan(model, plan)
         assert isinstance(model.trunk[0], nn.Linear)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_old_plan_paths_say_where_the_names_went():
+    """panther.nn holds no plan code (plans need the kind registry above it); the old names point there."""
+    with pytest.raises(ImportError, match="panther.plans"):
+        from panther.nn import rebuild_sketched_layers  # noqa: F401
+    with pytest.raises(ImportError, match="panther.plans"):
+        from panther.nn.rebuild import apply_plan as old_apply_plan  # noqa: F401
+    with pytest.raises(ImportError, match="panther.nn.surgery"):
+        from panther.nn.rebuild import replace_module as old_replace_module  # noqa: F401

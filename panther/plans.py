@@ -1,11 +1,15 @@
-"""Swap modules by name, describe a model's sketched layers as a plan, and rebuild them.
+"""Describe a model's replaced layers as a plan, and rebuild them from a plan or a state dict.
 
-A *plan* is ``{layer_name: {"type": "SKLinear", "params": {...}}}``: ``type`` names a layer kind of
-:mod:`panther.kinds` and ``params`` are what the kind builds with (e.g. ``num_terms``, ``low_rank``,
-``init``). It is JSON-serialisable,
+A *plan* is ``{layer_name: {"type": "SKLinear", "params": {...}}}``: ``type`` names the class a
+layer kind of :mod:`panther.kinds` builds (e.g. ``"Int8Linear"``; a kind's own name, as older plans
+wrote it, also loads) and ``params`` are what the kind builds with (e.g. ``num_terms``, ``low_rank``,
+``init``, ``method``). It is JSON-serialisable,
 so a tuning result can be re-applied to a fresh dense model. A sketched model's ``state_dict``
 also describes its layers (their ``_extra_state``), so :func:`rebuild_sketched_layers` can turn a
 fresh dense model into one that loads that state dict strictly.
+
+Plans need the layer-kind registry, so they live above it (:mod:`panther.nn` only swaps modules:
+:mod:`panther.nn.surgery`).
 """
 
 from __future__ import annotations
@@ -19,40 +23,24 @@ from typing import Any
 import torch
 from torch import nn
 
-from panther.kinds import kind_named, kind_of_class_name
+from panther.kinds import kind_named, kind_of_class_name, kind_of_replacement
+from panther.nn.surgery import replace_module
+
+__all__ = ["Plan", "apply_plan", "load_plan", "plan_from_state_dict", "rebuild_sketched_layers", "save_plan",
+           "sketch_plan", "validate_plan"]
 
 Plan = dict[str, dict[str, Any]]
 _EXTRA_STATE_SUFFIX = "._extra_state"
 
 
-def module_paths(model: nn.Module, target: nn.Module) -> list[str]:
-    """Every dotted name under which ``target`` is reachable in ``model`` (shared modules have several)."""
-    return [name for name, module in model.named_modules(remove_duplicate=False) if module is target and name]
-
-
-def replace_module(model: nn.Module, name: str, new: nn.Module) -> list[str]:
-    """Put ``new`` wherever the module called ``name`` sits (all its aliases); return those names.
-
-    A module shared under two names stays shared: both names get the same new module.
-    """
-    old = model.get_submodule(name)
-    paths = module_paths(model, old)
-    for path in paths:
-        parent_name, _, child = path.rpartition(".")
-        parent = model.get_submodule(parent_name) if parent_name else model
-        setattr(parent, child, new)
-    return paths
-
-
 def sketch_plan(model: nn.Module) -> Plan:
     """The plan describing every replaced layer of ``model`` (each shared module once, first name)."""
-    from panther.kinds import kind_of_replacement
-
     plan: Plan = {}
     for name, module in model.named_modules():
         kind = kind_of_replacement(module) if name else None
         if kind is not None:
-            plan[name] = {"type": kind.name, "params": kind.plan_params(module)}
+            params = kind.plan_params(module)
+            plan[name] = {"type": kind.plan_type(params), "params": params}
     return plan
 
 
@@ -65,7 +53,13 @@ def validate_plan(plan: Any) -> Plan:
             raise ValueError(f"plan entry {name!r} must be {{'type': str, 'params': dict}}, got {entry!r}")
         if not isinstance(entry["params"], Mapping):
             raise ValueError(f"plan entry {name!r}: 'params' must be a dict, got {entry['params']!r}")
-        kind_named(entry["type"])
+        kind = kind_named(entry["type"])
+        try:
+            builds = kind.plan_type(entry["params"])
+        except ValueError as exc:
+            raise ValueError(f"plan entry {name!r}: {exc}") from None
+        if entry["type"] not in (kind.name, builds):
+            raise ValueError(f"plan entry {name!r} has type {entry['type']!r}, but its params build a {builds}")
     return dict(plan)
 
 
@@ -90,14 +84,13 @@ def apply_plan(model: nn.Module, plan: Plan, input_covs: Mapping[str, torch.Tens
         todo.append((name, layer, kind, dict(entry["params"])))
     for name, layer, kind, params in todo:
         cov = (input_covs or {}).get(name)
-        if params.get("init") == "data_svd":
-            if cov is None:
-                warnings.warn(f"{name}: plan asks for init='data_svd' but no input covariance was given; "
-                              "using init='svd' (load the trained weights afterwards for exact values)", stacklevel=2)
-                params["init"] = "svd"
-            else:
-                params["input_cov"] = cov
-        replace_module(model, name, kind.build(layer, params))
+        if kind.uses_input_cov(params) and cov is None:
+            fallback = kind.without_input_cov(params)
+            warnings.warn(f"{name}: plan params {params} need the layer's input covariance, but none was given; "
+                          f"building {fallback} instead (load the trained weights afterwards for exact values)",
+                          stacklevel=2)
+            params = fallback
+        replace_module(model, name, kind.build(layer, params, input_cov=cov))
     return model
 
 

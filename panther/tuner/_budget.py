@@ -5,9 +5,9 @@ with many layers costs ``layers × n_trials`` validations. With ``max_total_tria
 ``time_budget_s``) the tuner first probes every group, one probe per group per round so that a
 tight budget still reaches every layer:
 
-* a group whose only open choice is a cost-increasing size (``low_rank``, ``num_terms``,
-  ``num_random_features``: the ``params="auto"`` spaces) is bisected for the smallest value that
-  meets its accuracy threshold (:class:`Bisection`; accuracy grows with the size, so about
+* a group whose only open choice is a cost-increasing size (its kinds' ``size_params``, e.g. the
+  rank of the ``params="auto"`` spaces: :meth:`panther.kinds.LayerKind.ordered_axis`) is bisected
+  for the smallest value that meets its accuracy threshold (:class:`Bisection`; accuracy grows with the size, so about
   ``log2(#values)`` probes settle it);
 * any other group gets its cheapest and a middle configuration (:class:`FixedProbes`).
 
@@ -21,7 +21,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from panther.tuner.params import ParamSpec
+from panther.space import ParamSpec
 from panther.tuner.results import TrialRecord
 
 #: How much is left to find out, by probe outcome (with an accuracy threshold).
@@ -43,26 +43,6 @@ def probe_params(space: dict[str, ParamSpec]) -> list[dict[str, Any]]:
         else:
             middle[name] = values[len(values) // 2]
     return [cheapest] if middle == cheapest else [cheapest, middle]
-
-
-#: Parameters whose larger values cost more and (for a trained layer) approximate it better.
-COST_INCREASING = ("low_rank", "num_terms", "num_random_features")
-
-
-def ordered_axis(space: dict[str, ParamSpec]) -> tuple[str, list[Any]] | None:
-    """``(name, ascending values)`` if the only open choice in ``space`` is a cost-increasing size."""
-    open_specs = [(name, spec.values()) for name, spec in space.items()
-                  if spec.values() is None or len(spec.values()) > 1]  # type: ignore[arg-type]
-    if len(open_specs) != 1:
-        return None
-    name, values = open_specs[0]
-    if name not in COST_INCREASING or values is None:
-        return None
-    try:
-        ascending = values == sorted(values)
-    except TypeError:  # values that do not compare (mixed types)
-        return None
-    return (name, values) if ascending else None
 
 
 class FixedProbes:
@@ -114,9 +94,10 @@ class Bisection:
 Prober = FixedProbes | Bisection
 
 
-def prober_for(space: dict[str, ParamSpec], threshold: float | None) -> Prober:
-    """Bisection where it applies (an ordered space and an accuracy threshold), else fixed probes."""
-    axis = ordered_axis(space)
+def prober_for(space: dict[str, ParamSpec], threshold: float | None,
+               axis: tuple[str, list[Any]] | None) -> Prober:
+    """Bisection where it applies (an ordered ``axis``, from the group's kinds, and an accuracy
+    threshold), else fixed probes."""
     if threshold is None or axis is None:
         return FixedProbes(space)
     return Bisection(space, *axis)

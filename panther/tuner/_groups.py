@@ -15,24 +15,31 @@ from typing import Any
 
 from torch import nn
 
-from panther.kinds import kind_of
-from panther.tuner.auto import ParamsResolver
+from panther.kinds import LayerKind, kind_of
+from panther.space import Space, enumerate_space
+from panther.tuner._auto import ParamsResolver
+from panther.tuner._layers import attention_internals, tied_layers, unsupported_reason
 from panther.tuner.configs import LayerConfig, TuningConfigs
-from panther.tuner.layers import attention_internals, tied_layers, unsupported_reason
-from panther.tuner.params import ParamSpec, enumerate_space
 from panther.tuner.selectors import LayerNameResolver
 
 logger = logging.getLogger(__name__)
-Space = dict[str, ParamSpec]
 
 
 @dataclass
 class TuningGroup:
+    """Layers searched together over one space, each with the layer kind that builds its candidates."""
+
     name: str
     layers: list[str]
     space: Space
     copy_weights: bool
     config_index: int
+    kinds: dict[str, LayerKind]
+
+    def ordered_axis(self) -> tuple[str, list[Any]] | None:
+        """The size every layer's kind lets a budget bisect in this space (``None``: none they agree on)."""
+        axes = [kind.ordered_axis(self.space) for kind in self.kinds.values()]
+        return axes[0] if axes and all(axis == axes[0] for axis in axes) else None
 
 
 def _explicitly_named(selector: Any, name: str) -> bool:
@@ -65,6 +72,7 @@ class GroupBuilder:
         self.data_aware = data_aware
         self.methods = methods  # "auto" may offer several methods per layer (whole-model allocation)
         self.skipped: dict[str, str] = {}
+        self._kinds: dict[str, LayerKind] = {}  # each tunable layer's kind, looked up once
 
     def build(self, configs: TuningConfigs) -> tuple[list[TuningGroup], TuningConfigs]:
         """Groups to tune and the resolved configs (concrete names, concrete parameter specs)."""
@@ -85,19 +93,23 @@ class GroupBuilder:
             else:
                 self._check_space(index, config, names)
                 space = dict(config.params)  # type: ignore[arg-type]
-                new_groups = ([TuningGroup(n, [n], space, config.copy_weights, index) for n in names] if config.separate
-                              else [TuningGroup(_group_name(names), names, space, config.copy_weights, index)])
+                new_groups = ([self._group(n, [n], space, config.copy_weights, index) for n in names] if config.separate
+                              else [self._group(_group_name(names), names, space, config.copy_weights, index)])
                 new_configs = [LayerConfig(names, space, config.separate, config.copy_weights)]
             groups += new_groups
             resolved += new_configs
         return groups, TuningConfigs(resolved)
+
+    def _group(self, name: str, layers: list[str], space: Space, copy_weights: bool, index: int) -> TuningGroup:
+        return TuningGroup(name, layers, space, copy_weights, index, {n: self._kinds[n] for n in layers})
 
     def _tunable(self, index: int, config: LayerConfig, inside_attention: dict[int, int],
                  tied: dict[int, list[str]]) -> list[str]:
         selector = config.layer_names
         names = self.resolver.resolve(selector)
         if not names:
-            raise ValueError(f"configs[{index}]: layer selector {selector!r} matches no layer of the model")
+            raise ValueError(f"configs[{index}]: layer selector {selector!r} matches no layer of the model "
+                             "(no layer names match it)")
         selected = {id(self.dense_of(name)) for name in names}
         kept, reasons = [], {}
         for name in names:
@@ -107,7 +119,7 @@ class GroupBuilder:
                 if inside_attention[id(module)] not in selected:  # else the block itself is tuned: no news
                     warnings.warn(f"skipping {name!r}: {reasons[name]}; tune the attention block instead",
                                   stacklevel=4)
-            elif kind_of(module) is None:
+            elif (kind := kind_of(module)) is None:
                 reasons[name] = unsupported_reason(module)
                 if _explicitly_named(selector, name) or "overrides" in reasons[name]:
                     warnings.warn(f"skipping {name!r}: {reasons[name]}", stacklevel=4)
@@ -120,6 +132,7 @@ class GroupBuilder:
                               "(this unties the weights)", stacklevel=4)
             else:
                 kept.append(name)
+                self._kinds[name] = kind
                 continue
             self.skipped[name] = reasons[name]
         if not kept:
@@ -131,12 +144,16 @@ class GroupBuilder:
     def _check_space(self, index: int, config: LayerConfig, names: list[str]) -> None:
         space: Space = config.params  # type: ignore[assignment]
         for name in names:
-            kind = kind_of(self.dense_of(name))
-            accepted = kind.parameter_names()  # type: ignore[union-attr]
+            kind = self._kinds[name]
+            accepted = kind.parameter_names()
             unknown = set(space) - accepted if accepted is not None else set()
             if unknown:
-                raise ValueError(f"configs[{index}]: {kind.name} (for {name!r}) has no parameter "  # type: ignore[union-attr]
-                                 f"{sorted(unknown)}; it accepts {sorted(accepted)}")  # type: ignore[arg-type]
+                raise ValueError(f"configs[{index}]: {kind.name} (for {name!r}) has no parameter "
+                                 f"{sorted(unknown)}; it accepts {sorted(accepted)}")
+            try:
+                kind.check_space(space, calibrated=self.data_aware)
+            except ValueError as exc:
+                raise ValueError(f"configs[{index}]: {name!r} ({kind.name}): {exc}") from None
         if not self.accepts_param_specs:
             try:
                 enumerate_space(space)  # the form such a search gets (see param_space_for)
@@ -147,21 +164,22 @@ class GroupBuilder:
                      names: list[str]) -> tuple[list[TuningGroup], list[LayerConfig]]:
         params_resolver = ParamsResolver(self.resolver)
         spaces = params_resolver.resolve_modules({n: self.dense_of(n) for n in names}, config.copy_weights,
-                                                 self.data_aware, self.methods)
+                                                 self.data_aware, self.methods,
+                                                 kinds={n: self._kinds[n] for n in names})
         self.skipped.update(params_resolver.skipped)
         if not spaces:
             warnings.warn(f"configs[{index}]: params='auto' found nothing worth sketching in {names}", stacklevel=4)
             return [], []
         if config.separate:
-            groups = [TuningGroup(n, [n], dict(space), config.copy_weights, index) for n, space in spaces.items()]
+            groups = [self._group(n, [n], dict(space), config.copy_weights, index) for n, space in spaces.items()]
             configs = [LayerConfig(group_names, dict(space), True, config.copy_weights)
                        for group_names, space in params_resolver.groups(spaces)]
             return groups, configs
-        joint: Space | None = ParamsResolver.joint_space(list(spaces.values()))
+        joint = self._kinds[next(iter(spaces))].joint_space(list(spaces.values()))
         if joint is None:
             warnings.warn(f"configs[{index}]: params='auto' found no rank cheaper for all of {list(spaces)} "
                           "together; tune them separately", stacklevel=4)
             return [], []
         members = list(spaces)
-        return ([TuningGroup(_group_name(members), members, joint, config.copy_weights, index)],
+        return ([self._group(_group_name(members), members, joint, config.copy_weights, index)],
                 [LayerConfig(members, joint, False, config.copy_weights)])

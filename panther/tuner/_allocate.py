@@ -43,6 +43,7 @@ from panther.nn.dense import is_linear_like
 from panther.tuner._allocation import AllocationPath, Option, Plan
 from panther.tuner._allocation.profile import LayerProfile, profile_layers
 from panther.tuner._installer import LayerInstaller
+from panther.tuner._plan_trials import PlanTrials
 from panther.tuner._trials import TrialRunner, params_key
 from panther.tuner.budget import Budget
 from panther.tuner.evaluation import describe, measure
@@ -136,18 +137,20 @@ class Allocation:
         on_plan: called after each evaluated plan (progress).
         broadcast: ``f(obj) -> rank 0's obj`` in multi-process runs, so every process prices the
             options with the same (rank 0's) measurements; ``None`` in a single process.
+        trials: records every evaluated plan as a trial of the search's Optuna study
+            (:mod:`panther.tuner._plan_trials`); ``None``: the plans are in ``results.plans`` only.
     """
 
     def __init__(self, groups: Sequence[TuningGroup], installer: LayerInstaller, runner: TrialRunner,
                  threshold: float, baseline: float, speed_func: Callable[..., float] | None,
                  calibration: tuple[Iterable[Any], Callable[[nn.Module, Any], Any]] | None,
                  results: TuningResults, on_plan: Callable[[dict[str, Any]], None] = lambda plan: None,
-                 broadcast: Callable[[Any], Any] | None = None) -> None:
+                 broadcast: Callable[[Any], Any] | None = None, trials: PlanTrials | None = None) -> None:
         self.groups = {g.name: g for g in groups}
         self.installer, self.runner = installer, runner
         self.threshold, self.baseline, self.speed_func = threshold, baseline, speed_func
         self.calibration, self.results, self.on_plan = calibration, results, on_plan
-        self.broadcast = broadcast
+        self.broadcast, self.trials = broadcast, trials
         self._evaluated: dict[tuple, dict[str, Any]] = {}  # plan key -> its entry in results.plans
         self._bytes: dict[str, dict[Hashable, int]] = {}  # group -> configuration key -> stored bytes
 
@@ -276,6 +279,11 @@ class Allocation:
         """Allocate, evaluate, choose; the decisions go to ``results`` (the model is left dense)."""
         options = self.options()
         self._bytes = {group: o.bytes for group, o in options.items()}  # for the chosen plan's records
+        if self.trials is not None:
+            layers = [name for group in options for name in self.groups[group].layers]
+            self.trials.open({group: list(o.configurations.values()) for group, o in options.items()},
+                             {group: self.groups[group].layers for group in options},
+                             self.installer.dense_bytes(layers))
         path = self.path(options, {})
         logger.info("allocation: %d plans on the path of %d groups", len(path), len(options))
         found = self._bisect(path, budget, guess=None)
@@ -372,6 +380,8 @@ class Allocation:
         entry["duration_s"] = time.perf_counter() - started
         self.results.plans.append(entry)
         self._evaluated[key] = entry
+        if self.trials is not None:
+            self.trials.record(entry)
         speed = "" if entry["speed"] is None else f", speed {entry['speed']:.4g}"
         logger.info("allocation plan %d (%s%s): %d groups replaced, accuracy %.4f%s, bytes %d/%d, %s",
                     entry["plan"], phase, f" {role}" if role else "", len(choices), entry["accuracy"], speed,
@@ -386,6 +396,8 @@ class Allocation:
     def _choose(self) -> None:
         """Record the chosen plan: the fastest measured feasible one (ties: the most accurate), else the smallest."""
         chosen = choose_plan(self.results.plans, by_speed=self.speed_func is not None)
+        if self.trials is not None:
+            self.trials.chose(chosen)
         if chosen is None:
             logger.warning("allocation: no evaluated plan met the threshold; every layer stays dense")
             return

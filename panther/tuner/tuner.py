@@ -13,8 +13,9 @@ How a run goes (:meth:`SKAutoTuner.tune`):
    install sketches).
 2. With ``strategy="allocate"`` (the default when there is a threshold and no search was given,
    see :mod:`panther.tuner._allocate`), every group's options are priced and weighed without
-   evaluating the model, and a few full evaluations bisect one whole-model plan; steps 3-4 below
-   are the per-group search otherwise. Each group (one layer, or several tuned jointly) asks the
+   evaluating the model, and a few full evaluations bisect one whole-model plan; each evaluated
+   plan is a trial of the search's Optuna study (:mod:`panther.tuner._plan_trials`). Steps 3-4
+   below are the per-group search otherwise. Each group (one layer, or several tuned jointly) asks the
    search for parameters, builds the candidates from the dense layers, swaps them in, evaluates,
    swaps them out, tells the search.
 3. Objective (higher is better): accuracy without ``accuracy_threshold``; with a threshold,
@@ -58,6 +59,7 @@ from panther.tuner import _arguments as args
 from panther.tuner._allocate import Allocation, allocatable_reason
 from panther.tuner._installer import LayerInstaller
 from panther.tuner._loop import SearchLoop
+from panther.tuner._plan_trials import PlanTrials
 from panther.tuner._policy import ComposedCheck, group_thresholds
 from panther.tuner._progress import TuningProgress, planned_trials
 from panther.tuner._trials import INFEASIBLE_SCORE, TrialRunner
@@ -66,6 +68,7 @@ from panther.tuner.configs import TuningConfigs
 from panther.tuner.groups import GroupBuilder, TuningGroup
 from panther.tuner.results import TrialRecord, TuningResults, results_dataframe, summary_table
 from panther.tuner.search.base import as_search_algorithm
+from panther.tuner.search.optuna_search import OptunaSearch
 from panther.tuner.selectors import LayerNameResolver
 
 __all__ = ["INFEASIBLE_SCORE", "AllocationUnavailableError", "SKAutoTuner", "group_thresholds"]
@@ -244,9 +247,11 @@ class SKAutoTuner:
             return  # nothing to spend (warned by _measure_baseline)
         batches = self._layers.calibration_batches()
         calibration = None if batches is None else (batches, self.calibration_forward or default_forward)
+        trials = (PlanTrials(self.search_algorithm, self.accuracy_threshold, self.optimization_eval_func is not None)  # type: ignore[arg-type]
+                  if isinstance(self.search_algorithm, OptunaSearch) else None)
         Allocation(self._groups, self._layers, runner, self.accuracy_threshold, baseline,  # type: ignore[arg-type]
                    self.optimization_eval_func, calibration, self.results, on_plan=progress.plan_done,
-                   broadcast=self.broadcast).run(budget)
+                   broadcast=self.broadcast, trials=trials).run(budget)
 
     def _check_composed(self, runner: TrialRunner) -> None:
         groups = {g.name: g for g in self._groups}

@@ -11,9 +11,10 @@ How a run goes (:meth:`SKAutoTuner.tune`):
    back at the end: ``tune()`` leaves the model exactly as it found it, even on errors or Ctrl-C;
    only :meth:`~SKAutoTuner.apply_best_params` and :meth:`~SKAutoTuner.replace_without_tuning`
    install sketches).
-2. With ``strategy="allocate"`` (the default when there is a threshold and no search was given,
-   see :mod:`panther.tuner._allocate`), every group's options are priced and weighed without
-   evaluating the model, and a few full evaluations bisect one whole-model plan; each evaluated
+2. With ``strategy="allocate"`` (the default when there is a threshold and the search names no
+   algorithm, see :func:`names_search_algorithm` and :mod:`panther.tuner._allocate`), every
+   group's options are priced and weighed without evaluating the model, and a few full
+   evaluations bisect one whole-model plan; each evaluated
    plan is a trial of the search's Optuna study (:mod:`panther.tuner._plan_trials`). Steps 3-4
    below are the per-group search otherwise. Each group (one layer, or several tuned jointly) asks the
    search for parameters, builds the candidates from the dense layers, swaps them in, evaluates,
@@ -86,6 +87,14 @@ def _reemit(caught: list[warnings.WarningMessage]) -> None:
         warnings.warn(warning.message, warning.category, stacklevel=4)
 
 
+def names_search_algorithm(search: Any) -> bool:
+    """Whether a given ``search_algorithm`` names how to search, so ``strategy="auto"`` keeps the per-group
+    search: any search but a plain :class:`OptunaSearch` (a user's subclass or own algorithm), or an
+    ``OptunaSearch`` with an explicit ``sampler`` (Random, Grid, CMA-ES, ...). A plain ``OptunaSearch``
+    only says where and how long (study, storage, ``n_trials``), which the allocation serves as well."""
+    return type(search) is not OptunaSearch or search.sampler_given
+
+
 class SKAutoTuner:
     """Auto-tuner for sketched layers (see the module docstring for the procedure).
 
@@ -99,7 +108,9 @@ class SKAutoTuner:
         optmization_eval_func: ``f(model) -> float`` to maximise among trials meeting the
             threshold (e.g. throughput). ``optimization_eval_func`` is accepted as well.
         num_runs_per_param: evaluations per candidate; the mean is used, the spread is recorded.
-        max_total_trials: whole-model trial budget shared by all groups (see :mod:`panther.tuner.budget`).
+        max_total_trials: whole-model trial budget shared by all groups (see :mod:`panther.tuner.budget`);
+            when allocating, the most plans evaluated (unset: with ``strategy="auto"``, a given
+            ``OptunaSearch``'s ``n_trials``; otherwise unbounded).
         time_budget_s: stop starting new trials after this many seconds.
         tune_tied: also sketch layers whose parameters are shared with another module (unties them).
         calibration_data: batches of real inputs (an iterable, read once). With it, each tuned
@@ -122,8 +133,11 @@ class SKAutoTuner:
             int8 beside the sketch on CPU. It needs ``accuracy_threshold`` and finite spaces of
             layers measurable alone (not attention). ``"search"``: each group is searched with
             ``search_algorithm`` (probes, shared drop, composed check). ``"auto"`` (default):
-            ``"allocate"`` when there is a threshold, no ``search_algorithm`` was given and every
-            group can be allocated; ``"search"`` otherwise.
+            ``"allocate"`` when there is a threshold, every group can be allocated and the
+            search does not name an algorithm (:func:`names_search_algorithm`): no search, or a
+            plain ``OptunaSearch`` (its study and storage then hold the plans, and its ``n_trials``
+            bounds them when ``max_total_trials`` is unset); ``"search"`` otherwise, e.g. for an
+            ``OptunaSearch`` with an explicit ``sampler`` or a ``SearchAlgorithm`` of your own.
         broadcast: for runs in several processes, ``f(obj) -> rank 0's obj`` (e.g. Lightning's
             ``trainer.strategy.broadcast``): allocation prices options by per-process timings, so
             every process must use the same ones to evaluate the same plans.
@@ -178,6 +192,7 @@ class SKAutoTuner:
         self.strategy = strategy
         self.broadcast = broadcast
         self._search_given = search_algorithm is not None
+        self._search_named = self._search_given and names_search_algorithm(search_algorithm)
         self.search_algorithm = args.search_or_default(search_algorithm)
         self._search = as_search_algorithm(self.search_algorithm)
         args.check_maximises(self._search)
@@ -203,10 +218,10 @@ class SKAutoTuner:
         runner = TrialRunner(self._layers, self.accuracy_eval_func, self.optimization_eval_func,
                              self.num_runs_per_param, self._search.get_resource if self._search.resource_aware
                              else None, self._threshold_of, self.results)
-        budget = Budget(self.max_total_trials, self.time_budget_s)
+        budget = Budget(self._allocation_budget() if self.allocates else self.max_total_trials, self.time_budget_s)
         before = self._layers.current()
-        total = self.max_total_trials if self.allocates else planned_trials(self._groups, self._search,
-                                                                            self.max_total_trials)
+        total = self._allocation_budget() if self.allocates else planned_trials(self._groups, self._search,
+                                                                                self.max_total_trials)
         progress = TuningProgress(self.verbose, total, bar=self.progress_bar)
         runner.on_trial = progress.trial_done
         with progress.shown():
@@ -225,6 +240,14 @@ class SKAutoTuner:
             progress.close_bar()
             logger.info("tuning summary\n%s", self.summary())
         return self.get_best_params()
+
+    def _allocation_budget(self) -> int | None:
+        """Plans an allocation may evaluate: ``max_total_trials``, else, when ``"auto"`` chose to allocate
+        with a given ``OptunaSearch``, its ``n_trials`` (an explicit ``strategy="allocate"`` is unbounded)."""
+        if (self.max_total_trials is None and self.strategy == "auto" and self._search_given
+                and isinstance(self.search_algorithm, OptunaSearch)):
+            return self.search_algorithm.n_trials
+        return self.max_total_trials
 
     def _measure_baseline(self, runner: TrialRunner) -> None:
         accuracy = runner.measure_baseline()
@@ -326,7 +349,7 @@ class SKAutoTuner:
 
     def get_results_dataframe(self) -> Any:
         """All trials, one row per layer (``layer_name``, parameters, ``score``, ``accuracy``, ``speed``, ...)."""
-        return results_dataframe(self.results)
+        return results_dataframe(self.results, list(dict.fromkeys(p for g in self._groups for p in g.space)))
 
     def summary(self) -> str:
         """A table per layer: chosen parameters, accuracy, speed, bytes kept and the outcome."""
@@ -349,7 +372,7 @@ class SKAutoTuner:
         """Resolve and validate ``configs`` against the model (nothing in the model changes)."""
         configs = TuningConfigs.coerce(configs)
         may_allocate = self.strategy == "allocate" or (
-            self.strategy == "auto" and self.accuracy_threshold is not None and not self._search_given)
+            self.strategy == "auto" and self.accuracy_threshold is not None and not self._search_named)
         caught: list[warnings.WarningMessage] = []
         try:
             with warnings.catch_warnings(record=True) as caught:  # shown below, unless built again

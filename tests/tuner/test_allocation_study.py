@@ -112,3 +112,57 @@ def test_a_given_storage_holds_the_plans(tmp_path):
     stored = optuna.load_study(study_name="alloc::allocation", storage=storage)
     assert [t.user_attrs["plan"] for t in stored.trials] == [p["plan"] for p in tuner.results.plans]
     assert not any(t.value is not None and math.isnan(t.value) for t in stored.trials)
+
+
+def test_a_plain_optuna_search_allocates_within_its_n_trials():
+    """The rule: a given OptunaSearch without a sampler allocates, its n_trials bounding the plans."""
+    model = FourLayers()
+    tuner = default_tuner(model, KnownAccuracy(model), search_algorithm=OptunaSearch(n_trials=3, seed=0))
+    assert tuner.allocates
+    tuner.tune()
+    assert len(tuner.results.plans) == len(tuner.search_algorithm.study.trials) == 3
+
+
+def test_the_specs_study_persistence_example_with_a_threshold_allocates(tmp_path, monkeypatch):
+    """The spec's "Study Persistence" example, with accuracy_threshold added, run as written."""
+    monkeypatch.chdir(tmp_path)  # the example writes sqlite:///tuning_results.db
+    model = FourLayers()
+    accuracy = KnownAccuracy(model)
+    namespace = {"model": model, "accuracy_eval_func": accuracy, "tuning_configs": default_tuner(
+        model, accuracy).getConfigs()}
+    code = """
+from panther.tuner import SKAutoTuner, OptunaSearch
+
+# Create tuner with SQLite persistence
+tuner = SKAutoTuner(
+    model=model,
+    configs=tuning_configs,
+    accuracy_eval_func=accuracy_eval_func,
+    accuracy_threshold=0.97,
+    search_algorithm=OptunaSearch(
+        n_trials=1000,
+        study_name="my_tuning_study",
+        storage="sqlite:///tuning_results.db",
+        load_if_exists=True  # Resume if study exists
+    ),
+)
+
+# Run tuning (can be interrupted and resumed)
+tuner.tune()
+
+# Access study for advanced analysis
+study = tuner.search_algorithm.study
+print(study.best_params)
+print(study.best_value)
+
+# Get trials as DataFrame
+trials_df = tuner.search_algorithm.get_trials_dataframe()
+"""
+    exec(compile(code, "<spec example>", "exec"), namespace)
+    tuner, study = namespace["tuner"], namespace["study"]
+    assert tuner.allocates and study.study_name == "my_tuning_study::allocation"
+    best = tuner.get_best_params()
+    assert study.best_params == {n: f"low_rank={best[n]['low_rank']}" if n in best else "dense" for n in SENSITIVITY}
+    assert len(namespace["trials_df"]) == len(tuner.results.plans) > 0
+    stored = optuna.load_study(study_name="my_tuning_study::allocation", storage="sqlite:///tuning_results.db")
+    assert len(stored.trials) == len(tuner.results.plans)

@@ -126,6 +126,8 @@ class OptunaSearch(SearchAlgorithm):
         self.load_if_exists = load_if_exists
         self.seed = seed
         self.sampler: BaseSampler = sampler if sampler is not None else TPESampler(seed=seed)
+        #: Whether the caller chose the sampler (then ``strategy="auto"`` searches with it, see ``SKAutoTuner``).
+        self.sampler_given = sampler is not None
         self.pruner = pruner
         self.heartbeat_interval = heartbeat_interval
         self.grace_period = grace_period

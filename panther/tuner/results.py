@@ -92,6 +92,13 @@ class TuningResults:
             return None
         return min(candidates, key=lambda r: (-(r.score or 0.0), r.bytes or 0, r.trial))
 
+    def frontier(self) -> list[dict[str, Any]]:
+        """The feasible Pareto set of ``plans`` (accuracy against speed, or bytes saved), most accurate
+        first; any of them can be installed with ``SKAutoTuner.apply_plan`` (see :mod:`panther.tuner.frontier`)."""
+        from panther.tuner.frontier import pareto_plans
+
+        return pareto_plans(self.plans)
+
     def selected_record(self, group: str) -> TrialRecord | None:
         """The trial installed for ``group``: the best one, or the safer one the composed check chose."""
         if group in self.reverted:

@@ -49,7 +49,7 @@ from __future__ import annotations
 import logging
 import os
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Literal
 
 from torch import nn
@@ -312,6 +312,34 @@ class SKAutoTuner:
                       else self._layers.originals[name])
             self._layers.install(name, module)
         return self.model
+
+    def apply_plan(self, plan: int | Mapping[str, Any]) -> nn.Module:
+        """Install one evaluated whole-model plan instead of the chosen one: its number in
+        ``results.plans``, or its entry (e.g. from ``results.frontier()``). Tuned layers it leaves
+        out get their dense layer back. Every replacement is built before the model is touched."""
+        number = plan if isinstance(plan, int) and not isinstance(plan, bool) else (
+            plan.get("plan") if isinstance(plan, Mapping) else None)
+        entry = next((p for p in self.results.plans if p["plan"] == number), None)
+        if entry is None:
+            known = [p["plan"] for p in self.results.plans]
+            raise ValueError(f"no evaluated plan {plan!r}; results.plans holds plans {known} (an allocating tune() "
+                             "evaluates them)")
+        groups = {g.name: g for g in self._groups}
+        unknown = set(entry["choices"]) - set(groups)
+        if unknown:
+            raise ValueError(f"plan {number} replaces groups {sorted(unknown)} this tuner does not tune")
+        built = {name: self._layers.build(name, params, groups[group].copy_weights)
+                 for group, params in entry["choices"].items() for name in groups[group].layers}
+        for name, dense in self._layers.originals.items():
+            self._layers.install(name, built.get(name, dense))
+        return self.model
+
+    def plot_frontier(self, ax: Any = None) -> Any:
+        """Accuracy against speed (or bytes saved) of every evaluated plan, the frontier and the chosen
+        plan marked (matplotlib, the ``plots`` extra; see :func:`panther.tuner.frontier.plot_frontier`)."""
+        from panther.tuner.frontier import plot_frontier
+
+        return plot_frontier(self.results, ax)
 
     def replace_without_tuning(self) -> nn.Module:
         """Install sketches built from every spec's first value (Categorical: first choice; Int/Float: low)."""

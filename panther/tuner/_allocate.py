@@ -43,7 +43,7 @@ from panther.nn.dense import is_linear_like
 from panther.tuner._allocation import AllocationPath, Option, Plan
 from panther.tuner._allocation.profile import LayerProfile, profile_layers
 from panther.tuner._installer import LayerInstaller
-from panther.tuner._plan_trials import PlanTrials
+from panther.tuner._plan_trials import PlanTrials, tuning_key
 from panther.tuner._trials import TrialRunner, params_key
 from panther.tuner.budget import Budget
 from panther.tuner.evaluation import describe, measure
@@ -281,9 +281,11 @@ class Allocation:
         self._bytes = {group: o.bytes for group, o in options.items()}  # for the chosen plan's records
         if self.trials is not None:
             layers = [name for group in options for name in self.groups[group].layers]
-            self.trials.open({group: list(o.configurations.values()) for group, o in options.items()},
-                             {group: self.groups[group].layers for group in options},
-                             self.installer.dense_bytes(layers))
+            configurations = {group: list(o.configurations.values()) for group, o in options.items()}
+            key = tuning_key(self.installer.model, None if self.calibration is None else self.calibration[0],
+                             configurations, self.speed_func is not None)
+            self.trials.open(configurations, {group: self.groups[group].layers for group in options},
+                             self.installer.dense_bytes(layers), key)
         path = self.path(options, {})
         logger.info("allocation: %d plans on the path of %d groups", len(path), len(options))
         found = self._bisect(path, budget, guess=None)
@@ -358,6 +360,9 @@ class Allocation:
         key = tuple(sorted((g, params_key(p)) for g, p in choices.items()))
         if key in self._evaluated:
             return self._evaluated[key]
+        reused = self._stored_entry(plan, choices, phase, role)
+        if reused is not None:
+            return self._add(key, reused)
         started = time.perf_counter()
         candidates = {name: self.installer.build(name, params, self.groups[g].copy_weights)
                       for g, params in choices.items() for name in self.groups[g].layers}
@@ -378,14 +383,42 @@ class Allocation:
             self.runner.check_dense_evaluates(exc)
         budget.spend()
         entry["duration_s"] = time.perf_counter() - started
+        return self._add(key, entry)
+
+    def _stored_entry(self, plan: Plan, choices: dict[str, dict[str, Any]], phase: str,
+                      role: str | None) -> dict[str, Any] | None:
+        """The plan's entry from measurements a resumed study holds, or ``None`` to evaluate it.
+
+        Feasibility is judged against this run's threshold; a plan that now needs a speed it was
+        never measured with (it missed an earlier threshold, or was a probe) is evaluated again.
+        """
+        stored = None if self.trials is None else self.trials.stored(choices)
+        if stored is None or stored.get("accuracy") is None:
+            return None
+        accuracy, speed = float(stored["accuracy"]), stored.get("speed")
+        feasible = accuracy >= self.threshold
+        if feasible and self.speed_func is not None and phase != "sensitivity":
+            if speed is None:
+                return None
+            feasible = math.isfinite(speed)
+        return {"plan": len(self.results.plans) + 1, "phase": phase, "role": role, "choices": choices,
+                "accuracy": accuracy, "speed": speed, "feasible": feasible, "bytes": stored["bytes"],
+                "dense_bytes": stored["dense_bytes"], "predicted_error": plan.error, "duration_s": 0.0,
+                "reused": True}
+
+    def _add(self, key: tuple, entry: dict[str, Any]) -> dict[str, Any]:
+        """Record an evaluated (or reused) plan: results, the study, the log, progress."""
         self.results.plans.append(entry)
         self._evaluated[key] = entry
         if self.trials is not None:
             self.trials.record(entry)
+        size, dense, choices = entry["bytes"], entry["dense_bytes"], entry["choices"]
+        phase, role = entry["phase"], entry["role"]
         speed = "" if entry["speed"] is None else f", speed {entry['speed']:.4g}"
-        logger.info("allocation plan %d (%s%s): %d groups replaced, accuracy %.4f%s, bytes %d/%d, %s",
+        logger.info("allocation plan %d (%s%s): %d groups replaced, accuracy %.4f%s, bytes %d/%d, %s%s",
                     entry["plan"], phase, f" {role}" if role else "", len(choices), entry["accuracy"], speed,
-                    size, dense, "meets the threshold" if entry["feasible"] else "below the threshold")
+                    size, dense, "meets the threshold" if entry["feasible"] else "below the threshold",
+                    " (stored by an earlier run)" if entry.get("reused") else "")
         self.on_plan(entry)
         return entry
 

@@ -1,15 +1,16 @@
 """Every whole-model plan the allocation evaluates, as a trial of the search's Optuna study.
 
 So the spec's tools work after an allocating tune as after a search: ``tuner.search_algorithm.study``,
-``get_trials_dataframe()``, ``optuna.visualization.*`` and ``optuna-dashboard``. The study is the
-search's group ``"allocation"`` (``f"{study_name}::allocation"``, in the search's storage).
+``get_trials_dataframe()``, ``optuna.visualization.*`` and ``optuna-dashboard``. The study is one
+of the search's groups, ``f"{study_name}::allocation@<threshold>"`` in the search's storage (below).
 
 A trial per evaluated plan
     One categorical parameter per tuned layer: its option's label (:func:`option_labels`, e.g.
     ``"dense"``, ``"low_rank=64"``, ``"quantize"``, ``"low_rank=64+quantize"``) among all of that
     layer's options, fixed for the study, so parameter importances and slices compare layers. User
     attributes: ``plan`` (its number in ``results.plans``), ``phase``, ``role``, ``accuracy``,
-    ``speed``, ``bytes``, ``dense_bytes``, ``feasible``, ``predicted_error``, ``duration_s``.
+    ``speed``, ``bytes``, ``dense_bytes``, ``feasible``, ``predicted_error``, ``duration_s``,
+    ``reused`` (measured by an earlier run, see below) and ``tuning_key``.
 
 The value, and why an infeasible plan is never the study's best
     The tuner's objective, as the search path tells it (:mod:`panther.tuner._trials`): with a speed
@@ -23,27 +24,78 @@ The value, and why an infeasible plan is never the study's best
     objective: always by size; by speed, the tuner prefers the most accurate plan within
     ``SPEED_TIE`` of the fastest (timing noise), which may be a plan just below the study's best.
     The chosen plan's number is the study's user attribute ``chosen_plan`` in every case.
+
+One study per threshold and objective, resumed without evaluating a plan twice
+    The study is the group ``allocation@<threshold>`` (``+speed`` with a speed function), as its
+    values depend on both. Every trial carries ``tuning_key``, a content hash of the model's
+    weights, the calibration batches and the allocated options (:func:`tuning_key`). A run whose
+    search has a storage and ``load_if_exists=True`` reuses the measurements of every plan any
+    ``allocation@...`` study in that storage holds under the same key (so does a search object
+    tuned before in this process, for its studies of other thresholds):
+    a second run of the same tuning evaluates no plan again, one with another threshold only the
+    plans it has not seen (a plan measured without its speed, below an earlier threshold, is
+    evaluated again when it now needs one). A changed model, calibration set or space has another
+    key, so nothing is reused wrongly. The accuracy function is taken to be the same.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+import optuna
+import torch
 from optuna.distributions import CategoricalDistribution
 from optuna.trial import TrialState, create_trial
+from torch import nn
 
 from panther.tuner._trials import INFEASIBLE_SCORE, params_key
 from panther.tuner.params import Categorical
 from panther.tuner.search.optuna_search import OptunaSearch
 
-#: The search's group (study suffix) holding the allocation's plans.
+#: Prefix of the search's groups (study suffixes) holding the allocation's plans.
 ALLOCATION_GROUP = "allocation"
 #: The label of a layer left dense.
 DENSE = "dense"
 _ATTRS = ("plan", "phase", "role", "accuracy", "speed", "bytes", "dense_bytes", "feasible", "predicted_error",
-          "duration_s")
+          "duration_s", "reused")
+#: User attribute holding the content hash a trial was measured under (see :func:`tuning_key`).
+KEY_ATTR = "tuning_key"
+
+
+def tuning_key(model: nn.Module, batches: Iterable[Any] | None, options: Mapping[str, Sequence[Mapping[str, Any]]],
+               by_speed: bool) -> str:
+    """A content hash of what a plan's measurements depend on besides the plan: every parameter and
+    buffer of ``model`` (dense), the calibration ``batches``, each group's ``options`` and the objective."""
+    digest = hashlib.sha256(b"speed" if by_speed else b"bytes")
+    for name, tensor in model.state_dict().items():
+        digest.update(name.encode())
+        _hash_value(digest, tensor)
+    for batch in batches or ():
+        _hash_value(digest, batch)
+    digest.update(repr(sorted((group, sorted(params_key(p) for p in opts)) for group, opts in options.items()))
+                  .encode())
+    return digest.hexdigest()[:20]
+
+
+def _hash_value(digest: Any, value: Any) -> None:
+    """Feed tensors by content (dtype, shape, bytes), containers item by item, anything else by ``repr``."""
+    if isinstance(value, torch.Tensor):
+        flat = value.detach().cpu().contiguous().reshape(-1)
+        digest.update(f"{flat.dtype}{tuple(value.shape)}".encode())
+        digest.update(flat.view(torch.uint8).numpy().tobytes())
+    elif isinstance(value, Mapping):
+        for key in value:
+            digest.update(repr(key).encode())
+            _hash_value(digest, value[key])
+    elif isinstance(value, (list, tuple)):
+        digest.update(f"{type(value).__name__}{len(value)}".encode())
+        for item in value:
+            _hash_value(digest, item)
+    else:
+        digest.update(repr(value).encode())
 
 
 def option_labels(options: Sequence[Mapping[str, Any]]) -> list[str]:
@@ -88,13 +140,21 @@ class PlanTrials:
         self._groups: dict[str, list[str]] = {}  # group -> its layers
         self._distributions: dict[str, CategoricalDistribution] = {}
         self._dense_total = 0
+        self._key = ""
+        self._stored: dict[tuple, dict[str, Any]] = {}  # labels -> measurements found in the storage
+        self._in_study: set[tuple] = set()  # labels of plans the current study already holds
+
+    @property
+    def group(self) -> str:
+        """The search group of this threshold and objective (see the module docstring)."""
+        return f"{ALLOCATION_GROUP}@{self.threshold!r}{'+speed' if self.by_speed else ''}"
 
     def open(self, options: Mapping[str, Sequence[Mapping[str, Any]]], groups: Mapping[str, Sequence[str]],
-             dense_total: int) -> None:
-        """Start the study: ``options`` per group (canonical params), ``groups`` their layers,
-        ``dense_total`` the dense bytes of every allocated layer."""
+             dense_total: int, key: str) -> None:
+        """Start (or resume) the study: ``options`` per group (canonical params), ``groups`` their
+        layers, ``dense_total`` the dense bytes of every allocated layer, ``key`` the :func:`tuning_key`."""
         self._groups = {g: list(layers) for g, layers in groups.items()}
-        self._dense_total = dense_total
+        self._dense_total, self._key = dense_total, key
         space = {}
         for group, layers in self._groups.items():
             labels = dict(zip((params_key(p) for p in options[group]), option_labels(options[group]), strict=True))
@@ -103,8 +163,34 @@ class PlanTrials:
                 space[layer] = Categorical([DENSE, *labels.values()])
         if not space:
             return  # every group stays dense: no plan will be evaluated
-        self.search.start_group(ALLOCATION_GROUP, space)
+        self.search.start_group(self.group, space)
         self._distributions = {layer: spec.to_optuna() for layer, spec in space.items()}  # type: ignore[misc]
+        current = self.search.study
+        for study in self._allocation_studies():
+            for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)):
+                if trial.user_attrs.get(KEY_ATTR) == key and set(trial.params) == set(space):
+                    labels = _labels_key(trial.params)
+                    known = self._stored.get(labels)
+                    if known is None or (known.get("speed") is None and trial.user_attrs.get("speed") is not None):
+                        self._stored[labels] = dict(trial.user_attrs)
+                    if current is not None and study.study_name == current.study_name:
+                        self._in_study.add(labels)
+
+    def _allocation_studies(self) -> list[optuna.Study]:
+        """The search's allocation studies: this process's, and those in its storage."""
+        prefix = self.search.study_name_for(ALLOCATION_GROUP)
+        studies = [s for g, s in self.search.studies.items() if g.startswith(ALLOCATION_GROUP)]
+        storage = self.search.storage
+        if storage is not None and self.search.load_if_exists:
+            names = [n for n in optuna.get_all_study_names(storage) if n.startswith(prefix)]
+            studies += [optuna.load_study(study_name=n, storage=storage) for n in names]
+        return studies
+
+    def stored(self, choices: Mapping[str, Mapping[str, Any]]) -> dict[str, Any] | None:
+        """Measurements of the plan ``{group: params}`` stored under this tuning's key, or ``None``."""
+        if not self._distributions:
+            return None
+        return self._stored.get(_labels_key(self.params(choices)))
 
     def params(self, choices: Mapping[str, Mapping[str, Any]]) -> dict[str, str]:
         """Every layer's label in the plan ``{group: params}`` (groups not chosen are dense)."""
@@ -132,12 +218,18 @@ class PlanTrials:
         """Add the evaluated plan ``entry`` (a ``results.plans`` entry) as a finished trial."""
         if not self._distributions:
             return
+        labels = self.params(entry["choices"])
+        if not entry.get("reused"):
+            self._stored[_labels_key(labels)] = {name: _plain(entry.get(name)) for name in _ATTRS}
+        if entry.get("reused") and _labels_key(labels) in self._in_study:
+            return  # resumed: the study holds this plan's measurements already
+        self._in_study.add(_labels_key(labels))
         state, value = self.value(entry)
         accuracy = entry["accuracy"]
         steps = {0: accuracy} if state == TrialState.PRUNED else None
-        attrs = {name: _plain(entry.get(name)) for name in _ATTRS}
+        attrs = {name: _plain(entry.get(name)) for name in _ATTRS} | {KEY_ATTR: self._key}
         study = self.search.study
-        study.add_trial(create_trial(state=state, value=value, params=self.params(entry["choices"]),  # type: ignore[union-attr]
+        study.add_trial(create_trial(state=state, value=value, params=labels,  # type: ignore[union-attr]
                                      distributions=self._distributions, user_attrs=attrs,
                                      intermediate_values=steps))
 
@@ -146,6 +238,10 @@ class PlanTrials:
         if not self._distributions:
             return
         self.search.study.set_user_attr("chosen_plan", None if entry is None else entry["plan"])  # type: ignore[union-attr]
+
+
+def _labels_key(labels: Mapping[str, Any]) -> tuple:
+    return tuple(sorted(labels.items()))
 
 
 def _plain(value: Any) -> Any:

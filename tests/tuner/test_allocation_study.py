@@ -20,10 +20,10 @@ from panther.tuner.layers import layer_bytes
 THRESHOLD = 0.97
 
 
-def default_tuner(model, accuracy, **kwargs) -> SKAutoTuner:
+def default_tuner(model, accuracy, threshold=THRESHOLD, **kwargs) -> SKAutoTuner:
     configs = TuningConfigs([LayerConfig(list(SENSITIVITY), {"num_terms": [1], "low_rank": RANKS, "init": ["svd"]},
                                          separate=True)])
-    return SKAutoTuner(model, configs, accuracy, accuracy_threshold=THRESHOLD, **kwargs)
+    return SKAutoTuner(model, configs, accuracy, accuracy_threshold=threshold, **kwargs)
 
 
 def test_option_labels_name_what_differs_between_options():
@@ -109,7 +109,7 @@ def test_a_given_storage_holds_the_plans(tmp_path):
     tuner = default_tuner(model, KnownAccuracy(model), strategy="allocate",
                           search_algorithm=OptunaSearch(study_name="alloc", storage=storage))
     tuner.tune()
-    stored = optuna.load_study(study_name="alloc::allocation", storage=storage)
+    stored = optuna.load_study(study_name="alloc::allocation@0.97", storage=storage)
     assert [t.user_attrs["plan"] for t in stored.trials] == [p["plan"] for p in tuner.results.plans]
     assert not any(t.value is not None and math.isnan(t.value) for t in stored.trials)
 
@@ -160,9 +160,10 @@ trials_df = tuner.search_algorithm.get_trials_dataframe()
 """
     exec(compile(code, "<spec example>", "exec"), namespace)
     tuner, study = namespace["tuner"], namespace["study"]
-    assert tuner.allocates and study.study_name == "my_tuning_study::allocation"
+    assert tuner.allocates and study.study_name == "my_tuning_study::allocation@0.97"
     best = tuner.get_best_params()
     assert study.best_params == {n: f"low_rank={best[n]['low_rank']}" if n in best else "dense" for n in SENSITIVITY}
     assert len(namespace["trials_df"]) == len(tuner.results.plans) > 0
-    stored = optuna.load_study(study_name="my_tuning_study::allocation", storage="sqlite:///tuning_results.db")
+    stored = optuna.load_study(study_name="my_tuning_study::allocation@0.97",
+                               storage="sqlite:///tuning_results.db")
     assert len(stored.trials) == len(tuner.results.plans)

@@ -166,6 +166,11 @@ class OptunaSearch(SearchAlgorithm):
         return dict(self._studies)
 
     @property
+    def storage(self) -> BaseStorage | None:
+        """The storage the studies live in (``None``: each study in memory)."""
+        return self._resolved_storage()
+
+    @property
     def pending_trial(self) -> Trial | None:
         """The trial handed out by :meth:`get_next_params` and not yet reported."""
         return self._pending

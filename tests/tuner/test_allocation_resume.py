@@ -1,0 +1,68 @@
+"""Resuming an allocation from its study (SQLite): no plan is evaluated twice, nothing is reused wrongly.
+
+``KnownAccuracy`` counts full evaluations, an independent record of what each run evaluated.
+"""
+
+from __future__ import annotations
+
+import optuna
+import torch
+from test_allocation_study import default_tuner
+from test_tuner_allocation import FourLayers, KnownAccuracy
+
+from panther.tuner import OptunaSearch
+
+
+def run(storage: str, threshold: float = 0.97, model=None):
+    model = FourLayers() if model is None else model
+    accuracy = KnownAccuracy(model)
+    search = OptunaSearch(study_name="resume", storage=storage, load_if_exists=True)
+    tuner = default_tuner(model, accuracy, threshold, search_algorithm=search)
+    tuner.tune()
+    return tuner, accuracy
+
+
+def labels(tuner) -> set:
+    return {tuple(sorted((g, p["low_rank"]) for g, p in plan["choices"].items())) for plan in tuner.results.plans}
+
+
+def test_a_second_run_of_the_same_tuning_evaluates_no_plan_again(tmp_path):
+    storage = f"sqlite:///{tmp_path / 'resume.db'}"
+    first, first_accuracy = run(storage)
+    assert first_accuracy.calls == 1 + len(first.results.plans)  # the baseline and every plan
+    second, second_accuracy = run(storage)
+    assert second_accuracy.calls == 1  # the baseline only
+    assert all(plan.get("reused") for plan in second.results.plans)
+    assert second.get_best_params() == first.get_best_params()
+    assert second.results.composed_accuracy == first.results.composed_accuracy
+    study = optuna.load_study(study_name="resume::allocation@0.97", storage=storage)
+    assert len(study.trials) == len(first.results.plans)  # nothing recorded twice
+    assert study.best_trial.user_attrs["plan"] == first.results.chosen_plan
+
+
+def test_another_threshold_evaluates_only_the_plans_it_has_not_seen(tmp_path):
+    storage = f"sqlite:///{tmp_path / 'resume.db'}"
+    first, _ = run(storage, threshold=0.97)
+    second, accuracy = run(storage, threshold=0.99)
+    fresh = [p for p in second.results.plans if not p.get("reused")]
+    reused = [p for p in second.results.plans if p.get("reused")]
+    assert accuracy.calls == 1 + len(fresh)
+    assert reused and labels(second) & labels(first)
+    seen = labels(first)
+    assert all(tuple(sorted((g, c["low_rank"]) for g, c in p["choices"].items())) in seen for p in reused)
+    assert all(p["feasible"] == (p["accuracy"] >= 0.99) for p in second.results.plans)
+    study = second.search_algorithm.study
+    assert study.study_name == "resume::allocation@0.99" and len(study.trials) == len(second.results.plans)
+    assert study.best_trial.user_attrs["plan"] == second.results.chosen_plan
+    assert study.best_trial.user_attrs["accuracy"] >= 0.99
+
+
+def test_a_changed_model_reuses_nothing(tmp_path):
+    storage = f"sqlite:///{tmp_path / 'resume.db'}"
+    run(storage)
+    changed = FourLayers()
+    with torch.no_grad():
+        changed.second.weight.mul_(1.01)
+    tuner, accuracy = run(storage, model=changed)
+    assert not any(p.get("reused") for p in tuner.results.plans)
+    assert accuracy.calls == 1 + len(tuner.results.plans)

@@ -122,6 +122,23 @@ class _GroupOptions:
     dense_price: float
     bytes: dict[Hashable, int]  # key -> stored bytes of the group's layers
 
+    def to_json(self) -> dict[str, Any]:
+        """Plain data (configurations in order, per-configuration lists) for the study's storage."""
+        keys = list(self.configurations)
+        return {"configurations": [self.configurations[k] for k in keys],
+                "layer_errors": {name: [errors[k] for k in keys] for name, errors in self.layer_errors.items()},
+                "price": [self.price[k] for k in keys], "dense_price": self.dense_price,
+                "bytes": [self.bytes[k] for k in keys]}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> _GroupOptions:
+        keys = [params_key(p) for p in data["configurations"]]
+        return cls(configurations=dict(zip(keys, data["configurations"], strict=True)),
+                   layer_errors={name: dict(zip(keys, errors, strict=True))
+                                 for name, errors in data["layer_errors"].items()},
+                   price=dict(zip(keys, data["price"], strict=True)), dense_price=float(data["dense_price"]),
+                   bytes=dict(zip(keys, data["bytes"], strict=True)))
+
 
 class Allocation:
     """Runs steps 1-5 of the module docstring for ``groups``.
@@ -153,6 +170,7 @@ class Allocation:
         self.broadcast, self.trials = broadcast, trials
         self._evaluated: dict[tuple, dict[str, Any]] = {}  # plan key -> its entry in results.plans
         self._bytes: dict[str, dict[Hashable, int]] = {}  # group -> configuration key -> stored bytes
+        self._kept_dense: dict[str, str] = {}  # group -> why options() took it out of the allocation
 
     def _role(self, name: str) -> str:
         return role_of(name, self.installer.kinds[name].shape_key(self.installer.originals[name]))
@@ -200,12 +218,25 @@ class Allocation:
         return {name: self._group_options(group, configurations[name], profiles)
                 for name, group in self.groups.items()}
 
+    def _stored_options(self, key: str) -> dict[str, _GroupOptions] | None:
+        """The options an earlier run of the same tuning (``key``) profiled, from the study; ``None``: profile."""
+        stored = None if self.trials is None else self.trials.load_profile(key)
+        if stored is None or set(stored["groups"]) | set(stored["dense"]) != set(self.groups):
+            return None
+        self.installer.calibrate()  # the candidates of evaluated plans are built from the covariances
+        for group, reason in stored["dense"].items():
+            self._keep_dense(self.groups[group], reason)
+        logger.info("allocation: the options of %d groups were profiled by an earlier run (tuning key %s)",
+                    len(stored["groups"]), key)
+        return {group: _GroupOptions.from_json(data) for group, data in stored["groups"].items()}
+
     def _keep_dense(self, group: TuningGroup, reason: str) -> None:
         """Take ``group`` out of the allocation with a failed record saying why (it stays dense)."""
         record = self.runner.new_record(group, {}, phase="allocation")
         record.status, record.error = "failed", reason
         logger.warning("[%s] stays dense: %s", group.name, reason)
         del self.groups[group.name]
+        self._kept_dense[group.name] = reason
 
     def _groups_that_raise(self, candidates: Mapping[str, Mapping[Hashable, nn.Module]]) -> dict[str, str]:
         """Groups whose replacement makes the model raise on a calibration batch (e.g. a parent that
@@ -277,15 +308,20 @@ class Allocation:
 
     def run(self, budget: Budget) -> None:
         """Allocate, evaluate, choose; the decisions go to ``results`` (the model is left dense)."""
-        options = self.options()
+        spaces = {g.name: _configurations(g, self.installer.kinds[g.layers[0]]) for g in self.groups.values()}
+        key = tuning_key(self.installer.model, None if self.calibration is None else self.calibration[0],
+                         spaces, self.speed_func is not None)
+        options = self._stored_options(key)
+        if options is None:
+            options = self.options()
         self._bytes = {group: o.bytes for group, o in options.items()}  # for the chosen plan's records
         if self.trials is not None:
             layers = [name for group in options for name in self.groups[group].layers]
-            configurations = {group: list(o.configurations.values()) for group, o in options.items()}
-            key = tuning_key(self.installer.model, None if self.calibration is None else self.calibration[0],
-                             configurations, self.speed_func is not None)
-            self.trials.open(configurations, {group: self.groups[group].layers for group in options},
+            self.trials.open({group: list(o.configurations.values()) for group, o in options.items()},
+                             {group: self.groups[group].layers for group in options},
                              self.installer.dense_bytes(layers), key)
+            self.trials.save_profile(key, {"groups": {g: o.to_json() for g, o in options.items()},
+                                           "dense": self._kept_dense})
         path = self.path(options, {})
         logger.info("allocation: %d plans on the path of %d groups", len(path), len(options))
         found = self._bisect(path, budget, guess=None)

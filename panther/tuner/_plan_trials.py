@@ -35,7 +35,9 @@ One study per threshold and objective, resumed without evaluating a plan twice
     a second run of the same tuning evaluates no plan again, one with another threshold only the
     plans it has not seen (a plan measured without its speed, below an earlier threshold, is
     evaluated again when it now needs one). A changed model, calibration set or space has another
-    key, so nothing is reused wrongly. The accuracy function is taken to be the same.
+    key, so nothing is reused wrongly. The accuracy function is taken to be the same. The
+    per-layer options (errors, prices, bytes) are stored too, as the study's user attribute
+    ``profile:<tuning_key>``, so a resumed run does not profile the layers again.
 """
 
 from __future__ import annotations
@@ -63,6 +65,8 @@ _ATTRS = ("plan", "phase", "role", "accuracy", "speed", "bytes", "dense_bytes", 
           "duration_s", "reused")
 #: User attribute holding the content hash a trial was measured under (see :func:`tuning_key`).
 KEY_ATTR = "tuning_key"
+#: Prefix of the study's user attributes holding the profiled options, one per tuning key.
+PROFILE_ATTR = "profile"
 
 
 def tuning_key(model: nn.Module, batches: Iterable[Any] | None, options: Mapping[str, Sequence[Mapping[str, Any]]],
@@ -185,6 +189,19 @@ class PlanTrials:
             names = [n for n in optuna.get_all_study_names(storage) if n.startswith(prefix)]
             studies += [optuna.load_study(study_name=n, storage=storage) for n in names]
         return studies
+
+    def load_profile(self, key: str) -> dict[str, Any] | None:
+        """The per-layer options an earlier run stored under ``key`` (see :meth:`save_profile`), or ``None``."""
+        for study in self._allocation_studies():
+            found = study.user_attrs.get(f"{PROFILE_ATTR}:{key}")
+            if found is not None:
+                return found
+        return None
+
+    def save_profile(self, key: str, profile: dict[str, Any]) -> None:
+        """Store the allocation's per-layer options (errors, prices, bytes) with the study, under ``key``."""
+        if self._distributions:
+            self.search.study.set_user_attr(f"{PROFILE_ATTR}:{key}", profile)  # type: ignore[union-attr]
 
     def stored(self, choices: Mapping[str, Mapping[str, Any]]) -> dict[str, Any] | None:
         """Measurements of the plan ``{group: params}`` stored under this tuning's key, or ``None``."""

@@ -66,3 +66,27 @@ def test_a_changed_model_reuses_nothing(tmp_path):
     tuner, accuracy = run(storage, model=changed)
     assert not any(p.get("reused") for p in tuner.results.plans)
     assert accuracy.calls == 1 + len(tuner.results.plans)
+
+
+def test_the_layers_are_profiled_once_per_model_calibration_set_and_space(tmp_path, monkeypatch):
+    import panther.tuner._allocate as allocate
+
+    calls = []
+    profile = allocate.profile_layers
+    monkeypatch.setattr(allocate, "profile_layers", lambda *a, **k: calls.append(1) or profile(*a, **k))
+    storage = f"sqlite:///{tmp_path / 'resume.db'}"
+    first, _ = run(storage)
+    assert len(calls) == 1
+    second, _ = run(storage, threshold=0.99)  # another threshold: the same options
+    assert len(calls) == 1
+    study = optuna.load_study(study_name="resume::allocation@0.97", storage=storage)
+    assert [k for k in study.user_attrs if k.startswith("profile:")]  # stored with the study
+    changed = FourLayers()
+    with torch.no_grad():
+        changed.first.bias.add_(0.1)  # any weight of the model counts
+    run(storage, model=changed)
+    assert len(calls) == 2
+    # the reloaded options lead to the same plans as profiling them again
+    again, _ = run(f"sqlite:///{tmp_path / 'fresh.db'}", threshold=0.99)
+    assert [p["choices"] for p in again.results.plans] == [p["choices"] for p in second.results.plans]
+    assert again.get_best_params() == second.get_best_params()

@@ -90,3 +90,44 @@ def test_the_layers_are_profiled_once_per_model_calibration_set_and_space(tmp_pa
     again, _ = run(f"sqlite:///{tmp_path / 'fresh.db'}", threshold=0.99)
     assert [p["choices"] for p in again.results.plans] == [p["choices"] for p in second.results.plans]
     assert again.get_best_params() == second.get_best_params()
+
+
+_KILLED_RUN = """
+import os, signal, sys
+from test_allocation_resume import run
+from test_tuner_allocation import KnownAccuracy
+
+evaluate, last = KnownAccuracy.__call__, int(sys.argv[2])
+
+def dies_mid_run(self, model):
+    if self.calls == last:  # the baseline and last - 1 plans are done: die evaluating the next
+        os.kill(os.getpid(), signal.SIGKILL)
+    return evaluate(self, model)
+
+KnownAccuracy.__call__ = dies_mid_run
+run(sys.argv[1])
+"""
+
+
+def test_a_run_killed_half_way_resumes_with_nothing_lost_or_counted_twice(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    reference, _ = run(f"sqlite:///{tmp_path / 'reference.db'}")
+    plans = len(reference.results.plans)
+    done = plans // 2
+    storage = f"sqlite:///{tmp_path / 'killed.db'}"
+    here = os.path.dirname(os.path.abspath(__file__))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([os.path.dirname(os.path.dirname(here)), here])}
+    killed = subprocess.run([sys.executable, "-c", _KILLED_RUN, storage, str(1 + done)], env=env, timeout=300)
+    assert killed.returncode == -signal.SIGKILL
+    study = optuna.load_study(study_name="resume::allocation@0.97", storage=storage)
+    assert len(study.trials) == done  # every finished plan was stored as it finished
+    resumed, accuracy = run(storage)
+    assert accuracy.calls == 1 + plans - done  # the baseline and the plans the killed run did not finish
+    assert resumed.get_best_params() == reference.get_best_params()
+    study = optuna.load_study(study_name="resume::allocation@0.97", storage=storage)
+    assert len(study.trials) == plans  # each plan once
+    assert study.best_trial.user_attrs["plan"] == resumed.results.chosen_plan

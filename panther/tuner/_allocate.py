@@ -46,7 +46,7 @@ from panther.tuner._installer import LayerInstaller
 from panther.tuner._plan_trials import PlanTrials, tuning_key
 from panther.tuner._trials import TrialRunner, params_key
 from panther.tuner.budget import Budget
-from panther.tuner.evaluation import describe, measure
+from panther.tuner.evaluation import describe
 from panther.tuner.groups import TuningGroup
 from panther.tuner.layers import layer_bytes
 from panther.tuner.results import TuningResults
@@ -407,16 +407,13 @@ class Allocation:
         entry: dict[str, Any] = {"plan": len(self.results.plans) + 1, "phase": phase, "role": role,
                                  "choices": choices, "accuracy": math.nan, "speed": None, "feasible": False,
                                  "bytes": size, "dense_bytes": dense, "predicted_error": plan.error}
-        try:
-            with self.installer.swapped(candidates):
-                entry["accuracy"] = self._measure(self.runner.accuracy_func)
-                entry["feasible"] = entry["accuracy"] >= self.threshold
-                if entry["feasible"] and self.speed_func is not None and phase != "sensitivity":
-                    entry["speed"] = self._measure(self.speed_func)
-                    entry["feasible"] = math.isfinite(entry["speed"])
-        except Exception as exc:  # a plan that raises misses the threshold; the model is restored
-            logger.warning("allocation: plan %d raised %s: %s", entry["plan"], type(exc).__name__, exc)
-            self.runner.check_dense_evaluates(exc)
+        timed = phase != "sensitivity"  # a probe measures a role's accuracy drop only
+        result = self.runner.measure_candidates(candidates, self.threshold, timed=timed)
+        entry["accuracy"], entry["speed"] = result.accuracy, result.speed
+        entry["feasible"] = result.error is None and result.meets_threshold and (
+            self.speed_func is None or not timed or (result.speed is not None and math.isfinite(result.speed)))
+        if result.error is not None:  # a plan that raises misses the threshold; the model is restored
+            logger.warning("allocation: plan %d raised %s", entry["plan"], result.error)
         budget.spend()
         entry["duration_s"] = time.perf_counter() - started
         return self._add(key, entry)
@@ -457,10 +454,6 @@ class Allocation:
                     " (stored by an earlier run)" if entry.get("reused") else "")
         self.on_plan(entry)
         return entry
-
-    def _measure(self, func: Callable[..., float]) -> float:
-        value, _ = measure(func, self.installer.model, self.runner.runs, self.runner.resource)
-        return value
 
     def _choose(self) -> None:
         """Record the chosen plan: the fastest measured feasible one (ties: the most accurate), else the smallest."""

@@ -239,23 +239,23 @@ def _record_rows(results: TuningResults) -> list[dict[str, Any]]:
     return rows
 
 
-#: Columns every results frame has, rows or not (parameter columns follow ``plan``).
-_LEAD_COLUMNS = ("layer_name", "group", "trial", "plan")
+#: Columns every results frame has, rows or not: a trial record's (parameter columns between).
+_LEAD_COLUMNS = ("layer_name", "group", "trial")
 _TAIL_COLUMNS = ("accuracy", "accuracy_std", "speed", "speed_std", "score", "feasible", "status", "bytes",
                  "dense_bytes", "phase", "best", "reverted", "error")
 
 
 def results_dataframe(results: TuningResults, param_names: Sequence[str] = ()) -> Any:
-    """:func:`results_rows` as a DataFrame with every standard column and ``param_names`` present,
-    so code selecting columns works on any run (one that evaluated nothing, or plans only)."""
+    """:func:`results_rows` as a DataFrame (columns in the rows' order), with every standard column
+    and ``param_names`` present, so code selecting columns works on any run (one that evaluated
+    nothing, or plans only); missing columns are added after the rows' own."""
     try:
         import pandas as pd
     except ImportError:
         raise ImportError("get_results_dataframe() needs pandas: pip install pandas") from None
     frame = pd.DataFrame(results_rows(results))
-    params = [c for c in frame.columns if c not in _LEAD_COLUMNS + _TAIL_COLUMNS]
-    params += [n for n in param_names if n not in params]
-    return frame.reindex(columns=[*_LEAD_COLUMNS, *params, *_TAIL_COLUMNS])
+    wanted = [*_LEAD_COLUMNS, *param_names, *_TAIL_COLUMNS]
+    return frame.reindex(columns=[*frame.columns, *(c for c in dict.fromkeys(wanted) if c not in frame.columns)])
 
 
 def _fmt(value: float | None, spec: str = ".4f") -> str:

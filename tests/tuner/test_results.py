@@ -108,8 +108,6 @@ def test_best_record_prefers_score_then_fewer_weights():
 
 def test_a_results_frame_has_the_record_columns_with_no_record():
     """The spec's example selects record columns; a run that evaluated nothing, or plans only, has them."""
-    from panther.tuner.results import results_dataframe
-
     empty = results_dataframe(TuningResults(groups={"g": ["fc1"]}), ["low_rank"])
     assert empty.empty and {"layer_name", "low_rank", "accuracy", "speed", "score", "status"} <= set(empty.columns)
     plans = TuningResults(groups={"g": ["fc1"]}, plans=[

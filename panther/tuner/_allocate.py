@@ -398,6 +398,8 @@ class Allocation:
             return self._evaluated[key]
         reused = self._stored_entry(plan, choices, phase, role)
         if reused is not None:
+            # counted like an evaluation: a resumed run walks the path as far as an uninterrupted one
+            budget.spend()
             return self._add(key, reused)
         started = time.perf_counter()
         candidates = {name: self.installer.build(name, params, self.groups[g].copy_weights)

@@ -131,3 +131,21 @@ def test_a_run_killed_half_way_resumes_with_nothing_lost_or_counted_twice(tmp_pa
     study = optuna.load_study(study_name="resume::allocation@0.97", storage=storage)
     assert len(study.trials) == plans  # each plan once
     assert study.best_trial.user_attrs["plan"] == resumed.results.chosen_plan
+
+
+def test_a_resumed_run_spends_the_budget_as_the_uninterrupted_run_did(tmp_path):
+    """Reused plans count towards n_trials: the same walk, the same plans and choice, within the budget."""
+    def budgeted(storage):
+        model = FourLayers()
+        accuracy = KnownAccuracy(model)
+        tuner = default_tuner(model, accuracy, search_algorithm=OptunaSearch(
+            n_trials=5, study_name="resume", storage=storage, load_if_exists=True))
+        tuner.tune()
+        return tuner, accuracy
+
+    storage = f"sqlite:///{tmp_path / 'resume.db'}"
+    first, _ = budgeted(storage)
+    second, accuracy = budgeted(storage)
+    assert len(first.results.plans) == len(second.results.plans) == 5
+    assert [p["choices"] for p in second.results.plans] == [p["choices"] for p in first.results.plans]
+    assert accuracy.calls == 1 and second.get_best_params() == first.get_best_params()

@@ -1,4 +1,5 @@
-"""Resuming an allocation from its study (SQLite): no plan is evaluated twice, nothing is reused wrongly.
+"""Resuming an allocation from its study (SQLite, and PostgreSQL where installed): no plan is
+evaluated twice, nothing is reused wrongly.
 
 ``KnownAccuracy`` counts full evaluations, an independent record of what each run evaluated.
 """
@@ -6,11 +7,20 @@
 from __future__ import annotations
 
 import optuna
+import pytest
 import torch
 from test_allocation_study import default_tuner
 from test_tuner_allocation import FourLayers, KnownAccuracy
 
 from panther.tuner import OptunaSearch
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def storage(request, tmp_path) -> str:
+    """A fresh database: an SQLite file, or one on the session's local PostgreSQL server."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'resume.db'}"
+    return request.getfixturevalue("postgres").create_database()
 
 
 def run(storage: str, threshold: float = 0.97, model=None):
@@ -26,8 +36,7 @@ def labels(tuner) -> set:
     return {tuple(sorted((g, p["low_rank"]) for g, p in plan["choices"].items())) for plan in tuner.results.plans}
 
 
-def test_a_second_run_of_the_same_tuning_evaluates_no_plan_again(tmp_path):
-    storage = f"sqlite:///{tmp_path / 'resume.db'}"
+def test_a_second_run_of_the_same_tuning_evaluates_no_plan_again(storage):
     first, first_accuracy = run(storage)
     assert first_accuracy.calls == 1 + len(first.results.plans)  # the baseline and every plan
     second, second_accuracy = run(storage)
@@ -40,8 +49,7 @@ def test_a_second_run_of_the_same_tuning_evaluates_no_plan_again(tmp_path):
     assert study.best_trial.user_attrs["plan"] == first.results.chosen_plan
 
 
-def test_another_threshold_evaluates_only_the_plans_it_has_not_seen(tmp_path):
-    storage = f"sqlite:///{tmp_path / 'resume.db'}"
+def test_another_threshold_evaluates_only_the_plans_it_has_not_seen(storage):
     first, _ = run(storage, threshold=0.97)
     second, accuracy = run(storage, threshold=0.99)
     fresh = [p for p in second.results.plans if not p.get("reused")]
@@ -109,7 +117,7 @@ run(sys.argv[1])
 """
 
 
-def test_a_run_killed_half_way_resumes_with_nothing_lost_or_counted_twice(tmp_path):
+def test_a_run_killed_half_way_resumes_with_nothing_lost_or_counted_twice(storage, tmp_path):
     import os
     import signal
     import subprocess
@@ -118,7 +126,6 @@ def test_a_run_killed_half_way_resumes_with_nothing_lost_or_counted_twice(tmp_pa
     reference, _ = run(f"sqlite:///{tmp_path / 'reference.db'}")
     plans = len(reference.results.plans)
     done = plans // 2
-    storage = f"sqlite:///{tmp_path / 'killed.db'}"
     here = os.path.dirname(os.path.abspath(__file__))
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([os.path.dirname(os.path.dirname(here)), here])}
     killed = subprocess.run([sys.executable, "-c", _KILLED_RUN, storage, str(1 + done)], env=env, timeout=300)

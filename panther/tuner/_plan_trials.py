@@ -38,6 +38,16 @@ One study per threshold and objective, resumed without evaluating a plan twice
     key, so nothing is reused wrongly. The accuracy function is taken to be the same. The
     per-layer options (errors, prices, bytes) are stored too, as the study's user attribute
     ``profile:<tuning_key>``, so a resumed run does not profile the layers again.
+
+Several workers on one storage
+    With a storage, a plan is claimed before it is evaluated: a ``RUNNING`` trial carrying the
+    worker's token (as the per-group search does, :mod:`panther.tuner.search.faults`). A worker
+    whose claim has an earlier one for the same plan waits for that trial and reuses its
+    measurements (its own claim is failed, user attribute ``duplicate_of``), so workers running
+    the same tuning together evaluate no plan twice and end with the same plan. An earlier claim
+    whose process is gone (same host) is failed and the plan evaluated. The workers walk the same
+    path, one plan at a time: this shares the work of a resumed or staggered run, it does not yet
+    split one allocation between workers; by speed, each worker's own timings price the options.
 """
 
 from __future__ import annotations
@@ -55,6 +65,9 @@ from torch import nn
 
 from panther.tuner._trials import INFEASIBLE_SCORE, params_key
 from panther.tuner.params import Categorical
+from panther.tuner.search._optuna_compat import study_id, study_storage, trial_id
+from panther.tuner.search._workers import earlier_trial
+from panther.tuner.search.faults import WORKER_ATTR, new_nonce, process_gone, worker_token
 from panther.tuner.search.optuna_search import OptunaSearch
 
 #: Prefix of the search's groups (study suffixes) holding the allocation's plans.
@@ -147,6 +160,8 @@ class PlanTrials:
         self._key = ""
         self._stored: dict[tuple, dict[str, Any]] = {}  # labels -> measurements found in the storage
         self._in_study: set[tuple] = set()  # labels of plans the current study already holds
+        self._claimed: dict[tuple, int] = {}  # labels -> storage id of this worker's running trial for them
+        self._token = worker_token(new_nonce())
 
     @property
     def group(self) -> str:
@@ -204,10 +219,42 @@ class PlanTrials:
             self.search.study.set_user_attr(f"{PROFILE_ATTR}:{key}", profile)  # type: ignore[union-attr]
 
     def stored(self, choices: Mapping[str, Mapping[str, Any]]) -> dict[str, Any] | None:
-        """Measurements of the plan ``{group: params}`` stored under this tuning's key, or ``None``."""
+        """Measurements of the plan ``{group: params}`` stored under this tuning's key, or ``None``.
+
+        With a storage, a plan not known yet is claimed (see the module docstring): the answer is
+        then another worker's measurement of it, or ``None`` with the plan claimed for this worker.
+        """
         if not self._distributions:
             return None
-        return self._stored.get(_labels_key(self.params(choices)))
+        labels = self.params(choices)
+        known = self._stored.get(_labels_key(labels))
+        if known is not None or self.search.storage is None:
+            return known
+        return self._claim(labels)
+
+    def _claim(self, labels: dict[str, str]) -> dict[str, Any] | None:
+        study = self.search.study
+        storage = study_storage(study)  # type: ignore[arg-type]
+        for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):  # type: ignore[union-attr]
+            if trial.params == labels and process_gone(trial.user_attrs.get(WORKER_ATTR)):
+                _fail_quietly(storage, trial, "dead_worker", True)  # a killed run's claim
+        claim = storage.create_new_trial(study_id(study), template_trial=create_trial(  # type: ignore[arg-type]
+            state=TrialState.RUNNING, params=labels, distributions=self._distributions,
+            user_attrs={WORKER_ATTR: self._token, KEY_ATTR: self._key}))
+        number = storage.get_trial(claim).number
+
+        def measured(trial: Any) -> bool:
+            return trial.user_attrs.get(KEY_ATTR) == self._key and trial.user_attrs.get("accuracy") is not None
+
+        earlier = earlier_trial(study, number, labels, measured,  # type: ignore[arg-type]
+                                finished=(TrialState.COMPLETE, TrialState.PRUNED))
+        if earlier is None:
+            self._claimed[_labels_key(labels)] = claim
+            return None
+        _fail_quietly(storage, storage.get_trial(claim), "duplicate_of", earlier.number)
+        self._in_study.add(_labels_key(labels))
+        self._stored[_labels_key(labels)] = dict(earlier.user_attrs)
+        return self._stored[_labels_key(labels)]
 
     def params(self, choices: Mapping[str, Mapping[str, Any]]) -> dict[str, str]:
         """Every layer's label in the plan ``{group: params}`` (groups not chosen are dense)."""
@@ -246,15 +293,33 @@ class PlanTrials:
         steps = {0: accuracy} if state == TrialState.PRUNED else None
         attrs = {name: _plain(entry.get(name)) for name in _ATTRS} | {KEY_ATTR: self._key}
         study = self.search.study
-        study.add_trial(create_trial(state=state, value=value, params=labels,  # type: ignore[union-attr]
-                                     distributions=self._distributions, user_attrs=attrs,
-                                     intermediate_values=steps))
+        claim = self._claimed.pop(_labels_key(labels), None)
+        if claim is None:
+            study.add_trial(create_trial(state=state, value=value, params=labels,  # type: ignore[union-attr]
+                                         distributions=self._distributions, user_attrs=attrs,
+                                         intermediate_values=steps))
+            return
+        storage = study_storage(study)  # type: ignore[arg-type]
+        for name, attr in attrs.items():
+            storage.set_trial_user_attr(claim, name, attr)
+        if steps:
+            storage.set_trial_intermediate_value(claim, 0, accuracy)
+        study.tell(storage.get_trial(claim).number, value, state=state)  # type: ignore[union-attr]
 
     def chose(self, entry: Mapping[str, Any] | None) -> None:
         """Name the chosen plan on the study (``None``: none met the threshold)."""
         if not self._distributions:
             return
         self.search.study.set_user_attr("chosen_plan", None if entry is None else entry["plan"])  # type: ignore[union-attr]
+
+
+def _fail_quietly(storage: Any, trial: Any, attr: str, value: Any) -> None:
+    """Fail a running claim with ``attr=value`` (another worker may have failed or finished it first)."""
+    try:
+        storage.set_trial_user_attr(trial_id(trial), attr, value)
+        storage.set_trial_state_values(trial_id(trial), state=TrialState.FAIL)
+    except optuna.exceptions.UpdateFinishedTrialError:
+        pass
 
 
 def _labels_key(labels: Mapping[str, Any]) -> tuple:

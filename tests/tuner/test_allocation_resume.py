@@ -9,6 +9,7 @@ from __future__ import annotations
 import optuna
 import pytest
 import torch
+from optuna.trial import TrialState
 from test_allocation_study import default_tuner
 from test_tuner_allocation import FourLayers, KnownAccuracy
 
@@ -131,12 +132,16 @@ def test_a_run_killed_half_way_resumes_with_nothing_lost_or_counted_twice(storag
     killed = subprocess.run([sys.executable, "-c", _KILLED_RUN, storage, str(1 + done)], env=env, timeout=300)
     assert killed.returncode == -signal.SIGKILL
     study = optuna.load_study(study_name="resume::allocation@0.97", storage=storage)
-    assert len(study.trials) == done  # every finished plan was stored as it finished
+    finished = (TrialState.COMPLETE, TrialState.PRUNED)
+    assert len(study.get_trials(states=finished)) == done  # every finished plan was stored as it finished
+    assert len(study.get_trials(states=(TrialState.RUNNING,))) == 1  # the plan it was evaluating when killed
     resumed, accuracy = run(storage)
     assert accuracy.calls == 1 + plans - done  # the baseline and the plans the killed run did not finish
     assert resumed.get_best_params() == reference.get_best_params()
     study = optuna.load_study(study_name="resume::allocation@0.97", storage=storage)
-    assert len(study.trials) == plans  # each plan once
+    assert len(study.get_trials(states=finished)) == plans  # each plan once
+    (dead,) = study.get_trials(states=(TrialState.FAIL,))  # the killed run's claim, failed on resume
+    assert dead.user_attrs["dead_worker"] is True
     assert study.best_trial.user_attrs["plan"] == resumed.results.chosen_plan
 
 
@@ -156,3 +161,46 @@ def test_a_resumed_run_spends_the_budget_as_the_uninterrupted_run_did(tmp_path):
     assert len(first.results.plans) == len(second.results.plans) == 5
     assert [p["choices"] for p in second.results.plans] == [p["choices"] for p in first.results.plans]
     assert accuracy.calls == 1 and second.get_best_params() == first.get_best_params()
+
+
+_WORKER = """
+import json, os, sys, time
+from test_allocation_resume import run
+
+storage, out, go = sys.argv[1:4]
+open(out + ".ready", "w").close()
+while not os.path.exists(go):
+    time.sleep(0.01)
+tuner, accuracy = run(storage)
+evaluated = [sorted((g, p["low_rank"]) for g, p in plan["choices"].items())
+             for plan in tuner.results.plans if not plan.get("reused")]
+with open(out + ".tmp", "w") as handle:
+    json.dump({"evaluated": evaluated, "calls": accuracy.calls, "best": tuner.get_best_params(),
+               "plans": len(tuner.results.plans)}, handle)
+os.replace(out + ".tmp", out)
+"""
+
+
+def test_three_workers_on_one_storage_evaluate_no_plan_twice_and_agree(storage, tmp_path):
+    import json
+    import os
+    import subprocess
+    import sys
+    import time
+
+    reference, _ = run(f"sqlite:///{tmp_path / 'reference.db'}")
+    here = os.path.dirname(os.path.abspath(__file__))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([os.path.dirname(os.path.dirname(here)), here])}
+    go, outs = tmp_path / "go", [str(tmp_path / f"worker{i}.json") for i in range(3)]
+    workers = [subprocess.Popen([sys.executable, "-c", _WORKER, storage, out, str(go)], env=env) for out in outs]
+    deadline = time.monotonic() + 120
+    while not all(os.path.exists(out + ".ready") for out in outs) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    go.touch()  # all three start tuning together
+    assert [worker.wait(timeout=300) for worker in workers] == [0, 0, 0]
+    results = [json.loads(open(out).read()) for out in outs]
+    evaluated = [tuple(map(tuple, plan)) for result in results for plan in result["evaluated"]]
+    assert len(evaluated) == len(set(evaluated)) == len(reference.results.plans)  # each plan once, by one worker
+    assert sum(r["calls"] for r in results) == 3 + len(reference.results.plans)  # 3 baselines, then each plan once
+    assert all(r["best"] == reference.get_best_params() for r in results)
+    assert all(r["plans"] == len(reference.results.plans) for r in results)  # every worker walked the whole path

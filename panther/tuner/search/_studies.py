@@ -34,16 +34,17 @@ def connect(url: str, options: dict[str, Any]) -> BaseStorage:
     """The RDB storage at ``url``, retried while other workers create the tables of a fresh database.
 
     Workers started together on an empty database all try to create Optuna's schema; all but one
-    get a duplicate-object error, and find the schema complete a moment later.
+    get a duplicate-object error (SQLite: an operational "table already exists"), and find the
+    schema complete a moment later.
     """
-    from sqlalchemy.exc import IntegrityError, ProgrammingError
+    from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # Optuna's heartbeat is "experimental"
         for attempt in range(1, _CONNECT_ATTEMPTS):
             try:
                 return optuna.storages.get_storage(optuna.storages.RDBStorage(url, **options))
-            except (IntegrityError, ProgrammingError):
+            except (IntegrityError, OperationalError, ProgrammingError):
                 time.sleep(0.2 * attempt)
         return optuna.storages.get_storage(optuna.storages.RDBStorage(url, **options))  # the last try raises
 

@@ -89,8 +89,9 @@ def settle(study: optuna.Study, n_trials: int, retry: RetryDeadTrials, mine: int
 
 
 def earlier_trial(study: optuna.Study, number: int, params: dict[str, Any],
-                  has_record: Callable[[FrozenTrial], bool]) -> FrozenTrial | None:
-    """A completed trial numbered below ``number`` with exactly ``params`` (encoded) and a record.
+                  has_record: Callable[[FrozenTrial], bool],
+                  finished: tuple[TrialState, ...] = (TrialState.COMPLETE,)) -> FrozenTrial | None:
+    """A trial numbered below ``number`` with exactly ``params`` (encoded), a record, and a state in ``finished``.
 
     A matching trial that may still finish is waited for (see
     :func:`~panther.tuner.search.faults.may_still_finish`); only lower numbers count, so two workers
@@ -100,7 +101,7 @@ def earlier_trial(study: optuna.Study, number: int, params: dict[str, Any],
     deadline = time.monotonic() + _SAME_TRIAL_PATIENCE_S
     while time.monotonic() < deadline:
         same = [t for t in study.get_trials(deepcopy=False) if t.number < number and t.params == params]
-        done = [t for t in same if t.state == TrialState.COMPLETE and has_record(t)]
+        done = [t for t in same if t.state in finished and has_record(t)]
         if done:
             return done[0]
         if not any(may_still_finish(t, heartbeat) for t in same):

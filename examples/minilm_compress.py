@@ -84,6 +84,7 @@ def calibrated_tuner(model: nn.Module, names: Sequence[str], calibration: Sequen
         accuracy_eval_func=lambda m: embedding_cosine(m, tuning_batches, reference),
         accuracy_threshold=threshold,
         search_algorithm=OptunaSearch(n_trials=trials, seed=seed),
+        strategy="search",  # this example compares the per-group search with uniform ranks
         max_total_trials=trials,
         calibration_data=calibration,
         calibration_forward=run_batch,

@@ -28,7 +28,14 @@ from torch import nn
 
 from panther.nn import replace_module
 from panther.plans import save_plan, sketch_plan
-from panther.tuner import SKAutoTuner, TuningDecision, TuningResults, decide_strategy, layer_bytes
+from panther.tuner import (
+    SKAutoTuner,
+    TuningDecision,
+    TuningResults,
+    decide_strategy,
+    layer_bytes,
+    names_search_algorithm,
+)
 from panther.tuner.search import as_search_algorithm
 from panther_lightning.calibration import calibration_batches, training_step_forward
 from panther_lightning.finetune import finetune
@@ -337,13 +344,15 @@ def tuning_decision(pl_module: pl.LightningModule, options: SketchTuneOptions) -
     """The tuner's decision for these options: what is tuned, and whether it allocates or searches.
 
     Lightning always tunes against a bound (``max_drop`` or ``accuracy_threshold``, the dense
-    value otherwise); a search is chosen by giving ``search_algorithm`` or ``n_trials``.
+    value otherwise); the per-group search is chosen by giving ``n_trials`` or a ``search_algorithm``
+    that names how to search (the tuner's rule, :func:`panther.tuner.names_search_algorithm`: a plain
+    ``OptunaSearch`` only lends its study and storage to the allocation).
     ``trainable=True`` keeps ``"auto"`` to sketches (no int8).
     """
     search = options.search_algorithm
     return decide_strategy(
         pl_module, options.configs, strategy=options.strategy, thresholded=True,
-        search_given=search is not None or options.n_trials is not None,
+        search_named=options.n_trials is not None or (search is not None and names_search_algorithm(search)),
         calibrated=bool(options.calibration_batches), methods=not options.trainable,
         accepts_param_specs=search is None or as_search_algorithm(search).accepts_param_specs, stacklevel=3)
 

@@ -16,6 +16,7 @@ _EXPORTS = {
     "OptunaSearch": ".search",
     "ModelVisualizer": ".visualizer",
     "decide_strategy": ".strategy",
+    "names_search_algorithm": ".strategy",
     "TuningDecision": ".strategy",
     "AllocationUnavailableError": ".strategy",
     "TuningResults": ".results",

@@ -43,10 +43,11 @@ from panther.nn.dense import is_linear_like
 from panther.tuner._allocation import AllocationPath, Option, Plan
 from panther.tuner._allocation.profile import LayerProfile, profile_layers
 from panther.tuner._budget import Budget
-from panther.tuner._evaluation import describe, measure
+from panther.tuner._evaluation import describe
 from panther.tuner._groups import TuningGroup
 from panther.tuner._installer import LayerInstaller
 from panther.tuner._layers import layer_bytes
+from panther.tuner._plan_trials import PlanTrials, tuning_key
 from panther.tuner._trials import TrialRunner, params_key
 from panther.tuner.results import TuningResults
 
@@ -121,6 +122,23 @@ class _GroupOptions:
     dense_price: float
     bytes: dict[Hashable, int]  # key -> stored bytes of the group's layers
 
+    def to_json(self) -> dict[str, Any]:
+        """Plain data (configurations in order, per-configuration lists) for the study's storage."""
+        keys = list(self.configurations)
+        return {"configurations": [self.configurations[k] for k in keys],
+                "layer_errors": {name: [errors[k] for k in keys] for name, errors in self.layer_errors.items()},
+                "price": [self.price[k] for k in keys], "dense_price": self.dense_price,
+                "bytes": [self.bytes[k] for k in keys]}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> _GroupOptions:
+        keys = [params_key(p) for p in data["configurations"]]
+        return cls(configurations=dict(zip(keys, data["configurations"], strict=True)),
+                   layer_errors={name: dict(zip(keys, errors, strict=True))
+                                 for name, errors in data["layer_errors"].items()},
+                   price=dict(zip(keys, data["price"], strict=True)), dense_price=float(data["dense_price"]),
+                   bytes=dict(zip(keys, data["bytes"], strict=True)))
+
 
 class Allocation:
     """Runs steps 1-5 of the module docstring for ``groups``.
@@ -136,20 +154,23 @@ class Allocation:
         on_plan: called after each evaluated plan (progress).
         broadcast: ``f(obj) -> rank 0's obj`` in multi-process runs, so every process prices the
             options with the same (rank 0's) measurements; ``None`` in a single process.
+        trials: records every evaluated plan as a trial of the search's Optuna study
+            (:mod:`panther.tuner._plan_trials`); ``None``: the plans are in ``results.plans`` only.
     """
 
     def __init__(self, groups: Sequence[TuningGroup], installer: LayerInstaller, runner: TrialRunner,
                  threshold: float, baseline: float, speed_func: Callable[..., float] | None,
                  calibration: tuple[Iterable[Any], Callable[[nn.Module, Any], Any]] | None,
                  results: TuningResults, on_plan: Callable[[dict[str, Any]], None] = lambda plan: None,
-                 broadcast: Callable[[Any], Any] | None = None) -> None:
+                 broadcast: Callable[[Any], Any] | None = None, trials: PlanTrials | None = None) -> None:
         self.groups = {g.name: g for g in groups}
         self.installer, self.runner = installer, runner
         self.threshold, self.baseline, self.speed_func = threshold, baseline, speed_func
         self.calibration, self.results, self.on_plan = calibration, results, on_plan
-        self.broadcast = broadcast
+        self.broadcast, self.trials = broadcast, trials
         self._evaluated: dict[tuple, dict[str, Any]] = {}  # plan key -> its entry in results.plans
         self._bytes: dict[str, dict[Hashable, int]] = {}  # group -> configuration key -> stored bytes
+        self._kept_dense: dict[str, str] = {}  # group -> why options() took it out of the allocation
 
     def _role(self, name: str) -> str:
         return role_of(name, self.installer.kinds[name].shape_key(self.installer.originals[name]))
@@ -197,12 +218,25 @@ class Allocation:
         return {name: self._group_options(group, configurations[name], profiles)
                 for name, group in self.groups.items()}
 
+    def _stored_options(self, key: str) -> dict[str, _GroupOptions] | None:
+        """The options an earlier run of the same tuning (``key``) profiled, from the study; ``None``: profile."""
+        stored = None if self.trials is None else self.trials.load_profile(key)
+        if stored is None or set(stored["groups"]) | set(stored["dense"]) != set(self.groups):
+            return None
+        self.installer.calibrate()  # the candidates of evaluated plans are built from the covariances
+        for group, reason in stored["dense"].items():
+            self._keep_dense(self.groups[group], reason)
+        logger.info("allocation: the options of %d groups were profiled by an earlier run (tuning key %s)",
+                    len(stored["groups"]), key)
+        return {group: _GroupOptions.from_json(data) for group, data in stored["groups"].items()}
+
     def _keep_dense(self, group: TuningGroup, reason: str) -> None:
         """Take ``group`` out of the allocation with a failed record saying why (it stays dense)."""
         record = self.runner.new_record(group, {}, phase="allocation")
         record.status, record.error = "failed", reason
         logger.warning("[%s] stays dense: %s", group.name, reason)
         del self.groups[group.name]
+        self._kept_dense[group.name] = reason
 
     def _groups_that_raise(self, candidates: Mapping[str, Mapping[Hashable, nn.Module]]) -> dict[str, str]:
         """Groups whose replacement makes the model raise on a calibration batch (e.g. a parent that
@@ -274,8 +308,20 @@ class Allocation:
 
     def run(self, budget: Budget) -> None:
         """Allocate, evaluate, choose; the decisions go to ``results`` (the model is left dense)."""
-        options = self.options()
+        spaces = {g.name: _configurations(g, self.installer.kinds[g.layers[0]]) for g in self.groups.values()}
+        key = tuning_key(self.installer.model, None if self.calibration is None else self.calibration[0],
+                         spaces, self.speed_func is not None)
+        options = self._stored_options(key)
+        if options is None:
+            options = self.options()
         self._bytes = {group: o.bytes for group, o in options.items()}  # for the chosen plan's records
+        if self.trials is not None:
+            layers = [name for group in options for name in self.groups[group].layers]
+            self.trials.open({group: list(o.configurations.values()) for group, o in options.items()},
+                             {group: self.groups[group].layers for group in options},
+                             self.installer.dense_bytes(layers), key)
+            self.trials.save_profile(key, {"groups": {g: o.to_json() for g, o in options.items()},
+                                           "dense": self._kept_dense})
         path = self.path(options, {})
         logger.info("allocation: %d plans on the path of %d groups", len(path), len(options))
         found = self._bisect(path, budget, guess=None)
@@ -350,6 +396,11 @@ class Allocation:
         key = tuple(sorted((g, params_key(p)) for g, p in choices.items()))
         if key in self._evaluated:
             return self._evaluated[key]
+        reused = self._stored_entry(plan, choices, phase, role)
+        if reused is not None:
+            # counted like an evaluation: a resumed run walks the path as far as an uninterrupted one
+            budget.spend()
+            return self._add(key, reused)
         started = time.perf_counter()
         candidates = {name: self.installer.build(name, params, self.groups[g].copy_weights)
                       for g, params in choices.items() for name in self.groups[g].layers}
@@ -358,34 +409,59 @@ class Allocation:
         entry: dict[str, Any] = {"plan": len(self.results.plans) + 1, "phase": phase, "role": role,
                                  "choices": choices, "accuracy": math.nan, "speed": None, "feasible": False,
                                  "bytes": size, "dense_bytes": dense, "predicted_error": plan.error}
-        try:
-            with self.installer.swapped(candidates):
-                entry["accuracy"] = self._measure(self.runner.accuracy_func)
-                entry["feasible"] = entry["accuracy"] >= self.threshold
-                if entry["feasible"] and self.speed_func is not None and phase != "sensitivity":
-                    entry["speed"] = self._measure(self.speed_func)
-                    entry["feasible"] = math.isfinite(entry["speed"])
-        except Exception as exc:  # a plan that raises misses the threshold; the model is restored
-            logger.warning("allocation: plan %d raised %s: %s", entry["plan"], type(exc).__name__, exc)
-            self.runner.check_dense_evaluates(exc)
+        timed = phase != "sensitivity"  # a probe measures a role's accuracy drop only
+        result = self.runner.measure_candidates(candidates, self.threshold, timed=timed)
+        entry["accuracy"], entry["speed"] = result.accuracy, result.speed
+        entry["feasible"] = result.error is None and result.meets_threshold and (
+            self.speed_func is None or not timed or (result.speed is not None and math.isfinite(result.speed)))
+        if result.error is not None:  # a plan that raises misses the threshold; the model is restored
+            logger.warning("allocation: plan %d raised %s", entry["plan"], result.error)
         budget.spend()
         entry["duration_s"] = time.perf_counter() - started
+        return self._add(key, entry)
+
+    def _stored_entry(self, plan: Plan, choices: dict[str, dict[str, Any]], phase: str,
+                      role: str | None) -> dict[str, Any] | None:
+        """The plan's entry from measurements a resumed study holds, or ``None`` to evaluate it.
+
+        Feasibility is judged against this run's threshold; a plan that now needs a speed it was
+        never measured with (it missed an earlier threshold, or was a probe) is evaluated again.
+        """
+        stored = None if self.trials is None else self.trials.stored(choices)
+        if stored is None or stored.get("accuracy") is None:
+            return None
+        accuracy, speed = float(stored["accuracy"]), stored.get("speed")
+        feasible = accuracy >= self.threshold
+        if feasible and self.speed_func is not None and phase != "sensitivity":
+            if speed is None:
+                return None
+            feasible = math.isfinite(speed)
+        return {"plan": len(self.results.plans) + 1, "phase": phase, "role": role, "choices": choices,
+                "accuracy": accuracy, "speed": speed, "feasible": feasible, "bytes": stored["bytes"],
+                "dense_bytes": stored["dense_bytes"], "predicted_error": plan.error, "duration_s": 0.0,
+                "reused": True}
+
+    def _add(self, key: tuple, entry: dict[str, Any]) -> dict[str, Any]:
+        """Record an evaluated (or reused) plan: results, the study, the log, progress."""
         self.results.plans.append(entry)
         self._evaluated[key] = entry
+        if self.trials is not None:
+            self.trials.record(entry)
+        size, dense, choices = entry["bytes"], entry["dense_bytes"], entry["choices"]
+        phase, role = entry["phase"], entry["role"]
         speed = "" if entry["speed"] is None else f", speed {entry['speed']:.4g}"
-        logger.info("allocation plan %d (%s%s): %d groups replaced, accuracy %.4f%s, bytes %d/%d, %s",
+        logger.info("allocation plan %d (%s%s): %d groups replaced, accuracy %.4f%s, bytes %d/%d, %s%s",
                     entry["plan"], phase, f" {role}" if role else "", len(choices), entry["accuracy"], speed,
-                    size, dense, "meets the threshold" if entry["feasible"] else "below the threshold")
+                    size, dense, "meets the threshold" if entry["feasible"] else "below the threshold",
+                    " (stored by an earlier run)" if entry.get("reused") else "")
         self.on_plan(entry)
         return entry
-
-    def _measure(self, func: Callable[..., float]) -> float:
-        value, _ = measure(func, self.installer.model, self.runner.runs, self.runner.resource)
-        return value
 
     def _choose(self) -> None:
         """Record the chosen plan: the fastest measured feasible one (ties: the most accurate), else the smallest."""
         chosen = choose_plan(self.results.plans, by_speed=self.speed_func is not None)
+        if self.trials is not None:
+            self.trials.chose(chosen)
         if chosen is None:
             logger.warning("allocation: no evaluated plan met the threshold; every layer stays dense")
             return

@@ -13,7 +13,10 @@ import logging
 import math
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
+
+from torch import nn
 
 from panther.tuner._evaluation import EvalFunc, describe, measure
 from panther.tuner._groups import TuningGroup
@@ -31,6 +34,22 @@ RECORD_FIELDS = ("status", "accuracy", "accuracy_std", "speed", "speed_std", "fe
 
 def params_key(params: Mapping[str, Any]) -> tuple:
     return tuple(sorted((name, repr(value)) for name, value in params.items()))
+
+
+@dataclass
+class Measurement:
+    """What one evaluation of installed candidates gave: the one measuring step of both strategies.
+
+    ``speed`` is only measured when the accuracy meets the threshold (and timing was asked for);
+    ``error`` is set when the candidates made the evaluation raise.
+    """
+
+    accuracy: float = math.nan
+    accuracy_std: float | None = None
+    speed: float | None = None
+    speed_std: float | None = None
+    meets_threshold: bool = False
+    error: str | None = None
 
 
 class TrialRunner:
@@ -87,12 +106,7 @@ class TrialRunner:
             return record
         record.bytes = sum(layer_bytes(c) for c in candidates.values())
         try:
-            with self.installer.swapped(candidates):
-                self._measure_candidate(record)
-        except Exception as exc:
-            record.status, record.error = "failed", f"{type(exc).__name__}: {exc}"
-            logger.debug("[%s] trial %d raised", group.name, record.trial, exc_info=True)
-            self.check_dense_evaluates(exc)
+            self._score(record, self.measure_candidates(candidates, self.threshold_of(record.group)))
         except BaseException as exc:  # KeyboardInterrupt & co: the model is restored by swapped()
             record.status, record.error = "failed", f"{type(exc).__name__}: {exc}"
             raise
@@ -101,6 +115,26 @@ class TrialRunner:
         log_trial(record)
         self.on_trial(record)
         return record
+
+    def measure_candidates(self, candidates: Mapping[str, nn.Module], threshold: float | None,
+                           timed: bool = True) -> Measurement:
+        """Swap ``candidates`` in, measure accuracy, and speed when it meets ``threshold`` (and
+        ``timed``); the model is restored. A candidate that makes the evaluation raise gives
+        ``error`` (the user's functions failing on the dense model too re-raise instead)."""
+        result = Measurement()
+        model = self.installer.model
+        try:
+            with self.installer.swapped(candidates):
+                result.accuracy, result.accuracy_std = measure(self.accuracy_func, model, self.runs, self.resource)
+                result.meets_threshold = not math.isnan(result.accuracy) and (
+                    threshold is None or result.accuracy >= threshold)
+                if result.meets_threshold and timed and threshold is not None and self.speed_func is not None:
+                    result.speed, result.speed_std = measure(self.speed_func, model, self.runs, self.resource)
+        except Exception as exc:
+            result.error = f"{type(exc).__name__}: {exc}"
+            logger.debug("candidates %s raised", sorted(candidates), exc_info=True)
+            self.check_dense_evaluates(exc)
+        return result
 
     def measure_composed(self, kept: Mapping[str, TrialRecord], groups: Mapping[str, TuningGroup],
                          func: EvalFunc) -> float:
@@ -128,10 +162,15 @@ class TrialRunner:
             raise dense_error from candidate_error
         self.dense_evaluates = True
 
-    def _measure_candidate(self, record: TrialRecord) -> None:
-        model = self.installer.model
-        accuracy, spread = measure(self.accuracy_func, model, self.runs, self.resource)
-        record.accuracy, record.accuracy_std = accuracy, spread
+    def _score(self, record: TrialRecord, result: Measurement) -> None:
+        """Fill ``record`` from ``result``: status, feasibility and the score the search is told."""
+        if result.error is not None:
+            if not math.isnan(result.accuracy):  # the speed function raised after the accuracy was measured
+                record.accuracy, record.accuracy_std = result.accuracy, result.accuracy_std
+            record.status, record.error = "failed", result.error
+            return
+        accuracy = result.accuracy
+        record.accuracy, record.accuracy_std = accuracy, result.accuracy_std
         if math.isnan(accuracy):
             record.status, record.error = "failed", "accuracy is NaN"
             return
@@ -141,12 +180,11 @@ class TrialRunner:
         elif accuracy < threshold:
             record.feasible, record.score = False, INFEASIBLE_SCORE + (accuracy - threshold)
         elif self.speed_func is not None:
-            speed, speed_spread = measure(self.speed_func, model, self.runs, self.resource)
-            record.speed, record.speed_std = speed, speed_spread
-            if math.isnan(speed):
+            record.speed, record.speed_std = result.speed, result.speed_std
+            if result.speed is None or math.isnan(result.speed):
                 record.status, record.error = "failed", "optimization score is NaN"
                 return
-            record.feasible, record.score = True, speed
+            record.feasible, record.score = True, result.speed
         else:
             record.feasible, record.score = True, 1.0 - record.bytes / record.dense_bytes  # type: ignore[operator]
 

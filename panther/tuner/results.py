@@ -92,6 +92,13 @@ class TuningResults:
             return None
         return min(candidates, key=lambda r: (-(r.score or 0.0), r.bytes or 0, r.trial))
 
+    def frontier(self) -> list[dict[str, Any]]:
+        """The feasible Pareto set of ``plans`` (accuracy against speed, or bytes saved), most accurate
+        first; any of them can be installed with ``SKAutoTuner.apply_plan`` (see :mod:`panther.tuner.frontier`)."""
+        from panther.tuner.frontier import pareto_plans
+
+        return pareto_plans(self.plans)
+
     def selected_record(self, group: str) -> TrialRecord | None:
         """The trial installed for ``group``: the best one, or the safer one the composed check chose."""
         if group in self.reverted:
@@ -232,12 +239,23 @@ def _record_rows(results: TuningResults) -> list[dict[str, Any]]:
     return rows
 
 
-def results_dataframe(results: TuningResults) -> Any:
+#: Columns every results frame has, rows or not: a trial record's (parameter columns between).
+_LEAD_COLUMNS = ("layer_name", "group", "trial")
+_TAIL_COLUMNS = ("accuracy", "accuracy_std", "speed", "speed_std", "score", "feasible", "status", "bytes",
+                 "dense_bytes", "phase", "best", "reverted", "error")
+
+
+def results_dataframe(results: TuningResults, param_names: Sequence[str] = ()) -> Any:
+    """:func:`results_rows` as a DataFrame (columns in the rows' order), with every standard column
+    and ``param_names`` present, so code selecting columns works on any run (one that evaluated
+    nothing, or plans only); missing columns are added after the rows' own."""
     try:
         import pandas as pd
     except ImportError:
         raise ImportError("get_results_dataframe() needs pandas: pip install pandas") from None
-    return pd.DataFrame(results_rows(results))
+    frame = pd.DataFrame(results_rows(results))
+    wanted = [*_LEAD_COLUMNS, *param_names, *_TAIL_COLUMNS]
+    return frame.reindex(columns=[*frame.columns, *(c for c in dict.fromkeys(wanted) if c not in frame.columns)])
 
 
 def _fmt(value: float | None, spec: str = ".4f") -> str:

@@ -18,9 +18,10 @@ from torch import nn
 from panther.tuner._allocate import allocatable_reason
 from panther.tuner._groups import GroupBuilder, TuningGroup
 from panther.tuner.configs import TuningConfigs
+from panther.tuner.search.optuna_search import OptunaSearch
 from panther.tuner.selectors import LayerNameResolver
 
-__all__ = ["AllocationUnavailableError", "TuningDecision", "decide_strategy"]
+__all__ = ["AllocationUnavailableError", "TuningDecision", "decide_strategy", "names_search_algorithm"]
 
 
 class AllocationUnavailableError(ValueError):
@@ -53,13 +54,21 @@ class TuningDecision:
         return "the configs select no layer worth sketching" + (f" ({skipped})" if skipped else "")
 
 
+def names_search_algorithm(search: Any) -> bool:
+    """Whether a given ``search_algorithm`` names how to search, so ``strategy="auto"`` keeps the per-group
+    search: any search but a plain :class:`OptunaSearch` (a user's subclass or own algorithm), or an
+    ``OptunaSearch`` with an explicit ``sampler`` (Random, Grid, CMA-ES, ...). A plain ``OptunaSearch``
+    only says where and how long (study, storage, ``n_trials``), which the allocation serves as well."""
+    return type(search) is not OptunaSearch or search.sampler_given
+
+
 def decide_strategy(
     model: nn.Module,
     configs: Any,
     *,
     strategy: Literal["auto", "allocate", "search"] = "auto",
     thresholded: bool,
-    search_given: bool,
+    search_named: bool,
     calibrated: bool = False,
     methods: bool = True,
     tune_tied: bool = False,
@@ -70,8 +79,9 @@ def decide_strategy(
 ) -> TuningDecision:
     """Resolve ``configs`` on ``model`` and decide between whole-model allocation and per-group search.
 
-    ``"auto"`` allocates when there is an accuracy threshold (``thresholded``), no search algorithm
-    was chosen (``search_given``) and every group can be allocated; it searches otherwise.
+    ``"auto"`` allocates when there is an accuracy threshold (``thresholded``), the caller named no
+    way to search (``search_named``, see :func:`names_search_algorithm`) and every group can be
+    allocated; it searches otherwise.
     ``"allocate"`` raises :class:`AllocationUnavailableError` naming a group it cannot allocate.
     When allocating, ``"auto"`` spaces may offer a kind's other methods (int8 on CPU) beside the
     sketch; ``methods=False`` keeps them to sketches. ``calibrated``: calibration data will be
@@ -83,7 +93,7 @@ def decide_strategy(
     configs = TuningConfigs.coerce(configs)
     resolver = resolver if resolver is not None else LayerNameResolver(model)
     dense_of = dense_of if dense_of is not None else resolver.module
-    may_allocate = strategy == "allocate" or (strategy == "auto" and thresholded and not search_given)
+    may_allocate = strategy == "allocate" or (strategy == "auto" and thresholded and not search_named)
 
     def build(several_methods: bool) -> tuple[list[TuningGroup], TuningConfigs, GroupBuilder]:
         builder = GroupBuilder(model, resolver, dense_of, accepts_param_specs, tune_tied,

@@ -11,10 +11,12 @@ How a run goes (:meth:`SKAutoTuner.tune`):
    back at the end: ``tune()`` leaves the model exactly as it found it, even on errors or Ctrl-C;
    only :meth:`~SKAutoTuner.apply_best_params` and :meth:`~SKAutoTuner.replace_without_tuning`
    install sketches).
-2. With ``strategy="allocate"`` (the default when there is a threshold and no search was given,
-   see :mod:`panther.tuner._allocate`), every group's options are priced and weighed without
-   evaluating the model, and a few full evaluations bisect one whole-model plan; steps 3-4 below
-   are the per-group search otherwise. Each group (one layer, or several tuned jointly) asks the
+2. With ``strategy="allocate"`` (the default when there is a threshold and the search names no
+   algorithm, see :func:`~panther.tuner.strategy.names_search_algorithm` and :mod:`panther.tuner._allocate`), every
+   group's options are priced and weighed without evaluating the model, and a few full
+   evaluations bisect one whole-model plan; each evaluated
+   plan is a trial of the search's Optuna study (:mod:`panther.tuner._plan_trials`). Steps 3-4
+   below are the per-group search otherwise. Each group (one layer, or several tuned jointly) asks the
    search for parameters, builds the candidates from the dense layers, swaps them in, evaluates,
    swaps them out, tells the search.
 3. Objective (higher is better): accuracy without ``accuracy_threshold``; with a threshold,
@@ -47,7 +49,7 @@ from __future__ import annotations
 import logging
 import os
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Literal
 
 from torch import nn
@@ -59,14 +61,16 @@ from panther.tuner._budget import Budget
 from panther.tuner._groups import TuningGroup
 from panther.tuner._installer import LayerInstaller
 from panther.tuner._loop import SearchLoop
+from panther.tuner._plan_trials import PlanTrials
 from panther.tuner._policy import ComposedCheck, group_thresholds
 from panther.tuner._progress import TuningProgress, planned_trials
 from panther.tuner._trials import INFEASIBLE_SCORE, TrialRunner
 from panther.tuner.configs import TuningConfigs
 from panther.tuner.results import TrialRecord, TuningResults, results_dataframe, summary_table
 from panther.tuner.search.base import as_search_algorithm
+from panther.tuner.search.optuna_search import OptunaSearch
 from panther.tuner.selectors import LayerNameResolver
-from panther.tuner.strategy import AllocationUnavailableError, decide_strategy
+from panther.tuner.strategy import AllocationUnavailableError, decide_strategy, names_search_algorithm
 
 __all__ = ["INFEASIBLE_SCORE", "AllocationUnavailableError", "SKAutoTuner", "group_thresholds"]
 
@@ -86,7 +90,9 @@ class SKAutoTuner:
         optmization_eval_func: ``f(model) -> float`` to maximise among trials meeting the
             threshold (e.g. throughput). ``optimization_eval_func`` is accepted as well.
         num_runs_per_param: evaluations per candidate; the mean is used, the spread is recorded.
-        max_total_trials: whole-model trial budget shared by all groups (see :mod:`panther.tuner._budget`).
+        max_total_trials: whole-model trial budget shared by all groups (see :mod:`panther.tuner._budget`);
+            when allocating, the most plans evaluated (unset: with ``strategy="auto"``, a given
+            ``OptunaSearch``'s ``n_trials``; otherwise unbounded).
         time_budget_s: stop starting new trials after this many seconds.
         tune_tied: also sketch layers whose parameters are shared with another module (unties them).
         calibration_data: batches of real inputs (an iterable, read once). With it, each tuned
@@ -109,8 +115,11 @@ class SKAutoTuner:
             int8 beside the sketch on CPU. It needs ``accuracy_threshold`` and finite spaces of
             layers measurable alone (not attention). ``"search"``: each group is searched with
             ``search_algorithm`` (probes, shared drop, composed check). ``"auto"`` (default):
-            ``"allocate"`` when there is a threshold, no ``search_algorithm`` was given and every
-            group can be allocated; ``"search"`` otherwise.
+            ``"allocate"`` when there is a threshold, every group can be allocated and the
+            search does not name an algorithm (:func:`~panther.tuner.strategy.names_search_algorithm`): no search, or a
+            plain ``OptunaSearch`` (its study and storage then hold the plans, and its ``n_trials``
+            bounds them when ``max_total_trials`` is unset); ``"search"`` otherwise, e.g. for an
+            ``OptunaSearch`` with an explicit ``sampler`` or a ``SearchAlgorithm`` of your own.
         broadcast: for runs in several processes, ``f(obj) -> rank 0's obj`` (e.g. Lightning's
             ``trainer.strategy.broadcast``): allocation prices options by per-process timings, so
             every process must use the same ones to evaluate the same plans.
@@ -165,6 +174,7 @@ class SKAutoTuner:
         self.strategy = strategy
         self.broadcast = broadcast
         self._search_given = search_algorithm is not None
+        self._search_named = self._search_given and names_search_algorithm(search_algorithm)
         self.search_algorithm = args.search_or_default(search_algorithm)
         self._search = as_search_algorithm(self.search_algorithm)
         args.check_maximises(self._search)
@@ -190,10 +200,10 @@ class SKAutoTuner:
         runner = TrialRunner(self._layers, self.accuracy_eval_func, self.optimization_eval_func,
                              self.num_runs_per_param, self._search.get_resource if self._search.resource_aware
                              else None, self._threshold_of, self.results)
-        budget = Budget(self.max_total_trials, self.time_budget_s)
+        budget = Budget(self._allocation_budget() if self.allocates else self.max_total_trials, self.time_budget_s)
         before = self._layers.current()
-        total = self.max_total_trials if self.allocates else planned_trials(self._groups, self._search,
-                                                                            self.max_total_trials)
+        total = self._allocation_budget() if self.allocates else planned_trials(self._groups, self._search,
+                                                                                self.max_total_trials)
         progress = TuningProgress(self.verbose, total, bar=self.progress_bar)
         runner.on_trial = progress.trial_done
         with progress.shown():
@@ -212,6 +222,14 @@ class SKAutoTuner:
             progress.close_bar()
             logger.info("tuning summary\n%s", self.summary())
         return self.get_best_params()
+
+    def _allocation_budget(self) -> int | None:
+        """Plans an allocation may evaluate: ``max_total_trials``, else, when ``"auto"`` chose to allocate
+        with a given ``OptunaSearch``, its ``n_trials`` (an explicit ``strategy="allocate"`` is unbounded)."""
+        if (self.max_total_trials is None and self.strategy == "auto" and self._search_given
+                and isinstance(self.search_algorithm, OptunaSearch)):
+            return self.search_algorithm.n_trials
+        return self.max_total_trials
 
     def _measure_baseline(self, runner: TrialRunner) -> None:
         accuracy = runner.measure_baseline()
@@ -234,9 +252,11 @@ class SKAutoTuner:
             return  # nothing to spend (warned by _measure_baseline)
         batches = self._layers.calibration_batches()
         calibration = None if batches is None else (batches, self.calibration_forward or default_forward)
+        trials = (PlanTrials(self.search_algorithm, self.accuracy_threshold, self.optimization_eval_func is not None)  # type: ignore[arg-type]
+                  if isinstance(self.search_algorithm, OptunaSearch) else None)
         Allocation(self._groups, self._layers, runner, self.accuracy_threshold, baseline,  # type: ignore[arg-type]
                    self.optimization_eval_func, calibration, self.results, on_plan=progress.plan_done,
-                   broadcast=self.broadcast).run(budget)
+                   broadcast=self.broadcast, trials=trials).run(budget)
 
     def _check_composed(self, runner: TrialRunner) -> None:
         groups = {g.name: g for g in self._groups}
@@ -275,6 +295,34 @@ class SKAutoTuner:
             self._layers.install(name, module)
         return self.model
 
+    def apply_plan(self, plan: int | Mapping[str, Any]) -> nn.Module:
+        """Install one evaluated whole-model plan instead of the chosen one: its number in
+        ``results.plans``, or its entry (e.g. from ``results.frontier()``). Tuned layers it leaves
+        out get their dense layer back. Every replacement is built before the model is touched."""
+        number = plan if isinstance(plan, int) and not isinstance(plan, bool) else (
+            plan.get("plan") if isinstance(plan, Mapping) else None)
+        entry = next((p for p in self.results.plans if p["plan"] == number), None)
+        if entry is None:
+            known = [p["plan"] for p in self.results.plans]
+            raise ValueError(f"no evaluated plan {plan!r}; results.plans holds plans {known} (an allocating tune() "
+                             "evaluates them)")
+        groups = {g.name: g for g in self._groups}
+        unknown = set(entry["choices"]) - set(groups)
+        if unknown:
+            raise ValueError(f"plan {number} replaces groups {sorted(unknown)} this tuner does not tune")
+        built = {name: self._layers.build(name, params, groups[group].copy_weights)
+                 for group, params in entry["choices"].items() for name in groups[group].layers}
+        for name, dense in self._layers.originals.items():
+            self._layers.install(name, built.get(name, dense))
+        return self.model
+
+    def plot_frontier(self, ax: Any = None) -> Any:
+        """Accuracy against speed (or bytes saved) of every evaluated plan, the frontier and the chosen
+        plan marked (matplotlib, the ``plots`` extra; see :func:`panther.tuner.frontier.plot_frontier`)."""
+        from panther.tuner.frontier import plot_frontier
+
+        return plot_frontier(self.results, ax)
+
     def replace_without_tuning(self) -> nn.Module:
         """Install sketches built from every spec's first value (Categorical: first choice; Int/Float: low)."""
         for group in self._groups:
@@ -311,7 +359,7 @@ class SKAutoTuner:
 
     def get_results_dataframe(self) -> Any:
         """All trials, one row per layer (``layer_name``, parameters, ``score``, ``accuracy``, ``speed``, ...)."""
-        return results_dataframe(self.results)
+        return results_dataframe(self.results, list(dict.fromkeys(p for g in self._groups for p in g.space)))
 
     def summary(self) -> str:
         """A table per layer: chosen parameters, accuracy, speed, bytes kept and the outcome."""
@@ -333,7 +381,7 @@ class SKAutoTuner:
     def _set_configs(self, configs: Any) -> None:
         """Resolve and validate ``configs`` against the model (nothing in the model changes)."""
         decision = decide_strategy(self.model, configs, strategy=self.strategy,
-                                   thresholded=self.accuracy_threshold is not None, search_given=self._search_given,
+                                   thresholded=self.accuracy_threshold is not None, search_named=self._search_named,
                                    calibrated=self.calibration_data is not None, tune_tied=self.tune_tied,
                                    accepts_param_specs=self._search.accepts_param_specs, resolver=self._resolver,
                                    dense_of=self._layers.dense_of, stacklevel=4)

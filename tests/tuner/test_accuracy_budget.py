@@ -49,7 +49,7 @@ def test_groups_are_held_to_their_share_and_the_spare_margin_is_spent(digits_mod
                              LayerConfig(["fc2"], {"num_terms": Categorical([1]),
                                                    "low_rank": Categorical([small, large])})])
     tuner = SKAutoTuner(copy.deepcopy(digits_model), configs, accuracy_fn, accuracy_threshold=threshold,
-                        search_algorithm=OptunaSearch(n_trials=2, seed=0))
+                        search_algorithm=OptunaSearch(n_trials=2, seed=0), strategy="search")
     best = tuner.tune()
 
     assert tuner.results.group_thresholds == pytest.approx(expected)
@@ -86,7 +86,8 @@ def test_with_a_speed_objective_the_margin_only_buys_measured_speed(digits_model
                              LayerConfig(["fc2"], {"num_terms": Categorical([1]),
                                                    "low_rank": Categorical([small, large])})])
     tuner = SKAutoTuner(copy.deepcopy(digits_model), configs, accuracy_fn, accuracy_threshold=threshold,
-                        optmization_eval_func=speed, search_algorithm=OptunaSearch(n_trials=2, seed=0))
+                        optmization_eval_func=speed, search_algorithm=OptunaSearch(n_trials=2, seed=0),
+                        strategy="search")
     best = tuner.tune()
     by_shares = {g: r.params for g in ("fc1", "fc2") if (r := tuner.results.best_record(g)) is not None}
     installed = tuner.apply_best_params()

@@ -104,3 +104,14 @@ def test_best_record_prefers_score_then_fewer_weights():
     results.records = [TrialRecord("g", ["g"], i, {"k": i}, score=s, feasible=True, bytes=w, dense_bytes=100)
                        for i, (s, w) in enumerate(scores)]
     assert results.best_record("g").trial == 2
+
+
+def test_a_results_frame_has_the_record_columns_with_no_record():
+    """The spec's example selects record columns; a run that evaluated nothing, or plans only, has them."""
+    empty = results_dataframe(TuningResults(groups={"g": ["fc1"]}), ["low_rank"])
+    assert empty.empty and {"layer_name", "low_rank", "accuracy", "speed", "score", "status"} <= set(empty.columns)
+    plans = TuningResults(groups={"g": ["fc1"]}, plans=[
+        {"plan": 1, "phase": "bisect", "choices": {"g": {"low_rank": 4}}, "accuracy": 0.9, "speed": None,
+         "feasible": False, "bytes": 10, "dense_bytes": 20}])
+    frame = results_dataframe(plans, ["low_rank"])
+    assert list(frame["low_rank"]) == [4] and frame["score"].isna().all() and list(frame["plan"]) == [1]

@@ -158,13 +158,29 @@ optuna.visualization.plot_optimization_history(study).show()
 
 
 def test_basic_tuning_with_accuracy_threshold(capsys, capped_trials):
+    """As written, the example allocates (a plain OptunaSearch names no algorithm); the model is
+    untrained, so (as on a real first run) even the dense model misses 90%: nothing is evaluated or
+    installed, the user is warned, and the example's own DataFrame code still runs."""
+    namespace = run(BASIC_MODEL, {})
+    namespace["val_loader"] = [(torch.randn(64, 1, 28, 28), torch.randint(0, 10, (64,))) for _ in range(2)]
+    with pytest.warns(UserWarning, match="already below accuracy_threshold"):
+        run(BASIC_REST, namespace)
+    assert namespace["tuner"].allocates
+    df = namespace["results_df"]
+    assert df.empty and {"layer_name", "num_terms", "low_rank", "accuracy", "speed", "score"} <= set(df.columns)
+    assert not isinstance(namespace["optimized_model"].fc1, SKLinear)
+    assert "dense (no trial met the threshold)" in capsys.readouterr().out
+
+
+def test_basic_tuning_with_accuracy_threshold_searching(capsys, capped_trials):
     capped_trials(12)
-    # The example's model is untrained, so (as on a real first run) no trial reaches 90%:
-    # every trial is recorded with its real accuracy, no speed is measured, nothing is installed.
+    # With strategy="search": every trial is recorded with its real accuracy, no speed is
+    # measured, nothing is installed.
     namespace = run(BASIC_MODEL, {})
     namespace["val_loader"] = [(torch.randn(64, 1, 28, 28), torch.randint(0, 10, (64,))) for _ in range(2)]
     with pytest.warns(UserWarning):
-        run(BASIC_REST, namespace)
+        run(BASIC_REST.replace("verbose=True\n", "verbose=True, strategy='search'\n"), namespace)
+    assert not namespace["tuner"].allocates
     df = namespace["results_df"]
     assert set(df["layer_name"]) == {"fc1", "fc2"} and df["accuracy"].between(0, 1).all()
     assert df["speed"].isna().all()

@@ -14,6 +14,7 @@ import math
 
 import pytest
 import torch
+from optuna.samplers import RandomSampler
 from torch import nn
 
 from panther.kinds import kind_of
@@ -237,8 +238,17 @@ def test_strategy_rules():
     configs = TuningConfigs([LayerConfig(list(SENSITIVITY), {"low_rank": RANKS}, separate=True)])
     assert SKAutoTuner(model, configs, accuracy, accuracy_threshold=0.9).allocates
     assert not SKAutoTuner(model, configs, accuracy).allocates  # nothing to spend without a threshold
+    # a plain OptunaSearch says where and how long, not how: its study holds the plans
+    assert SKAutoTuner(model, configs, accuracy, accuracy_threshold=0.9,
+                       search_algorithm=OptunaSearch(n_trials=2, seed=0)).allocates
+    # a sampler you chose, or an algorithm of your own, is searched with
     assert not SKAutoTuner(model, configs, accuracy, accuracy_threshold=0.9,
-                           search_algorithm=OptunaSearch(n_trials=2, seed=0)).allocates  # the search you gave
+                           search_algorithm=OptunaSearch(sampler=RandomSampler(seed=0))).allocates
+
+    class MySearch(OptunaSearch):
+        pass
+
+    assert not SKAutoTuner(model, configs, accuracy, accuracy_threshold=0.9, search_algorithm=MySearch()).allocates
     assert not SKAutoTuner(model, configs, accuracy, accuracy_threshold=0.9, strategy="search").allocates
     with pytest.raises(ValueError, match="strategy must be one of"):
         SKAutoTuner(model, configs, accuracy, accuracy_threshold=0.9, strategy="greedy")

@@ -76,6 +76,7 @@ def test_budgeted_auto_tuning_bisects_every_layer_within_the_budget(digits_model
     threshold = dense_accuracy - 0.01
     tuner = SKAutoTuner(digits_model, TuningConfigs([LayerConfig({"type": "Linear"}, "auto")]), accuracy_fn,
                         accuracy_threshold=threshold, search_algorithm=OptunaSearch(n_trials=40, seed=0),
+                        strategy="search",
                         max_total_trials=14)
     tuner.tune()
     evaluated = [r for r in tuner.results.records if r.phase in ("probe", "search")]
@@ -157,6 +158,7 @@ def test_time_budget_must_be_positive(digits_model, accuracy_fn, bad):
 def test_time_budget_alone_stops_at_settled_bisections(digits_model, accuracy_fn, dense_accuracy):
     tuner = SKAutoTuner(digits_model, TuningConfigs([LayerConfig({"type": "Linear"}, "auto")]), accuracy_fn,
                         accuracy_threshold=dense_accuracy - 0.01, search_algorithm=OptunaSearch(n_trials=40, seed=0),
+                        strategy="search",
                         time_budget_s=600)
     tuner.tune()
     records = tuner.results.records

@@ -28,7 +28,8 @@ def inverse_bytes(model: nn.Module) -> float:
 def test_method_is_tuned_installed_and_re_planned(digits_model, accuracy_fn, dense_accuracy):
     dense = copy.deepcopy(digits_model)
     tuner = SKAutoTuner(digits_model, TuningConfigs([LayerConfig(["fc1", "fc2"], METHODS, separate=True)]),
-                        accuracy_fn, OptunaSearch(n_trials=40, seed=0), accuracy_threshold=dense_accuracy - 0.03,
+                        accuracy_fn, OptunaSearch(n_trials=40, seed=0),
+                        strategy="search", accuracy_threshold=dense_accuracy - 0.03,
                         optmization_eval_func=inverse_bytes)
     tuner.tune()
     tried = {(r.group, r.params["method"]): r for r in tuner.results.records}
@@ -60,7 +61,7 @@ def fake_accuracy(model: nn.Module) -> float:
 ], ids=["sketch+int8 steps back to the fp32 sketch", "int8 reverts to the fp32 dense layer"])
 def test_composed_check_backs_off_int8_to_fp32(digits_model, space, fallback):
     tuner = SKAutoTuner(digits_model, TuningConfigs([LayerConfig(["fc1", "fc2"], space, separate=True)]),
-                        fake_accuracy, OptunaSearch(n_trials=10, seed=0), accuracy_threshold=0.95,
+                        fake_accuracy, OptunaSearch(n_trials=10, seed=0), strategy="search", accuracy_threshold=0.95,
                         optmization_eval_func=inverse_bytes,
                         share_accuracy_drop=False)
     tuner.tune()

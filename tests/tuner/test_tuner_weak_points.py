@@ -31,7 +31,7 @@ def test_composed_model_is_checked_and_worst_tradeoff_reverted(digits_model, acc
     configs = TuningConfigs([LayerConfig([name], fixed(rank)) for name, rank in ranks.items()])
     # Each layer held to the whole margin (the original design's rule), so the composed check must act.
     tuner = SKAutoTuner(digits_model, configs, accuracy_fn, accuracy_threshold=threshold,
-                        search_algorithm=OptunaSearch(n_trials=1, seed=0), share_accuracy_drop=False)
+                        search_algorithm=OptunaSearch(n_trials=1, seed=0), strategy="search", share_accuracy_drop=False)
     best = tuner.tune()
     assert tuner.reverted_layers and tuner.reverted_layers[0] == expected_first
     assert set(best) == set(ranks) - set(tuner.reverted_layers)
@@ -54,7 +54,7 @@ def test_composed_check_steps_up_to_a_safer_rank_before_reverting(digits_model, 
     configs = TuningConfigs([LayerConfig([name], {"num_terms": [1], "low_rank": [small[name], large[name]]})
                              for name in small])
     tuner = SKAutoTuner(digits_model, configs, accuracy_fn, accuracy_threshold=threshold,
-                        search_algorithm=OptunaSearch(n_trials=2, seed=0), share_accuracy_drop=False)
+                        search_algorithm=OptunaSearch(n_trials=2, seed=0), strategy="search", share_accuracy_drop=False)
     best = tuner.tune()
     # Large ranks reproduce the dense layers closely, so nothing needs to go back to dense ...
     assert tuner.reverted_layers == [] and set(best) == set(small)

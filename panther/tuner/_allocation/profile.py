@@ -9,7 +9,7 @@ The allocation needs every option's damage and price without evaluating the mode
   data through the dense model, with a forward hook on each layer feeding that layer's real input
   to its candidates. Without calibration data, linear layers are measured on isotropic Gaussian
   rows, the inputs the plain-SVD prediction assumes.
-- **bytes**: parameters and buffers of the built candidate (:func:`panther.tuner.layers.layer_bytes`).
+- **bytes**: parameters and buffers of the built candidate (:func:`panther.tuner.layer_bytes`).
 - **seconds** (when asked): the median time of each candidate and of the dense layer on the
   layer's largest calibration input, where fixed per-call costs (e.g. quantizing the activations)
   weigh least.

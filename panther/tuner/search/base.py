@@ -24,7 +24,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from panther.tuner.params import ParamSpec, as_spec, enumerate_space
+from panther.space import ParamSpec, as_spec, enumerate_space
 
 
 @dataclass(frozen=True)

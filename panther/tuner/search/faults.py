@@ -35,6 +35,8 @@ import optuna
 from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, TrialState, create_trial
 
+from panther.tuner.search._optuna_compat import stale_trial_ids, study_id, study_storage, trial_id
+
 logger = logging.getLogger(__name__)
 
 #: User attribute holding the token of the worker evaluating a trial (the tuner writes the same key).
@@ -155,19 +157,19 @@ def retries_pending(trials: Sequence[FrozenTrial], retry: RetryDeadTrials) -> li
 
 def reclaim_dead_trials(study: optuna.Study, retry: RetryDeadTrials) -> None:
     """Fail each dead worker's running trial and queue it again (see the module docstring)."""
-    storage = study._storage  # the handle Optuna's own fail_stale_trials works on
+    storage = study_storage(study)  # the handle Optuna's own fail_stale_trials works on
     running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-    stale = set(storage._get_stale_trial_ids(study._study_id)) if heartbeat_enabled(storage) else set()  # type: ignore[attr-defined]
+    stale = set(stale_trial_ids(storage, study_id(study))) if heartbeat_enabled(storage) else set()
     for trial in running:
-        if trial._trial_id not in stale and not process_gone(trial.user_attrs.get(WORKER_ATTR)):
+        if trial_id(trial) not in stale and not process_gone(trial.user_attrs.get(WORKER_ATTR)):
             continue
         try:
-            storage.set_trial_user_attr(trial._trial_id, RECLAIM_ATTR, True)
-            if not storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL):
+            storage.set_trial_user_attr(trial_id(trial), RECLAIM_ATTR, True)
+            if not storage.set_trial_state_values(trial_id(trial), state=TrialState.FAIL):
                 continue
         except optuna.exceptions.UpdateFinishedTrialError:
             continue  # another worker failed it first and queues the retry (or it finished after all)
-        retry(study, storage.get_trial(trial._trial_id))
+        retry(study, storage.get_trial(trial_id(trial)))
 
 
 class Heartbeat:

@@ -30,6 +30,11 @@ Grid search
     With a ``GridSampler`` the search also finishes once every grid point is evaluated, even if
     ``n_trials`` is larger.
 
+Modules
+    This class holds the per-group state; opening studies (:mod:`._studies`), sharing one study
+    between workers (:mod:`._workers`), the JSON state file (:mod:`._state_file`) and Optuna's
+    private names (:mod:`._optuna_compat`) live in private modules of their own.
+
 Logging
     Optuna logs every created study and finished trial at INFO; while its verbosity is at that
     default, these calls run at WARNING (the tuner reports progress itself). Set another
@@ -38,56 +43,26 @@ Logging
 
 from __future__ import annotations
 
-import contextlib
-import copy
-import json
 import math
 import os
-import time
 import warnings
-from collections.abc import Iterator
 from typing import Any
 
 import optuna
-from optuna.distributions import distribution_to_json, json_to_distribution
 from optuna.pruners import BasePruner
-from optuna.samplers import BaseSampler, GridSampler, TPESampler
+from optuna.samplers import BaseSampler, TPESampler
 from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, Trial, TrialState, create_trial
 
-from panther.tuner.params import ParamSpec, as_spec
+from panther.space import ParamSpec, as_spec
+from panther.tuner.search import _state_file, _studies, _workers
+from panther.tuner.search._optuna_compat import study_storage, trial_id
 from panther.tuner.search.base import KnownResult, SearchAlgorithm
-from panther.tuner.search.faults import (
-    SURPLUS_ATTR,
-    WORKER_ATTR,
-    Heartbeat,
-    RetryDeadTrials,
-    budget_trials,
-    heartbeat_enabled,
-    may_still_finish,
-    new_nonce,
-    reclaim_dead_trials,
-    retries_pending,
-    superseded_numbers,
-    worker_token,
-)
+from panther.tuner.search.faults import Heartbeat, RetryDeadTrials, heartbeat_enabled, new_nonce, worker_token
 
 DEFAULT_STUDY_NAME = "panther"
-_STATE_FORMAT = "panther.tuner.OptunaSearch"
-_STATE_VERSION = 1
 #: Prefix of the user attributes holding the tuner's record of a trial (see :meth:`OptunaSearch.publish`).
 RECORD_PREFIX = "panther."
-#: Seconds between looks at the study while waiting for other workers' running trials.
-_WAIT_POLL_S = 0.5
-#: Seconds between looks while waiting for another worker's run of the very same parameters.
-_SAME_TRIAL_POLL_S = 0.05
-#: Longest wait for that run before evaluating the parameters here after all.
-_SAME_TRIAL_PATIENCE_S = 600.0
-#: Seconds to wait for another worker to queue the retry of a trial it has just reclaimed.
-_RETRY_PATIENCE_S = 30.0
-#: Tries to open an RDB storage while other workers create its tables (see :func:`_connect`).
-_CONNECT_ATTEMPTS = 5
-_SAVED_STATES = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 
 
 class OptunaSearch(SearchAlgorithm):
@@ -141,7 +116,7 @@ class OptunaSearch(SearchAlgorithm):
             raise TypeError(f"sampler must be an optuna sampler, got {type(sampler).__name__}")
         if pruner is not None and not isinstance(pruner, BasePruner):
             raise TypeError(f"pruner must be an optuna pruner, got {type(pruner).__name__}")
-        _check_heartbeat(storage, heartbeat_interval, grace_period, max_retry)
+        _studies.check_heartbeat(storage, heartbeat_interval, grace_period, max_retry)
         if sampler is not None and seed is not None:
             warnings.warn("OptunaSearch: seed is ignored because a sampler was given; seed the sampler instead",
                           stacklevel=2)
@@ -151,6 +126,8 @@ class OptunaSearch(SearchAlgorithm):
         self.load_if_exists = load_if_exists
         self.seed = seed
         self.sampler: BaseSampler = sampler if sampler is not None else TPESampler(seed=seed)
+        #: Whether the caller chose the sampler (then ``strategy="auto"`` searches with it, see ``SKAutoTuner``).
+        self.sampler_given = sampler is not None
         self.pruner = pruner
         self.heartbeat_interval = heartbeat_interval
         self.grace_period = grace_period
@@ -176,10 +153,7 @@ class OptunaSearch(SearchAlgorithm):
     @staticmethod
     def journal_storage(path: str | os.PathLike) -> BaseStorage:
         """A file-based storage that several local processes can share (no database needed)."""
-        from optuna.storages import JournalStorage
-        from optuna.storages.journal import JournalFileBackend
-
-        return JournalStorage(JournalFileBackend(os.fspath(path)))
+        return _studies.journal_storage(path)
 
     @property
     def study(self) -> optuna.Study | None:
@@ -192,6 +166,11 @@ class OptunaSearch(SearchAlgorithm):
         return dict(self._studies)
 
     @property
+    def storage(self) -> BaseStorage | None:
+        """The storage the studies live in (``None``: each study in memory)."""
+        return self._resolved_storage()
+
+    @property
     def pending_trial(self) -> Trial | None:
         """The trial handed out by :meth:`get_next_params` and not yet reported."""
         return self._pending
@@ -202,7 +181,7 @@ class OptunaSearch(SearchAlgorithm):
 
     def _resolved_storage(self) -> BaseStorage | None:
         if self._storage is None and isinstance(self._storage_arg, str):
-            self._storage = _connect(self._storage_arg, self._rdb_options())
+            self._storage = _studies.connect(self._storage_arg, self._rdb_options())
         elif self._storage is None and self._storage_arg is not None:
             self._storage = optuna.storages.get_storage(self._storage_arg)
         return self._storage
@@ -215,27 +194,8 @@ class OptunaSearch(SearchAlgorithm):
     def _open_study(self, group_name: str, load_if_exists: bool) -> optuna.Study:
         if self._storage_arg is None and load_if_exists and group_name in self._studies:
             return self._studies[group_name]  # in-memory "resume" within this process
-        name = self.study_name_for(group_name)
-        try:
-            with _quiet_optuna():
-                study = optuna.create_study(
-                    storage=self._resolved_storage(),
-                    # Optuna samplers cache per-study state, so each group gets a pristine copy.
-                    sampler=copy.deepcopy(self.sampler),
-                    pruner=copy.deepcopy(self.pruner),
-                    direction=self.direction,
-                    study_name=name,
-                    load_if_exists=load_if_exists,
-                )
-        except optuna.exceptions.DuplicatedStudyError as err:
-            raise optuna.exceptions.DuplicatedStudyError(
-                f"study {name!r} already exists in the storage; pass load_if_exists=True to resume it "
-                "or choose another study_name"
-            ) from err
-        found = study.direction.name.lower()
-        if found != self.direction:
-            raise ValueError(f"study {name!r} in the storage is set to {found}, but this search is to {self.direction}")
-        return study
+        return _studies.open_study(self.study_name_for(group_name), self._resolved_storage(), self.sampler,
+                                   self.pruner, self.direction, load_if_exists)
 
     # -- SearchAlgorithm -----------------------------------------------------------------------
     def initialize(self, param_space: dict[str, Any]) -> None:
@@ -267,30 +227,16 @@ class OptunaSearch(SearchAlgorithm):
         if self.is_finished():
             return None
         space = self._spaces[self._group]  # type: ignore[index]
-        trial = self._ask_within_budget(study, space)
+        token = worker_token(self._nonce) if self._storage_arg is not None else None  # shared storage
+        trial = _workers.ask_within_budget(study, {name: spec.to_optuna() for name, spec in space.items()},
+                                           self.n_trials, token, self._retry)
         if trial is None:
             return None
-        if heartbeat_enabled(study._storage):
-            self._heartbeat = Heartbeat(study._storage, trial._trial_id)
+        if heartbeat_enabled(study_storage(study)):
+            self._heartbeat = Heartbeat(study_storage(study), trial_id(trial))
         self._pending = trial
         self._pending_params = {name: spec.decode(trial.params[name]) for name, spec in space.items()}
         return dict(self._pending_params)
-
-    def _ask_within_budget(self, study: optuna.Study, space: dict[str, ParamSpec]) -> Trial | None:
-        """A new trial inside the budget, or ``None``: a surplus proposal is failed (then see :meth:`_settle`)."""
-        with _quiet_optuna(), warnings.catch_warnings():
-            # Optuna warns that heartbeats belong to study.optimize(); this class beats itself.
-            warnings.filterwarnings("ignore", message="Heartbeat of storage")
-            trial = study.ask({name: spec.to_optuna() for name, spec in space.items()})
-        if self._storage_arg is not None:  # shared: others must be able to tell whether we still run it
-            trial.set_user_attr(WORKER_ATTR, worker_token(self._nonce))
-        earlier = [t for t in budget_trials(study.get_trials(deepcopy=False)) if t.number < trial.number]
-        if len(earlier) < self.n_trials:
-            return trial
-        trial.set_user_attr(SURPLUS_ATTR, True)  # another worker took the last slot meanwhile
-        self._tell(trial, state=TrialState.FAIL)
-        self._settle(study)  # as is_finished() would have: wait for the other workers' last trials
-        return None
 
     def update(self, params: dict[str, Any], score: float | None) -> None:
         """Tell the pending trial its score; ``None``/NaN marks it failed.
@@ -351,17 +297,8 @@ class OptunaSearch(SearchAlgorithm):
             return None
         space = self._spaces[self._group]  # type: ignore[index]
         encoded = {name: space[name].encode(value) for name, value in params.items()}
-        heartbeat = heartbeat_enabled(study._storage)
-        deadline = time.monotonic() + _SAME_TRIAL_PATIENCE_S
-        while time.monotonic() < deadline:
-            same = [t for t in study.get_trials(deepcopy=False) if t.number < pending.number and t.params == encoded]
-            done = [t for t in same if t.state == TrialState.COMPLETE and _has_record(t)]
-            if done:
-                return self._known(done[0], space)
-            if not any(may_still_finish(t, heartbeat) for t in same):
-                return None
-            time.sleep(_SAME_TRIAL_POLL_S)
-        return None
+        earlier = _workers.earlier_trial(study, pending.number, encoded, _has_record)
+        return None if earlier is None else self._known(earlier, space)
 
     def stored_results(self) -> list[KnownResult]:
         """The current group's finished trials that carry the tuner's record (a resumed run, other workers)."""
@@ -387,33 +324,13 @@ class OptunaSearch(SearchAlgorithm):
         self.set_user_attr(key, value)
 
     def is_finished(self) -> bool:
-        """Whether the group's budget is spent; then first waits for other workers' running trials (:meth:`_settle`)."""
+        """Whether the group's budget is spent; then first waits for other workers' running trials
+        (:func:`~panther.tuner.search._workers.settle`)."""
         study = self._current
-        return False if study is None else self._settle(study)
-
-    def _settle(self, study: optuna.Study) -> bool:
-        """Whether ``study``'s budget is spent, once no other worker's trial may still finish.
-
-        A dead worker's trial found meanwhile is failed and queued again, which makes the budget
-        unspent again (see the module docstring).
-        """
-        heartbeat = heartbeat_enabled(study._storage)
+        if study is None:
+            return False
         mine = None if self._pending is None else self._pending.number
-        patience = time.monotonic() + _RETRY_PATIENCE_S
-        while True:
-            reclaim_dead_trials(study, self._retry)
-            trials = study.get_trials(deepcopy=False)
-            counted = budget_trials(trials)
-            if any(t.state == TrialState.WAITING for t in counted):
-                return False  # a queued trial (a retry) is part of the budget: run it
-            spent = len(counted) >= self.n_trials or (
-                isinstance(study.sampler, GridSampler) and study.sampler.is_exhausted(study))
-            running = any(t.number != mine and may_still_finish(t, heartbeat) for t in trials)
-            # (a retry not queued within the patience was lost with the worker that reclaimed it)
-            queuing = time.monotonic() < patience and bool(retries_pending(trials, self._retry))
-            if not spent or not (running or queuing):
-                return spent
-            time.sleep(_WAIT_POLL_S)
+        return _workers.settle(study, self.n_trials, self._retry, mine)
 
     def get_best_params(self) -> dict[str, Any] | None:
         best = self._best_trial()
@@ -470,20 +387,11 @@ class OptunaSearch(SearchAlgorithm):
         ``n_trials`` per group. Categorical parameters mapped to indices (see
         :mod:`panther.tuner.params`) are stored as indices; their space is then not saved.
         """
-        groups = {name: self._group_state(name, study) for name, study in self._studies.items()}
-        state = {
-            "format": _STATE_FORMAT,
-            "version": _STATE_VERSION,
-            "study_name": self.study_name,
-            "direction": self.direction,
-            "n_trials": self.n_trials,
-            "current_group": self._group,
-            "groups": groups,
-        }
-        tmp = f"{filepath}.tmp"
-        with open(tmp, "w", encoding="utf-8") as handle:
-            json.dump(state, handle, indent=1)
-        os.replace(tmp, filepath)
+        groups = {name: _state_file.group_state(study, self._spaces.get(name, {}))
+                  for name, study in self._studies.items()}
+        header = {"study_name": self.study_name, "direction": self.direction, "n_trials": self.n_trials,
+                  "current_group": self._group}
+        _state_file.write_state(filepath, header, groups)
 
     def load_state(self, filepath: str) -> None:
         """Restore what :meth:`save_state` wrote; the next ``start_group`` of a saved group resumes it.
@@ -491,37 +399,21 @@ class OptunaSearch(SearchAlgorithm):
         A group whose study already holds trials in this search's storage keeps them (the storage
         is the newer record) instead of receiving the saved ones again.
         """
-        with open(filepath, encoding="utf-8") as handle:
-            state = json.load(handle)
-        if not isinstance(state, dict) or state.get("format") != _STATE_FORMAT:
-            raise ValueError(f"{filepath} is not an OptunaSearch state file")
-        if state.get("version") != _STATE_VERSION:
-            raise ValueError(f"{filepath}: unsupported state version {state.get('version')!r}")
-        if state["direction"] != self.direction:
-            raise ValueError(f"{filepath} was saved by a search to {state['direction']}, "
-                             f"this one is to {self.direction}")
+        state = _state_file.read_state(filepath, self.direction)
         self._abandon_pending()
         self._clear_group()
         for name, group in state["groups"].items():
             study = self._open_study(name, load_if_exists=True)
             if not study.get_trials(deepcopy=False):
-                study.add_trials([_trial_from_json(t) for t in group["trials"]])
+                study.add_trials(_state_file.group_trials(group))
             self._studies[name] = self._restored[name] = self._last = study
-            if group.get("space") is not None:
-                self._spaces[name] = {k: ParamSpec.from_dict(v) for k, v in group["space"].items()}
+            space = _state_file.group_space(group)
+            if space is not None:
+                self._spaces[name] = space
         current = state.get("current_group")
         if current in self._studies:
             self._group, self._current = current, self._studies[current]
             self._spaces.setdefault(current, {})
-
-    def _group_state(self, name: str, study: optuna.Study) -> dict[str, Any]:
-        specs: dict[str, Any] | None = {k: spec.to_dict() for k, spec in self._spaces.get(name, {}).items()}
-        if not _survives_json(specs):
-            specs = None  # choices JSON cannot hold exactly (tuples, classes, ...)
-        all_trials = study.get_trials(deepcopy=False)
-        replaced = superseded_numbers(all_trials)  # a retry stands for them (their links are not saved)
-        trials = [_trial_to_json(t) for t in all_trials if t.state in _SAVED_STATES and t.number not in replaced]
-        return {"space": specs, "trials": trials}
 
     # -- internals ------------------------------------------------------------------------------
     def _require_study(self) -> optuna.Study:
@@ -547,25 +439,12 @@ class OptunaSearch(SearchAlgorithm):
         if self._pending is not None:
             self._tell(self._take_pending(), state=TrialState.FAIL)
 
-    def _tell(self, trial: Trial, value: float | None = None, state: TrialState | None = None) -> None:
-        study = trial.study
-        try:
-            with _quiet_optuna():
-                study.tell(trial, value, state=state)
-        except RuntimeError:
-            # GridSampler calls study.stop() after the last grid point, which Optuna only allows
-            # inside study.optimize(); the result is stored before that, so only re-raise if not.
-            if not _is_finished(study, trial.number):
-                raise
+    @staticmethod
+    def _tell(trial: Trial, value: float | None = None, state: TrialState | None = None) -> None:
+        _studies.tell(trial, value, state)
 
     def _best_trial(self) -> FrozenTrial | None:
-        study = self._current
-        if study is None:
-            return None
-        try:
-            return study.best_trial
-        except ValueError:  # no completed trial yet
-            return None
+        return _studies.best_trial(self._current)
 
     def _external_trial(self, params: dict[str, Any], value: float | None) -> FrozenTrial:
         space = self._spaces[self._group]  # type: ignore[index]
@@ -585,89 +464,9 @@ def _has_record(trial: FrozenTrial) -> bool:
     return RECORD_PREFIX + "status" in trial.user_attrs
 
 
-def _connect(url: str, options: dict[str, Any]) -> BaseStorage:
-    """The RDB storage at ``url``, retried while other workers create the tables of a fresh database.
-
-    Workers started together on an empty database all try to create Optuna's schema; all but one
-    get a duplicate-object error, and find the schema complete a moment later.
-    """
-    from sqlalchemy.exc import IntegrityError, ProgrammingError
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # Optuna's heartbeat is "experimental"
-        for attempt in range(1, _CONNECT_ATTEMPTS):
-            try:
-                return optuna.storages.get_storage(optuna.storages.RDBStorage(url, **options))
-            except (IntegrityError, ProgrammingError):
-                time.sleep(0.2 * attempt)
-        return optuna.storages.get_storage(optuna.storages.RDBStorage(url, **options))  # the last try raises
-
-
-def _check_heartbeat(storage: Any, interval: Any, grace_period: Any, max_retry: Any) -> None:
-    """Fail at construction, not in the middle of a distributed run, on bad heartbeat options."""
-    for name, value, low in (("heartbeat_interval", interval, 1), ("grace_period", grace_period, 1),
-                             ("max_retry", max_retry, 0)):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < low):
-            raise ValueError(f"{name} must be an integer >= {low} or None, got {value!r}")
-    if interval is None and grace_period is not None:
-        raise ValueError("grace_period needs heartbeat_interval")
-    if interval is not None and not isinstance(storage, str):
-        raise ValueError("heartbeat_interval needs storage to be an RDB URL (e.g. 'postgresql://...'); for an "
-                         "RDBStorage object, set heartbeat_interval on it instead")
-
-
-@contextlib.contextmanager
-def _quiet_optuna() -> Iterator[None]:
-    """Run at WARNING while Optuna's verbosity is at its INFO default."""
-    if optuna.logging.get_verbosity() != optuna.logging.INFO:
-        yield
-        return
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    try:
-        yield
-    finally:
-        optuna.logging.set_verbosity(optuna.logging.INFO)
-
-
-def _survives_json(specs: dict[str, Any]) -> bool:
-    try:
-        loaded = json.loads(json.dumps(specs))
-    except (TypeError, ValueError):
-        return False
-    return all(ParamSpec.from_dict(loaded[k]) == ParamSpec.from_dict(v) for k, v in specs.items())
-
-
-def _is_finished(study: optuna.Study, number: int) -> bool:
-    return any(t.number == number and t.state.is_finished() for t in study.get_trials(deepcopy=False))
-
-
 def _plain(value: Any) -> Any:
     """Numpy/torch scalars become Python numbers (RDB storages keep user attributes as JSON)."""
     item = getattr(value, "item", None)
     if callable(item) and getattr(value, "ndim", 1) == 0:
         return item()
     return value
-
-
-def _trial_to_json(trial: FrozenTrial) -> dict[str, Any]:
-    return {
-        "number": trial.number,
-        "state": trial.state.name,
-        "value": trial.value,
-        "params": trial.params,
-        "distributions": {k: distribution_to_json(d) for k, d in trial.distributions.items()},
-        "user_attrs": trial.user_attrs,
-        "intermediate_values": {str(step): v for step, v in trial.intermediate_values.items()},
-    }
-
-
-def _trial_from_json(data: dict[str, Any]) -> FrozenTrial:
-    state = TrialState[data["state"]]
-    return create_trial(
-        state=state,
-        value=data["value"] if state in (TrialState.COMPLETE, TrialState.PRUNED) else None,
-        params=data["params"],
-        distributions={k: json_to_distribution(d) for k, d in data["distributions"].items()},
-        user_attrs=data["user_attrs"],
-        intermediate_values={int(step): v for step, v in data["intermediate_values"].items()},
-    )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 
+import optuna
 import pytest
 import torch
 from conftest import DigitsClassifier, DigitsDataModule, accuracy, fit_digits
@@ -50,8 +51,21 @@ def test_default_callback_allocates_and_the_checkpoint_reloads(tmp_path, calibra
     assert torch.equal(_outputs(strict), _outputs(model))
 
 
-def test_a_chosen_search_keeps_the_per_group_search(tmp_path):
-    callback = SketchTuneCallback(max_drop=0.02, objective="size", verbose=False,
-                                  search_algorithm=OptunaSearch(n_trials=3, seed=0))
+@pytest.mark.parametrize("how", ["sampler", "n_trials"])
+def test_a_chosen_search_keeps_the_per_group_search(tmp_path, how):
+    """The tuner's rule: a search that names its sampler, or ``n_trials``, asks for the per-group search."""
+    chosen = ({"search_algorithm": OptunaSearch(n_trials=3, sampler=optuna.samplers.TPESampler(seed=0))}
+              if how == "sampler" else {"n_trials": 3})
+    callback = SketchTuneCallback(max_drop=0.02, objective="size", verbose=False, **chosen)
     fit_digits(str(tmp_path), [callback])
     assert callback.tuner is not None and not callback.tuner.allocates and not callback.tuner.results.plans
+
+
+def test_a_plain_optuna_search_lends_its_study_to_the_allocation(tmp_path):
+    search = OptunaSearch(n_trials=30, seed=0)
+    callback = SketchTuneCallback(max_drop=0.02, objective="size", verbose=False, search_algorithm=search)
+    fit_digits(str(tmp_path), [callback])
+    assert callback.tuner is not None and callback.tuner.allocates and callback.tuner.results.plans
+    plans = callback.tuner.results.plans
+    assert sorted(t.user_attrs["plan"] for t in search.study.trials) == sorted(p["plan"] for p in plans)
+    assert search.study.user_attrs["chosen_plan"] == callback.tuner.results.chosen_plan

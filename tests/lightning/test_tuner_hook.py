@@ -44,7 +44,7 @@ def test_sketch_tune_modifies_a_trained_model_in_place(tmp_path):
 def test_sketch_tune_allocates_by_default_with_a_speed_objective(tmp_path, datamodule):
     pl.seed_everything(0, verbose=False)
     trainer = make_trainer(str(tmp_path), max_epochs=1)
-    model = DigitsClassifier(hidden=128)
+    model = DigitsClassifier(hidden=512)  # wide enough that sketch and int8 timings beat dense under load
     trainer.fit(model, datamodule=datamodule)
     dense_acc = accuracy(model, datamodule)
     tuner = SketchTuner(trainer)

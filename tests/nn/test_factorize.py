@@ -50,3 +50,54 @@ def test_cache_serves_other_ranks_and_never_stale_or_aliased_results(monkeypatch
     matrix[0, 0] += 1.0  # new content: recomputed
     torch.testing.assert_close(_reconstruction(matrix, 20, cov), matrix)
     assert len(calls) == 2  # one more decomposition, for the changed matrix only
+
+
+def test_cache_keeps_only_the_leading_factors_and_recomputes_beyond_them(monkeypatch):
+    factorize._decompositions.clear()
+    matrix = torch.randn(60, 40, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    expected = _reconstruction_by_svd(matrix, 30)
+    calls = []
+    real_svd = torch.linalg.svd
+    monkeypatch.setattr(torch.linalg, "svd", lambda *a, **k: calls.append(1) or real_svd(*a, **k))
+    assert factorize.break_even_rank(60, 40) == 24
+    low_rank_basis(matrix, 3)
+    assert factorize._decompositions.nbytes() <= (matrix.numel() + 40) * 8  # factors up to rank 24 + sigma
+    low_rank_basis(matrix, 24)
+    assert len(calls) == 1
+    torch.testing.assert_close(_reconstruction(matrix, 30), expected)
+    assert len(calls) == 2  # rank 30 needs factors the entry did not keep
+    torch.testing.assert_close(factorize.singular_values(matrix), torch.linalg.svdvals(matrix))
+
+
+def _reconstruction_by_svd(matrix, rank):
+    u, s, vh = torch.linalg.svd(matrix, full_matrices=False)
+    return u[:, :rank] @ torch.diag(s[:rank]) @ vh[:rank]
+
+
+def test_every_layer_is_decomposed_once_while_kept_whatever_the_cache_size(monkeypatch):
+    factorize._decompositions.clear()
+    monkeypatch.setattr(factorize._decompositions, "max_bytes", 1)  # holds one entry outside a tuning
+    calls = []
+    real_svd = torch.linalg.svd
+    monkeypatch.setattr(torch.linalg, "svd", lambda *a, **k: calls.append(1) or real_svd(*a, **k))
+    gen = torch.Generator().manual_seed(4)
+    layers = [torch.randn(32, 24, generator=gen) for _ in range(5)]
+    with factorize.keep_decompositions():
+        for _ in range(3):  # three "plans", each building every layer
+            for weight in layers:
+                low_rank_basis(weight, 4)
+    assert len(calls) == len(layers)
+    assert len(factorize._decompositions._entries) == 1  # trimmed back once the tuning ends
+    low_rank_basis(layers[0], 4)
+    assert len(calls) == len(layers) + 1  # evicted outside the block, as before
+
+
+def test_remembered_digests_follow_in_place_changes_while_kept(monkeypatch):
+    factorize._decompositions.clear()
+    matrix = torch.randn(20, 12, generator=torch.Generator().manual_seed(5))
+    with factorize.keep_decompositions():
+        before = _reconstruction(matrix, 12)
+        torch.testing.assert_close(before, matrix)
+        with torch.no_grad():
+            matrix.T[0, 0] += 1.0  # through a view: the shared version counter moves
+        torch.testing.assert_close(_reconstruction(matrix, 12), matrix)  # not the stale decomposition

@@ -8,8 +8,12 @@ One kind, four methods per layer, picked by two parameters:
 a rank ``k``           ``False`` (default)  ``SKLinear`` (the sketch)
 a rank ``k``           ``True``             ``Int8SKLinear`` (the sketch's factors int8)
 ``None`` (full rank)   ``True``             ``Int8Linear`` (the dense weight int8)
+``None``               ``"smooth"``         ``SmoothInt8Linear`` (int8, outlier channels smoothed)
 ``None``               ``False``            the dense layer itself: not a replacement
 =====================  ===================  ========================================
+
+``quantize="smooth"`` takes its scales from the layer's input second moment, passed as a
+``data_svd`` sketch's is: its params carry ``init="data_svd"`` (calibration data needed).
 
 Cost model: :func:`panther.nn.linear.linear_is_cheaper` for ranks (int8 factors keep the rank's
 break-even against the int8 dense layer); the int8 dense layer stores a quarter of the bytes.
@@ -46,15 +50,17 @@ class LinearKind(LayerKind):
         return SKLinear
 
     def replacements(self) -> tuple[type, ...]:
-        from panther.nn.quantized import Int8Linear, Int8SKLinear
+        from panther.nn.quantized import Int8Linear, Int8SKLinear, SmoothInt8Linear
 
-        return (self.replacement(), Int8SKLinear, Int8Linear)
+        return (self.replacement(), Int8SKLinear, Int8Linear, SmoothInt8Linear)
 
     def build(self, dense: nn.Module, params: Mapping[str, Any], copy_weights: bool = True) -> nn.Module:
         from panther.nn.quantized import Int8Linear, Int8SKLinear
 
         params = dict(params)
         quantize = params.pop("quantize", False)
+        if quantize == "smooth":
+            return self._build_smooth(dense, params, copy_weights)
         if params.get("low_rank", 1) is None:
             if not quantize:
                 raise ValueError("low_rank=None keeps the full weight, which only quantize=True changes; "
@@ -66,9 +72,23 @@ class LinearKind(LayerKind):
         sketch = super().build(dense, params, copy_weights)
         return Int8SKLinear.from_sketch(sketch) if quantize else sketch
 
+    @staticmethod
+    def _build_smooth(dense: nn.Module, params: Mapping[str, Any], copy_weights: bool) -> nn.Module:
+        from panther.nn.quantized import SmoothInt8Linear
+
+        if params.get("low_rank", 1) is not None:
+            raise ValueError("quantize='smooth' applies to the full-rank weight (low_rank=None)")
+        module = SmoothInt8Linear.from_dense(dense, params.get("input_cov"))
+        if not copy_weights:
+            module.reset_parameters()
+        return module
+
     def canonical_params(self, params: Mapping[str, Any]) -> dict[str, Any]:
-        """The int8 dense layer ignores the sketch's ``num_terms``/``init``; ``quantize=False`` is the default."""
+        """The int8 dense layer ignores the sketch's ``num_terms``/``init`` (the smoothed one keeps
+        ``init``, which brings it the input statistics); ``quantize=False`` is the default."""
         if params.get("low_rank", 1) is None:
+            if params.get("quantize") == "smooth":
+                return {"low_rank": None, "quantize": "smooth", "init": params.get("init", "data_svd")}
             return {"low_rank": None, "quantize": params.get("quantize", False)}
         return {k: v for k, v in params.items() if not (k == "quantize" and v is False)}
 
@@ -105,7 +125,8 @@ class LinearKind(LayerKind):
 
         Int8 needs the trained weights (``copy_weights``); it adds ``quantize`` and the full rank
         (``low_rank=None``): the allocation then weighs the sketch, the sketch with int8 factors
-        and the int8 dense weight per layer.
+        and the int8 dense weight per layer, and with calibration data (``data_aware``) the
+        smoothed int8 weight too (sketches with ``"smooth"`` are not built, so not weighed).
         """
         from panther.nn.int8 import int8_available
 
@@ -113,9 +134,11 @@ class LinearKind(LayerKind):
         space = rank_space(ranks, copy_weights, data_aware)
         if not (methods and copy_weights and int8_available(linear_weight(dense).device)):
             return space
+        smooth = ["smooth"] if data_aware else []  # its scales come from the calibration statistics
         if space is None:
-            return {"low_rank": Categorical([None]), "quantize": Categorical([True])}
-        return {**space, "low_rank": Categorical([*ranks, None]), "quantize": Categorical([False, True])}
+            return {"low_rank": Categorical([None]), "quantize": Categorical([True, *smooth]),
+                    **({"init": Categorical(["data_svd"])} if smooth else {})}
+        return {**space, "low_rank": Categorical([*ranks, None]), "quantize": Categorical([False, True, *smooth])}
 
 
 register(LinearKind())

@@ -248,7 +248,8 @@ class SmoothInt8Linear(Int8Linear):
     quantizes it. The scales come from the layer's input second moment (its diagonal: each channel's
     RMS), the calibration statistics the tuner collects.
 
-    Plan params: ``{"low_rank": None, "quantize": "smooth"}``.
+    Plan params: ``{"low_rank": None, "quantize": "smooth", "init": "data_svd"}`` (``init``: built
+    from the calibration statistics, as a ``data_svd`` sketch is).
     """
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True,
@@ -260,18 +261,20 @@ class SmoothInt8Linear(Int8Linear):
     def from_dense(cls, layer: nn.Module, input_cov: torch.Tensor | None = None,  # type: ignore[override]
                    alpha: float = 0.5) -> SmoothInt8Linear:
         """Smooth and quantize a (trained) ``nn.Linear`` or ``Conv1D`` from its input second moment
-        ``input_cov`` (``(in, in)``, e.g. :func:`panther.nn.calibration.collect_input_covariances`)."""
+        ``input_cov`` (``(in, in)``, e.g. :func:`panther.nn.calibration.collect_input_covariances`).
+
+        Without ``input_cov`` nothing is smoothed (scales 1: :class:`Int8Linear`'s numbers), the
+        placeholder that a checkpoint's state then fills (``rebuild_sketched_layers``).
+        """
         if not is_linear_like(layer):
             raise TypeError(f"SmoothInt8Linear.from_dense expects an nn.Linear (or a transformers Conv1D), "
                             f"got {type(layer).__name__}")
         d_in, _ = linear_dims(layer)
-        if input_cov is None:
-            raise ValueError("SmoothInt8Linear needs the layer's input second moment (input_cov): its scales "
-                             "come from the inputs' per-channel size")
-        if input_cov.shape != (d_in, d_in):
+        if input_cov is not None and input_cov.shape != (d_in, d_in):
             raise ValueError(f"input_cov must be {d_in}x{d_in}, got {tuple(input_cov.shape)}")
         weight = linear_weight(layer).detach()
-        scales = smoothing_scales(input_cov.detach().diagonal().clamp_min(0).sqrt(), weight, alpha).to(weight.device)
+        scales = (torch.ones(d_in, device=weight.device) if input_cov is None else
+                  smoothing_scales(input_cov.detach().diagonal().clamp_min(0).sqrt(), weight, alpha).to(weight.device))
         module = cls(*linear_dims(layer), bias=layer.bias is not None, device=weight.device)
         module._set_factor("weight", weight.float() * scales[None, :])
         module.input_scale.copy_(1.0 / scales)
@@ -301,4 +304,4 @@ class SmoothInt8Linear(Int8Linear):
 
     @classmethod
     def sketch_params_of(cls, hyperparameters: dict[str, Any]) -> dict[str, Any]:
-        return {"low_rank": None, "quantize": "smooth"}
+        return {"low_rank": None, "quantize": "smooth", "init": "data_svd"}

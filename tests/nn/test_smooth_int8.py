@@ -73,11 +73,15 @@ def test_state_dict_reloads_into_a_fresh_layer_exactly():
         Int8Linear(16, 8).load_state_dict({**state, "_extra_state": state["_extra_state"]}, strict=False)
 
 
-def test_needs_the_input_statistics():
-    with pytest.raises(ValueError, match="input second moment"):
-        SmoothInt8Linear.from_dense(nn.Linear(4, 3))
+def test_without_statistics_nothing_is_smoothed_and_a_wrong_shape_is_refused():
+    dense = nn.Linear(4, 3)
+    placeholder = SmoothInt8Linear.from_dense(dense).eval()
+    assert (placeholder.input_scale == 1).all()
+    x = torch.randn(5, 4)
+    with torch.no_grad():
+        torch.testing.assert_close(placeholder(x), Int8Linear.from_dense(dense).eval()(x), rtol=0, atol=0)
     with pytest.raises(ValueError, match="4x4"):
-        SmoothInt8Linear.from_dense(nn.Linear(4, 3), torch.eye(5))
+        SmoothInt8Linear.from_dense(dense, torch.eye(5))
 
 
 def planted_outlier_model() -> nn.Sequential:

@@ -13,7 +13,7 @@ import contextlib
 import hashlib
 import weakref
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Hashable, Iterator
 
 import torch
 
@@ -52,6 +52,43 @@ def whitening(input_cov: torch.Tensor, rel_eps: float = 1e-6) -> tuple[torch.Ten
     return root[:, None] * evecs.T, evecs / root[None, :]
 
 
+def _largest_eigenvalue(sym: torch.Tensor, steps: int = 30) -> float:
+    """Power iteration's estimate of a positive semi-definite matrix's largest eigenvalue."""
+    v = torch.randn(sym.shape[0], 1, dtype=sym.dtype, generator=torch.Generator().manual_seed(0))
+    value = 0.0
+    for _ in range(steps):
+        w = sym @ v
+        value = float(w.norm())
+        if value == 0.0:
+            return 0.0
+        v = w / value
+    return float((v.T @ sym @ v).item())
+
+
+def _whitened_by_gram(work: torch.Tensor, cov: torch.Tensor, rel_eps: float = 1e-6) -> Decomposition:
+    """The decomposition :func:`whitening` + SVD gives, for a tall ``m x n`` matrix (``m > n``),
+    from the ``n x n`` Gram matrix ``Mᵀ·C·M`` instead of the ``m x m`` eigendecomposition of ``C``.
+
+    ``(C^{1/2}M)ᵀ(C^{1/2}M) = V·Σ²·Vᵀ`` gives ``s`` and ``vh = Vᵀ``, and the whitened SVD's left
+    factor ``C^{-1/2}·U = M·V·Σ⁻¹`` needs no square root of ``C`` at all: for a 3072 → 768 layer
+    an eigendecomposition of 768² numbers instead of 3072². When every eigenvalue of ``C`` is above
+    :func:`whitening`'s floor (a Cholesky factorisation of ``C − floor·I`` succeeds) the floor
+    changes nothing and neither does this; otherwise ``floor·I`` is added, which lifts the
+    directions the inputs never visit as the floor does. Float64 only (squaring the singular values
+    would cost float32 too much precision).
+    """
+    cov = 0.5 * (cov + cov.T)
+    floor = max(_largest_eigenvalue(cov), torch.finfo(cov.dtype).tiny) * rel_eps
+    identity = torch.eye(cov.shape[0], dtype=cov.dtype)
+    if torch.linalg.cholesky_ex(cov - floor * identity).info != 0:  # some eigenvalue below the floor
+        cov = cov + floor * identity
+    gram = work.T @ (cov @ work)
+    evals, evecs = torch.linalg.eigh(0.5 * (gram + gram.T))
+    s, v = evals.flip(0).clamp_min(0).sqrt(), evecs.flip(1)
+    left = (work @ v) / s.clamp_min(torch.finfo(s.dtype).tiny)[None, :]
+    return left, s, v.T
+
+
 class _Digests:
     """Content digests of tensors, remembered while a tuning keeps its decompositions.
 
@@ -83,7 +120,7 @@ class _Digests:
     @staticmethod
     def _compute(tensor: torch.Tensor) -> bytes:
         data = tensor.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy()
-        return hashlib.blake2b(data.tobytes(), digest_size=16).digest()
+        return hashlib.blake2b(data, digest_size=16).digest()  # the buffer itself: no copy
 
 
 def break_even_rank(m: int, n: int) -> int:
@@ -108,6 +145,7 @@ class _DecompositionCache:
         self._entries: OrderedDict[tuple, Decomposition] = OrderedDict()
         self._holds = 0
         self.digests = _Digests()
+        self._last_whitening: tuple[Hashable, tuple[torch.Tensor, torch.Tensor]] | None = None
 
     def get(self, key: tuple, rank: int, dtype: torch.dtype, compute: Callable[[], Decomposition]) -> Decomposition:
         """The entry for ``key`` with at least ``rank`` factors in (at least) ``dtype``'s precision."""
@@ -126,6 +164,16 @@ class _DecompositionCache:
         self._evict()
         return entry
 
+    def whitening(self, key: Hashable, cov: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """:func:`whitening` of ``cov`` (content ``key``), the last one remembered: layers that read
+        one input (an attention block's query, key and value) share its eigendecomposition (within
+        :meth:`kept` only)."""
+        if not self._holds:
+            return whitening(cov)
+        if self._last_whitening is None or self._last_whitening[0] != key:
+            self._last_whitening = (key, whitening(cov))
+        return self._last_whitening[1]
+
     @contextlib.contextmanager
     def kept(self) -> Iterator[None]:
         """Evict nothing until the block ends (nested blocks: the outermost)."""
@@ -138,10 +186,12 @@ class _DecompositionCache:
             if not self._holds:
                 self.digests.active = False
                 self.digests.clear()
+                self._last_whitening = None
             self._evict()
 
     def clear(self) -> None:
         self._entries.clear()
+        self._last_whitening = None
 
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for value in self._entries.values() for t in value)
@@ -179,7 +229,10 @@ def _decomposition(matrix: torch.Tensor, input_cov: torch.Tensor | None, rank: i
         work = matrix.detach().to(device="cpu", dtype=work_dtype)
         if input_cov is None:
             return torch.linalg.svd(work, full_matrices=False)
-        lt, lt_inv = whitening(input_cov.detach().to(device="cpu", dtype=work_dtype))
+        cov = input_cov.detach().to(device="cpu", dtype=work_dtype)
+        if m > n and work_dtype == torch.float64:
+            return _whitened_by_gram(work, cov)
+        lt, lt_inv = _decompositions.whitening((work_dtype, key[-1]), cov)
         u, s, vh = torch.linalg.svd(lt @ work, full_matrices=False)
         return lt_inv @ u, s, vh
 

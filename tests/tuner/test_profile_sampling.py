@@ -58,3 +58,14 @@ def test_the_sample_holds_at_most_sample_rows(monkeypatch):
     kept = sum(b["x"].shape[0] for b in sample.batches)
     assert kept == 50
     assert all(b["x"].shape[1] == 8 and b["y"].shape[0] == b["x"].shape[0] for b in sample.batches)
+
+
+def test_progress_names_each_layer_how_many_are_left_and_the_time_so_far():
+    model = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 4)).eval()
+    candidates = {name: {"int8": Int8Linear.from_dense(model.get_submodule(name))} for name in ("0", "2")}
+    lines: list[str] = []
+    profile_layers(model, candidates, {}, [torch.randn(16, 8)], lambda m, b: m(b), progress=lines.append)
+    per_layer = [line for line in lines if line.startswith("profiling ") and "left" in line]
+    assert len(per_layer) == 2
+    assert "profiling 0 (1/2, 1 left," in per_layer[0] and "s so far)" in per_layer[0]
+    assert "profiling 2 (2/2, 0 left," in per_layer[1]

@@ -28,21 +28,42 @@ FLOAT32_PRODUCTS_ABOVE = 1024
 class SecondMoment:
     """Streaming ``E[x xᵀ]`` over the rows of the matrices passed to :meth:`update`."""
 
+    #: float32 products are summed in float32 this many at a time, then into the float64 total
+    #: (adding a float32 matrix to a float64 one costs as much as the product itself).
+    FOLD = 16
+
     def __init__(self, dim: int) -> None:
         self.total = torch.zeros(dim, dim, dtype=torch.float64)
         self.count = 0
+        self._recent: torch.Tensor | None = None  # float32 products not yet in ``total``
+        self._pending = 0
 
     def update(self, rows: torch.Tensor) -> None:
         self.add_product(batch_product(rows), rows.shape[0])
 
     def add_product(self, product: torch.Tensor, rows: int) -> None:
         """Add one batch's ``xᵀx`` (from :func:`batch_product`) over ``rows`` rows."""
-        self.total += product
         self.count += rows
+        if product.dtype == torch.float64:
+            self.total.add_(product)
+            return
+        if self._recent is None:
+            self._recent = product.clone()
+        else:
+            self._recent.add_(product)
+        self._pending += 1
+        if self._pending >= self.FOLD:
+            self._fold()
+
+    def _fold(self) -> None:
+        if self._recent is not None:
+            self.total.add_(self._recent)
+            self._recent, self._pending = None, 0
 
     def value(self) -> torch.Tensor:
         if self.count == 0:
             raise ValueError("no calibration inputs reached this layer")
+        self._fold()
         return self.total / self.count
 
 

@@ -95,6 +95,7 @@ def test_layers_fed_one_tensor_share_its_product_and_wide_inputs_are_float32_per
     for name in "qkv":
         torch.testing.assert_close(covs[name], x.T @ x / len(x))
     monkeypatch.setattr(calibration, "FLOAT32_PRODUCTS_ABOVE", 4)
+    monkeypatch.setattr(calibration.SecondMoment, "FOLD", 2)  # folded into float64 mid-stream too
     wide = collect_input_covariances(model, ["q"], batches)["q"]
     assert wide.dtype == torch.float64
     torch.testing.assert_close(wide, x.T @ x / len(x), rtol=1e-6, atol=1e-6)

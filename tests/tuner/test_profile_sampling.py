@@ -55,6 +55,7 @@ def test_the_sample_holds_at_most_sample_rows(monkeypatch):
     for _ in range(7):
         x = torch.randn(3, 11, 8)  # 33 rows a batch
         sample.add(x, dense(x).detach())
+    sample.add(torch.zeros(0, 8), torch.zeros(0, 4))  # an empty batch adds nothing
     kept = sum(b["x"].shape[0] for b in sample.batches)
     assert kept == 50
     assert all(b["x"].shape[1] == 8 and b["y"].shape[0] == b["x"].shape[0] for b in sample.batches)

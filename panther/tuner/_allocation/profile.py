@@ -86,6 +86,8 @@ class _RowSample:
             x, y = x.reshape(-1, x.shape[-1]), y.reshape(-1, y.shape[-1])
         elif x.dim() == 3:  # an unbatched image
             x, y = x.unsqueeze(0), y.unsqueeze(0)
+        if x.shape[0] == 0:  # an empty batch adds no rows
+            return
         if self.limit is None:  # output rows per item: its positions (all but the channel dim)
             self.limit = -(-SAMPLE_ROWS // max(1, y[0].numel() // y.shape[1]))
         flat = x.reshape(x.shape[0], -1)

@@ -2,6 +2,7 @@
 
     python bench/tune_quality.py --workload digits                  # ~1 min
     python bench/tune_quality.py --workload minilm                  # needs [transformers], ~10 min
+    python bench/tune_quality.py --workload bert-base-cost          # the tuner's cost at BERT-base size
     python bench/tune_quality.py --table design --workload digits   # the original design's procedure
     python bench/tune_quality.py --table design --json out.json --plot docs/tune_digits.png  # [plots]
 
@@ -94,6 +95,7 @@ class Outcome:
     evaluations: int
     wall_s: float
     plan: dict[str, dict[str, Any]]
+    split: tuple[float, float, float] | None = None  # (profile, evaluations, rest) seconds of a tuning run
 
 
 @dataclass
@@ -102,18 +104,41 @@ class SearchResult:
     evaluations: int  # full evaluations spent
     wall_s: float
     tuner: SKAutoTuner | None = None  # SKAutoTuner procedures: its records, for the plot
+    split: tuple[float, float, float] | None = None  # allocating tuner: (profile, evaluations, rest) seconds
     build: Callable[[nn.Module], nn.Module] | None = None  # makes the model from a dense copy, if not a plan
 
 
 class CountingMetric:
-    """Wraps the tuning metric so that every full evaluation is counted, whoever calls it."""
+    """Wraps a user function so that every call is counted and timed, whoever calls it."""
 
     def __init__(self, metric: Callable[[nn.Module], float]) -> None:
         self.metric, self.calls = metric, 0
+        self.spans: list[tuple[float, float]] = []  # (start, end) of each call
 
     def __call__(self, model: nn.Module) -> float:
         self.calls += 1
-        return self.metric(model)
+        started = time.perf_counter()
+        try:
+            return self.metric(model)
+        finally:
+            self.spans.append((started, time.perf_counter()))
+
+    @property
+    def seconds(self) -> float:
+        return sum(end - start for start, end in self.spans)
+
+
+def cost_split(wall_s: float, metric: CountingMetric, speed: CountingMetric) -> tuple[float, float, float]:
+    """``(profile, evaluations, rest)`` seconds of a tuning run: time in the user's functions, the
+    tuner's own work before its first plan (calibration, options, profiling: from the end of the
+    dense baseline to the second accuracy call), and everything else the tuner did."""
+    evaluations = metric.seconds + speed.seconds
+    if len(metric.spans) >= 2:
+        profile = metric.spans[1][0] - metric.spans[0][1] - sum(
+            end - start for start, end in speed.spans if start < metric.spans[1][0])
+    else:
+        profile = wall_s - evaluations
+    return profile, evaluations, wall_s - evaluations - profile
 
 
 # -- the two procedures ---------------------------------------------------------------------------
@@ -193,7 +218,8 @@ def outcome(work: Workload, procedure: str, search: SearchResult, threads: int,
     else:
         layers, whole = layer_ratio(work.model, model, work.layers), model_ratio(work.model, model)
     return Outcome(work.name, procedure, final, work.threshold, final >= work.threshold, changed,
-                   len(work.layers), layers, whole, ratio, search.evaluations, search.wall_s, search.plan)
+                   len(work.layers), layers, whole, ratio, search.evaluations, search.wall_s, search.plan,
+                   search.split)
 
 
 # -- the methods table: what users would pick instead, and the allocating tuner ------------------
@@ -294,19 +320,20 @@ def throughput(work: Workload, calls: int = 5) -> Callable[[nn.Module], float]:
 def allocating_tuner(work: Workload, bound: float, budget: int) -> SearchResult:
     """``SKAutoTuner`` defaults on every layer: calibration data, a throughput objective, a trial budget."""
     start = time.perf_counter()
-    metric = CountingMetric(work.tune_metric)
+    metric, speed = CountingMetric(work.tune_metric), CountingMetric(throughput(work))
     tuner = SKAutoTuner(
         model=work.model,
         configs=TuningConfigs([LayerConfig(layer_names=list(work.layers), params="auto", separate=True)]),
-        accuracy_eval_func=metric, accuracy_threshold=bound, optmization_eval_func=throughput(work),
+        accuracy_eval_func=metric, accuracy_threshold=bound, optmization_eval_func=speed,
         max_total_trials=budget - 1,  # plus the baseline
         calibration_data=work.calibration, calibration_forward=work.calibration_forward)
     assert tuner.allocates
     tuner.tune()
+    wall = time.perf_counter() - start
     plan = tuner.best_plan()
     covs = collect_input_covariances(work.model, list(plan), work.calibration, work.calibration_forward)
-    return SearchResult(plan, metric.calls, time.perf_counter() - start, tuner,
-                        build=lambda model: apply_plan(model, plan, input_covs=covs))
+    return SearchResult(plan, metric.calls, wall, tuner, build=lambda model: apply_plan(model, plan, input_covs=covs),
+                        split=cost_split(wall, metric, speed))
 
 
 class FreeLayer(nn.Module):
@@ -376,6 +403,43 @@ def digits_workload(seed: int = 0, epochs: int = 40) -> Workload:
     )
 
 
+def bert_cost_workload(threshold: float = 0.955, seed: int = 0, eval_sentences: int = 128, tokens: int = 32,
+                       calibration_sentences: int = 128, speed_sentences: int = 32) -> Workload:
+    """A BERT-base-size encoder (``transformers`` ``BertConfig()``: hidden 768, 12 layers, FFN 3072;
+    random weights) for the tuner's cost, not its quality: all 72 encoder Linear layers; metric the
+    mean per-token cosine of the last hidden states to the dense model's on ``eval_sentences``
+    random token sequences of ``tokens`` tokens (mean-pooled random sequences all look alike: even
+    rank-1 layers keep 0.98 of that cosine); calibration batches of 8 such sequences."""
+    from transformers import BertConfig, BertModel
+
+    torch.manual_seed(seed)
+    model = BertModel(BertConfig(), add_pooling_layer=False).eval()
+    generator = torch.Generator().manual_seed(seed)
+
+    def ids(count: int) -> torch.Tensor:
+        return torch.randint(1000, 30000, (count, tokens), generator=generator)
+
+    def run(m: nn.Module, batch: torch.Tensor) -> torch.Tensor:
+        return m(input_ids=batch).last_hidden_state
+
+    held_out, tuning = ids(eval_sentences), ids(eval_sentences)
+    calibration, speed_batch = list(ids(calibration_sentences).split(8)), ids(speed_sentences)
+    with torch.no_grad():
+        tuning_ref, held_out_ref = run(model, tuning), run(model, held_out)
+
+    def cosine(m: nn.Module, batch: torch.Tensor, reference: torch.Tensor) -> float:
+        with torch.no_grad():
+            return torch.nn.functional.cosine_similarity(run(m, batch), reference, dim=-1).mean().item()
+
+    layers = [name for name, m in model.named_modules() if name.startswith("encoder.") and isinstance(m, nn.Linear)]
+    return Workload(
+        name="BERT-base size (random weights)", model=model, layers=layers, metric="token cosine",
+        tune_metric=lambda m: cosine(m, tuning, tuning_ref),
+        final_metric=lambda m: cosine(m, held_out, held_out_ref),
+        threshold=threshold, forward=lambda m: run(m, speed_batch),
+        calibration=calibration, calibration_forward=run)
+
+
 def minilm_workload(threshold: float = 0.95, all_layers: bool = False) -> Workload:
     """all-MiniLM-L6-v2's 12 FFN layers (``all_layers``: all 36 encoder Linear layers, the FFN ones
     hand-picked); metric: mean cosine to the original embeddings."""
@@ -404,14 +468,20 @@ def minilm_workload(threshold: float = 0.95, all_layers: bool = False) -> Worklo
 # -- reporting ------------------------------------------------------------------------------------
 def markdown(rows: Sequence[Outcome], header: bool = True, size: str = "weights") -> str:
     lines = ["| workload | procedure | final metric | threshold | met | layers replaced | tuned-layer " + size
-             + " | whole-model " + size + " | CPU speed-up | evaluations | wall (s) |", "|" + "---|" * 11]
+             + " | whole-model " + size + " | CPU speed-up | evaluations | wall (s) | profile / evaluations / rest (s)"
+             " | tuner's own time / evaluations |", "|" + "---|" * 13]
     if not header:
         lines = []
     for r in rows:
+        split = own = "–"
+        if r.split is not None:
+            profile, evaluations, rest = r.split
+            split = f"{profile:.1f} / {evaluations:.1f} / {rest:.1f}"
+            own = f"{(profile + rest) / evaluations:.0%}" if evaluations > 0 else "–"
         lines.append(f"| {r.workload} | {r.procedure} | {r.final_metric:.4f} | {r.threshold:.4f} "
                      f"| {'yes' if r.threshold_met else 'NO'} | {r.layers_sketched}/{r.layers_tuned} "
                      f"| {r.layer_ratio:.3f} | {r.model_ratio:.3f} "
-                     f"| {r.speedup:.2f}x | {r.evaluations} | {r.wall_s:.1f} |")
+                     f"| {r.speedup:.2f}x | {r.evaluations} | {r.wall_s:.1f} | {split} | {own} |")
     return "\n".join(lines)
 
 
@@ -459,7 +529,9 @@ def save_rank_plot(search: SearchResult | None, metric_name: str, whole_threshol
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--table", choices=("methods", "design"), default="methods")
-    parser.add_argument("--workload", choices=("digits", "minilm", "both"), default="digits")
+    parser.add_argument("--workload", choices=("digits", "minilm", "both", "bert-base-cost"), default="digits",
+                        help="bert-base-cost: the allocating tuner alone on a BERT-base-size encoder with random "
+                             "weights, for its wall time and cost split (needs [transformers])")
     parser.add_argument("--budget", type=int, default=40, help="full evaluations per procedure")
     parser.add_argument("--margin", type=float, default=0.005,
                         help="methods table: how far above the held-out bar searches hold the tuning metric")
@@ -480,6 +552,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     methods = args.table == "methods"
     workloads = {"digits": lambda: digits_workload(args.seed),
                  "minilm": lambda: minilm_workload(args.minilm_threshold, all_layers=methods)}
+    if args.workload == "bert-base-cost":
+        work = bert_cost_workload(seed=args.seed)
+        rows.append(outcome(work, "SKAutoTuner (allocate: sketch / int8 per layer)",
+                            allocating_tuner(work, work.threshold, args.budget), args.threads, by_bytes=True))
     for name, make in workloads.items():
         if args.workload in (name, "both"):
             work = make()

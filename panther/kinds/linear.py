@@ -2,13 +2,16 @@
 
 One kind, several methods per layer, named by the ``method`` parameter (:data:`METHODS`):
 
-===================  ==================  ================================================
-``method``           replacement         what it stores
-===================  ==================  ================================================
-``"sketch"``         ``SKLinear``        the sketch (``num_terms``, ``low_rank``, ``init``)
-``"sketch_int8"``    ``Int8SKLinear``    the sketch's two factors, int8
-``"int8"``           ``Int8Linear``      the dense weight, int8 (ignores the sketch's parameters)
-===================  ==================  ================================================
+===================  ======================  ================================================
+``method``           replacement             what it stores
+===================  ======================  ================================================
+``"sketch"``         ``SKLinear``            the sketch (``num_terms``, ``low_rank``, ``init``)
+``"sketch_int8"``    ``Int8SKLinear``        the sketch's two factors, int8
+``"int8"``           ``Int8Linear``          the dense weight, int8 (ignores the sketch's parameters)
+``"int8_smooth"``    ``SmoothInt8Linear``    the dense weight int8, its input channels smoothed
+                                             (SmoothQuant-style scales from the calibration
+                                             covariance: survives activation outliers)
+===================  ======================  ================================================
 
 ``method`` may be left out: it is then ``"sketch"``, or read from the older form
 ``low_rank=None`` / ``quantize=True|False`` (``low_rank=k, quantize=True`` is ``"sketch_int8"``,
@@ -69,6 +72,16 @@ def _int8(dense: nn.Module, params: dict[str, Any], input_cov: torch.Tensor | No
     return module
 
 
+def _int8_smooth(dense: nn.Module, params: dict[str, Any], input_cov: torch.Tensor | None,
+                 copy_weights: bool) -> nn.Module:
+    from panther.nn.quantized import SmoothInt8Linear
+
+    module = SmoothInt8Linear.from_dense(dense, input_cov)  # no covariance: the placeholder a state dict fills
+    if not copy_weights:
+        module.reset_parameters()
+    return module
+
+
 @dataclass(frozen=True)
 class LinearMethod:
     """One way to replace a linear layer.
@@ -93,6 +106,7 @@ METHODS: dict[str, LinearMethod] = {
     "sketch": LinearMethod("SKLinear", sketched=True, build=_sketch, trainable=True),
     "sketch_int8": LinearMethod("Int8SKLinear", sketched=True, build=_sketch_int8),
     "int8": LinearMethod("Int8Linear", sketched=False, build=_int8),
+    "int8_smooth": LinearMethod("SmoothInt8Linear", sketched=False, build=_int8_smooth, reads_input_cov=True),
 }
 #: Parameters naming the method rather than configuring it.
 _METHOD_PARAMS = ("method", "quantize")
@@ -216,7 +230,8 @@ class LinearKind(LayerKind):
         """The cheaper ranks; with ``methods`` on a device with an int8 kernel, every method as well.
 
         Int8 needs the trained weights (``copy_weights``); the allocation then weighs the sketch,
-        the sketch with int8 factors and the int8 dense weight per layer.
+        the sketch with int8 factors and the int8 dense weight per layer, and with calibration data
+        (``data_aware``) the smoothed int8 weight too.
         """
         from panther.nn.int8 import int8_available
 
@@ -224,9 +239,11 @@ class LinearKind(LayerKind):
         space = rank_space(ranks, copy_weights, data_aware)
         if not (methods and copy_weights and int8_available(linear_weight(dense).device)):
             return space
+        # smoothing scales come from the calibration statistics: offered only with calibration data
+        offered = [m for m, method in METHODS.items() if data_aware or not method.reads_input_cov]
         if space is None:
-            return {"method": Categorical(["int8"])}
-        return {"method": Categorical(list(METHODS)), **space}
+            return {"method": Categorical([m for m in offered if not METHODS[m].sketched])}
+        return {"method": Categorical(offered), **space}
 
 
 def _method_combinations(space: Space) -> list[dict[str, Any]]:

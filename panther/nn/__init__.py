@@ -8,6 +8,7 @@ _EXPORTS = {
     "RandMultiHeadAttention": ".attention",
     "Int8Linear": ".quantized",
     "Int8SKLinear": ".quantized",
+    "SmoothInt8Linear": ".quantized",
     "SketchedModule": ".base",
     "replace_module": ".surgery",
 }

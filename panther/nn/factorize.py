@@ -9,9 +9,11 @@ covariance of the layer's inputs is known, as the minimiser of the expected outp
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import weakref
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Hashable, Iterator
 
 import torch
 
@@ -50,54 +52,197 @@ def whitening(input_cov: torch.Tensor, rel_eps: float = 1e-6) -> tuple[torch.Ten
     return root[:, None] * evecs.T, evecs / root[None, :]
 
 
-def _digest(tensor: torch.Tensor) -> bytes:
-    return hashlib.blake2b(tensor.contiguous().numpy().tobytes(), digest_size=16).digest()
+def _largest_eigenvalue(sym: torch.Tensor, steps: int = 30) -> float:
+    """Power iteration's estimate of a positive semi-definite matrix's largest eigenvalue."""
+    v = torch.randn(sym.shape[0], 1, dtype=sym.dtype, generator=torch.Generator().manual_seed(0))
+    value = 0.0
+    for _ in range(steps):
+        w = sym @ v
+        value = float(w.norm())
+        if value == 0.0:
+            return 0.0
+        v = w / value
+    return float((v.T @ sym @ v).item())
+
+
+def _whitened_by_gram(work: torch.Tensor, cov: torch.Tensor, rel_eps: float = 1e-6) -> Decomposition:
+    """The decomposition :func:`whitening` + SVD gives, for a tall ``m x n`` matrix (``m > n``),
+    from the ``n x n`` Gram matrix ``Mᵀ·C·M`` instead of the ``m x m`` eigendecomposition of ``C``.
+
+    ``(C^{1/2}M)ᵀ(C^{1/2}M) = V·Σ²·Vᵀ`` gives ``s`` and ``vh = Vᵀ``, and the whitened SVD's left
+    factor ``C^{-1/2}·U = M·V·Σ⁻¹`` needs no square root of ``C`` at all: for a 3072 → 768 layer
+    an eigendecomposition of 768² numbers instead of 3072². When every eigenvalue of ``C`` is above
+    :func:`whitening`'s floor (a Cholesky factorisation of ``C − floor·I`` succeeds) the floor
+    changes nothing and neither does this; otherwise ``floor·I`` is added, which lifts the
+    directions the inputs never visit as the floor does. Float64 only (squaring the singular values
+    would cost float32 too much precision).
+    """
+    cov = 0.5 * (cov + cov.T)
+    floor = max(_largest_eigenvalue(cov), torch.finfo(cov.dtype).tiny) * rel_eps
+    identity = torch.eye(cov.shape[0], dtype=cov.dtype)
+    if torch.linalg.cholesky_ex(cov - floor * identity).info != 0:  # some eigenvalue below the floor
+        cov = cov + floor * identity
+    gram = work.T @ (cov @ work)
+    evals, evecs = torch.linalg.eigh(0.5 * (gram + gram.T))
+    s, v = evals.flip(0).clamp_min(0).sqrt(), evecs.flip(1)
+    left = (work @ v) / s.clamp_min(torch.finfo(s.dtype).tiny)[None, :]
+    return left, s, v.T
+
+
+class _Digests:
+    """Content digests of tensors, remembered while a tuning keeps its decompositions.
+
+    Hashing a layer's weight (and a wide layer's input covariance, 3072² numbers) costs more than
+    building a sketch from a cached decomposition, and every plan rebuilds every layer. Within
+    :meth:`_DecompositionCache.kept`, a tensor's digest is remembered by its storage, position,
+    shape, dtype and version counter (bumped by every in-place change through the tensor or its
+    views), for as long as that storage lives (a weak reference: nothing is kept alive).
+    """
+
+    def __init__(self) -> None:
+        self.active = False
+        self._known: dict[tuple, tuple[weakref.ref, bytes]] = {}
+
+    def of(self, tensor: torch.Tensor) -> bytes:
+        if not self.active:
+            return self._compute(tensor)
+        storage = tensor.untyped_storage()
+        key = (storage.data_ptr(), tensor.storage_offset(), tuple(tensor.shape), tensor.stride(), tensor.dtype,
+               tensor.device, tensor._version)
+        known = self._known.get(key)
+        if known is None or known[0]() is not storage:  # new, or its memory now holds another storage
+            known = self._known[key] = (weakref.ref(storage), self._compute(tensor))
+        return known[1]
+
+    def clear(self) -> None:
+        self._known.clear()
+
+    @staticmethod
+    def _compute(tensor: torch.Tensor) -> bytes:
+        data = tensor.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy()
+        return hashlib.blake2b(data, digest_size=16).digest()  # the buffer itself: no copy
+
+
+def break_even_rank(m: int, n: int) -> int:
+    """The largest rank ``r`` whose factors, ``r·(m + n)`` numbers, are no more than the ``m x n`` matrix."""
+    return max(1, m * n // (m + n))
 
 
 class _DecompositionCache:
-    """The last few full decompositions, keyed by the content of their inputs.
+    """Decompositions of recent matrices, keyed by the content of their inputs; only the leading factors.
 
-    A tuner builds many candidates of one layer at different ranks; the (whitened) SVD behind
-    them does not depend on the rank, and an eigendecomposition plus SVD of a wide layer costs far
-    more than hashing its weight. Keyed by content, a hit is always the right answer.
+    A tuner builds many candidates of one layer at different ranks; the (whitened) SVD behind them
+    does not depend on the rank, and an eigendecomposition plus SVD of a wide layer costs far more
+    than hashing its weight. Keyed by content, a hit is always the right answer. An entry keeps the
+    singular values and the factors up to the break-even rank (:func:`break_even_rank`, or the
+    largest rank asked for if more): no more numbers than the matrix itself, in float32 unless the
+    caller computes in float64. Within :meth:`kept` (a tuning), nothing is evicted, so every layer
+    is decomposed once however large the model; outside it the entries fit in ``max_bytes``.
     """
 
     def __init__(self, max_bytes: int = 256 << 20) -> None:
         self.max_bytes = max_bytes
         self._entries: OrderedDict[tuple, Decomposition] = OrderedDict()
+        self._holds = 0
+        self.digests = _Digests()
+        self._last_whitening: tuple[Hashable, tuple[torch.Tensor, torch.Tensor]] | None = None
 
-    def get(self, key: tuple, compute: Callable[[], Decomposition]) -> Decomposition:
-        if key in self._entries:
+    def get(self, key: tuple, rank: int, dtype: torch.dtype, compute: Callable[[], Decomposition]) -> Decomposition:
+        """The entry for ``key`` with at least ``rank`` factors in (at least) ``dtype``'s precision."""
+        entry = self._entries.get(key)
+        if entry is not None and entry[2].shape[0] >= min(rank, entry[1].numel()) and (
+                dtype != torch.float64 or entry[0].dtype == torch.float64):
             self._entries.move_to_end(key)
-            return self._entries[key]
-        value = compute()
-        self._entries[key] = value
-        while len(self._entries) > 1 and self._bytes() > self.max_bytes:
-            self._entries.popitem(last=False)
-        return value
+            return entry
+        u, s, vh = compute()
+        keep = max(rank, break_even_rank(u.shape[0], vh.shape[1]))
+        store = torch.float64 if dtype == torch.float64 else torch.float32
+        # copies: the full decomposition's storage is freed, only the leading factors stay
+        entry = (u[:, :keep].to(store, copy=True), s, vh[:keep].to(store, copy=True))
+        self._entries[key] = entry
+        self._entries.move_to_end(key)
+        self._evict()
+        return entry
+
+    def whitening(self, key: Hashable, cov: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """:func:`whitening` of ``cov`` (content ``key``), the last one remembered: layers that read
+        one input (an attention block's query, key and value) share its eigendecomposition (within
+        :meth:`kept` only)."""
+        if not self._holds:
+            return whitening(cov)
+        if self._last_whitening is None or self._last_whitening[0] != key:
+            self._last_whitening = (key, whitening(cov))
+        return self._last_whitening[1]
+
+    @contextlib.contextmanager
+    def kept(self) -> Iterator[None]:
+        """Evict nothing until the block ends (nested blocks: the outermost)."""
+        self._holds += 1
+        self.digests.active = True
+        try:
+            yield
+        finally:
+            self._holds -= 1
+            if not self._holds:
+                self.digests.active = False
+                self.digests.clear()
+                self._last_whitening = None
+            self._evict()
 
     def clear(self) -> None:
         self._entries.clear()
+        self._last_whitening = None
 
-    def _bytes(self) -> int:
+    def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for value in self._entries.values() for t in value)
+
+    def _evict(self) -> None:
+        while not self._holds and len(self._entries) > 1 and self.nbytes() > self.max_bytes:
+            self._entries.popitem(last=False)
 
 
 _decompositions = _DecompositionCache()
 
 
-def _full_decomposition(work: torch.Tensor, cov: torch.Tensor | None) -> Decomposition:
-    """``(u, s, vh)`` with ``work ≈ u @ diag(s) @ vh``, in the metric of ``cov`` when given (cached)."""
-    key = (tuple(work.shape), work.dtype, _digest(work), None if cov is None else _digest(cov))
+def keep_decompositions() -> contextlib.AbstractContextManager[None]:
+    """Within the block, every decomposition stays cached: each layer of a tuning is decomposed once.
+
+    Holds each decomposed layer's leading factors up to its break-even rank: at most as many
+    numbers as the layer's weight (float32 for a float32 model), released when the block ends.
+    """
+    return _decompositions.kept()
+
+
+def _decomposition(matrix: torch.Tensor, input_cov: torch.Tensor | None, rank: int) -> Decomposition:
+    """``(u, s, vh)`` with ``matrix ≈ u @ diag(s) @ vh`` in the metric of ``input_cov`` when given
+    (cached): all singular values, at least ``rank`` factors, computed on the CPU in float64 for
+    small matrices and float32 above that."""
+    m, n = matrix.shape
+    if input_cov is not None and input_cov.shape != (m, m):
+        raise ValueError(f"input_cov must be {m}x{m}, got {tuple(input_cov.shape)}")
+    work_dtype = torch.float64 if m * n <= 1 << 22 else torch.float32
+    digests = _decompositions.digests
+    key = (tuple(matrix.shape), matrix.dtype, work_dtype, digests.of(matrix),
+           None if input_cov is None else (input_cov.dtype, digests.of(input_cov)))
 
     def compute() -> Decomposition:
-        if cov is None:
+        work = matrix.detach().to(device="cpu", dtype=work_dtype)
+        if input_cov is None:
             return torch.linalg.svd(work, full_matrices=False)
-        lt, lt_inv = whitening(cov)
+        cov = input_cov.detach().to(device="cpu", dtype=work_dtype)
+        if m > n and work_dtype == torch.float64:
+            return _whitened_by_gram(work, cov)
+        lt, lt_inv = _decompositions.whitening((work_dtype, key[-1]), cov)
         u, s, vh = torch.linalg.svd(lt @ work, full_matrices=False)
         return lt_inv @ u, s, vh
 
-    return _decompositions.get(key, compute)
+    return _decompositions.get(key, rank, matrix.dtype, compute)
+
+
+def singular_values(matrix: torch.Tensor, input_cov: torch.Tensor | None = None) -> torch.Tensor:
+    """Every singular value of ``matrix`` (whitened by ``input_cov`` when given), descending, in the
+    working precision of :func:`low_rank_basis` (the same cached decomposition)."""
+    return _decomposition(matrix, input_cov, 0)[1].clone()
 
 
 def low_rank_basis(
@@ -113,19 +258,13 @@ def low_rank_basis(
     sorted by decreasing ``sigma``. If ``rank`` exceeds ``min(m, n)`` the extra components have
     ``sigma = 0`` and unit-norm bases, so the approximation is exact. Computed in float64 on the CPU
     for small layers and float32 above that; returned in ``matrix.dtype`` on ``matrix.device``.
-    The full decomposition is cached by content, so other ranks of the same layer come cheap.
+    The decomposition is cached by content (see :func:`keep_decompositions`), so other ranks of the
+    same layer come cheap.
     """
     if rank < 1:
         raise ValueError(f"rank must be >= 1, got {rank}")
     m, n = matrix.shape
-    work_dtype = torch.float64 if m * n <= 1 << 22 else torch.float32
-    work = matrix.detach().to(device="cpu", dtype=work_dtype)
-    cov = None
-    if input_cov is not None:
-        if input_cov.shape != (m, m):
-            raise ValueError(f"input_cov must be {m}x{m}, got {tuple(input_cov.shape)}")
-        cov = input_cov.detach().to(device="cpu", dtype=work_dtype)
-    u, s, vh = _full_decomposition(work, cov)
+    u, s, vh = _decomposition(matrix, input_cov, rank)
     keep = min(rank, s.numel())
     left, sigma, right = u[:, :keep], s[:keep], vh[:keep]
     if keep < rank:

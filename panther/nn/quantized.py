@@ -1,4 +1,5 @@
-"""Int8 stand-ins for a linear layer: ``Int8Linear`` (dense weight) and ``Int8SKLinear`` (a sketch's factors).
+"""Int8 stand-ins for a linear layer: ``Int8Linear`` (dense weight), ``SmoothInt8Linear`` (the same
+with its inputs' outlier channels smoothed into the weight) and ``Int8SKLinear`` (a sketch's factors).
 
 Both are inference layers built from a trained layer (``from_dense``). Their state is plain
 tensors (int8 weights, float32 per-channel scales, float32 bias, all buffers) plus the usual
@@ -213,3 +214,94 @@ class Int8SKLinear(_Int8Chain):
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, num_terms={self.num_terms}, "
                 f"low_rank={self.low_rank}, bias={self.bias is not None}, init={self.init!r}")
+
+
+def smoothing_scales(channel_rms: torch.Tensor, weight: torch.Tensor, alpha: float = 0.5) -> torch.Tensor:
+    """SmoothQuant's per-input-channel scales ``s_j = a_j^α / w_j^(1−α)``.
+
+    ``a_j``: the inputs' size in channel ``j`` (here their RMS, from the calibration second moment);
+    ``w_j``: the largest ``|W_ij|`` of the ``(out, in)`` weight's column ``j``. Dividing the inputs by
+    ``s`` and multiplying the weight's columns by it leaves ``x·Wᵀ`` unchanged but moves the
+    activations' outlier channels (``a_j`` tens of times the median, as transformers' FFN inputs
+    show) into the weight, where per-output-channel scales absorb them; with ``α = 0.5`` both end up
+    with ``√(a_j·w_j)`` in channel ``j``. Channels that are (nearly) zero are floored at a millionth
+    of the largest, so no scale is zero or infinite.
+    """
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+    tiny = torch.finfo(torch.float32).tiny
+    a = channel_rms.detach().double()
+    w = weight.detach().double().abs().amax(dim=0)
+    a = a.clamp_min(float(a.max()) * 1e-6).clamp_min(tiny)
+    w = w.clamp_min(float(w.max()) * 1e-6).clamp_min(tiny)
+    return (a.pow(alpha) / w.pow(1.0 - alpha)).float()
+
+
+class SmoothInt8Linear(Int8Linear):
+    r"""An :class:`Int8Linear` whose inputs are smoothed first (SmoothQuant): ``y = (x·diag(1/s))·(W·diag(s))ᵀ + b``.
+
+    Dynamic int8 quantizes each activation tensor with one scale, so a few input channels tens of
+    times larger than the rest (transformers' FFN inputs) set a step that rounds the other channels
+    away. :func:`smoothing_scales` moves that range into the weight, whose per-output-channel scales
+    absorb it: ``W·diag(s)`` is stored int8 and the kernel is :class:`Int8Linear`'s, unchanged; the
+    input is multiplied by ``input_scale = 1/s`` (one elementwise product) before the kernel
+    quantizes it. The scales come from the layer's input second moment (its diagonal: each channel's
+    RMS), the calibration statistics the tuner collects.
+
+    Plan params: ``{"method": "int8_smooth"}`` (the linear kind builds it from the calibration input
+    covariance the tuner collects).
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True,
+                 device: torch.device | str | None = None) -> None:
+        super().__init__(in_features, out_features, bias, device)
+        self.register_buffer("input_scale", torch.ones(in_features, device=device))
+
+    @classmethod
+    def from_dense(cls, layer: nn.Module, input_cov: torch.Tensor | None = None,  # type: ignore[override]
+                   alpha: float = 0.5) -> SmoothInt8Linear:
+        """Smooth and quantize a (trained) ``nn.Linear`` or ``Conv1D`` from its input second moment
+        ``input_cov`` (``(in, in)``, e.g. :func:`panther.nn.calibration.collect_input_covariances`).
+
+        Without ``input_cov`` nothing is smoothed (scales 1: :class:`Int8Linear`'s numbers), the
+        placeholder that a checkpoint's state then fills (``rebuild_sketched_layers``).
+        """
+        if not is_linear_like(layer):
+            raise TypeError(f"SmoothInt8Linear.from_dense expects an nn.Linear (or a transformers Conv1D), "
+                            f"got {type(layer).__name__}")
+        d_in, _ = linear_dims(layer)
+        if input_cov is not None and input_cov.shape != (d_in, d_in):
+            raise ValueError(f"input_cov must be {d_in}x{d_in}, got {tuple(input_cov.shape)}")
+        weight = linear_weight(layer).detach()
+        scales = (torch.ones(d_in, device=weight.device) if input_cov is None else
+                  smoothing_scales(input_cov.detach().diagonal().clamp_min(0).sqrt(), weight, alpha).to(weight.device))
+        module = cls(*linear_dims(layer), bias=layer.bias is not None, device=weight.device)
+        module._set_factor("weight", weight.float() * scales[None, :])
+        module.input_scale.copy_(1.0 / scales)
+        if layer.bias is not None:
+            module.bias.copy_(layer.bias.detach())
+        return module
+
+    def reset_parameters(self, generator: torch.Generator | None = None) -> None:
+        """As :meth:`Int8Linear.reset_parameters`, unsmoothed (``input_scale`` all ones)."""
+        super().reset_parameters(generator)
+        self.input_scale.fill_(1.0)
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        if input.is_nested:
+            return per_sequence(self, input)
+        if input.shape[-1] != self.in_features:
+            raise ValueError(f"{type(self).__name__} expected last dimension {self.in_features}, "
+                             f"got shape {tuple(input.shape)}")
+        return super().forward(input * self.input_scale.to(input.dtype))
+
+    def to_dense(self) -> nn.Linear:
+        """The ``nn.Linear`` computing the same product in float: the smoothing folded back out."""
+        dense = super().to_dense()
+        with torch.no_grad():
+            dense.weight.mul_(self.input_scale.to(dense.weight.device)[None, :])
+        return dense
+
+    @classmethod
+    def sketch_params_of(cls, hyperparameters: dict[str, Any]) -> dict[str, Any]:
+        return {"method": "int8_smooth"}

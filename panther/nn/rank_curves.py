@@ -10,16 +10,16 @@ is known before they are built (Eckart–Young):
   formula over the singular values of the whitened weight ``W·C^{1/2}``, which is what ``"data_svd"``
   truncates.
 
-The spectrum comes from :func:`panther.nn.factorize.low_rank_basis`, so it is the very decomposition
-(same whitening ridge, same working precision) the layer will be built from, and its content-keyed
-cache makes the later ``from_dense`` calls of the same layer free.
+The spectrum comes from :func:`panther.nn.factorize.singular_values`, the very decomposition (same
+whitening ridge, same working precision) :func:`~panther.nn.factorize.low_rank_basis` builds the
+layer from, and its content-keyed cache makes the later ``from_dense`` calls of the same layer free.
 """
 
 from __future__ import annotations
 
 import torch
 
-from panther.nn.factorize import low_rank_basis
+from panther.nn.factorize import singular_values
 
 
 def sketch_rank(num_terms: int, low_rank: int) -> int:
@@ -35,10 +35,8 @@ def rank_error_curve(weight: torch.Tensor, input_cov: torch.Tensor | None = None
     the bias-free output ``x·Wᵀ`` (a bias is copied unchanged, so it adds nothing to the numerator).
     ``err[0] = 1``, ``err[min(out, in)] = 0``, non-increasing; float64 on the CPU.
     """
-    w_t = weight.detach().to(device="cpu", dtype=torch.float64).T  # low_rank_basis's (d_in, d_out)
-    # Converting to float64 is exact, so the cache key (taken after low_rank_basis casts to its own
-    # working dtype) is the one SKLinear.from_dense will use.
-    _, sigma, _ = low_rank_basis(w_t, min(w_t.shape), input_cov=input_cov)
+    # (d_in, d_out), as SKLinear.from_dense factors it: the same cache entry
+    sigma = singular_values(weight.detach().T, input_cov=input_cov)
     energy = sigma.to(torch.float64).square()
     tail = torch.cat([energy.flip(0).cumsum(0).flip(0), energy.new_zeros(1)])  # tail[r] = Σ_{i≥r} σ_i²
     total = tail[0]

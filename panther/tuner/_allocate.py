@@ -40,6 +40,7 @@ import torch
 from torch import nn
 
 from panther.nn.dense import is_linear_like
+from panther.nn.factorize import keep_decompositions
 from panther.tuner._allocation import AllocationPath, Option, Plan
 from panther.tuner._allocation.profile import LayerProfile, profile_layers
 from panther.tuner._budget import Budget
@@ -93,6 +94,12 @@ def _configurations(group: TuningGroup, kind: Any) -> list[dict[str, Any]]:
         params = kind.canonical_params(dict(zip(names, combo, strict=True)))
         unique.setdefault(params_key(params), params)
     return list(unique.values())
+
+
+def _progress(action: str, done: int, total: int, started: float) -> None:
+    """One INFO line on a long step: what, which of how many, how many left, time so far."""
+    logger.info("allocation: %s (%d/%d, %d left, %.0f s so far)", action, done + 1, total, total - done - 1,
+                time.perf_counter() - started)
 
 
 def choose_plan(plans: Sequence[dict[str, Any]], by_speed: bool) -> dict[str, Any] | None:
@@ -182,7 +189,9 @@ class Allocation:
         candidates: dict[str, dict[Hashable, nn.Module]] = {}
         predicted: dict[str, dict[Hashable, float]] = {}
         configurations: dict[str, dict[Hashable, dict[str, Any]]] = {}
-        for group in self.groups.values():
+        started = time.perf_counter()
+        for index, group in enumerate(self.groups.values()):
+            _progress(f"building the options of {group.name}", index, len(self.groups), started)
             configurations[group.name] = {}
             for params in _configurations(group, self.installer.kinds[group.layers[0]]):
                 key = params_key(params)
@@ -204,7 +213,8 @@ class Allocation:
         started = time.perf_counter()
         with self.installer.swapped(self.installer.originals):
             profiles = profile_layers(self.installer.model, candidates, predicted, batches, forward,  # type: ignore[arg-type]
-                                      time_candidates=self.speed_func is not None)
+                                      time_candidates=self.speed_func is not None,
+                                      progress=lambda line: logger.info("allocation: %s", line))
         if self.broadcast is not None:  # timings differ per process; plans must not
             profiles = self.broadcast(profiles)
         logger.info("allocation: %d options of %d layers profiled in %.1f s (%d errors predicted, %d measured)",
@@ -308,6 +318,10 @@ class Allocation:
 
     def run(self, budget: Budget) -> None:
         """Allocate, evaluate, choose; the decisions go to ``results`` (the model is left dense)."""
+        with keep_decompositions():  # every plan rebuilds its layers: each one decomposed once
+            self._run(budget)
+
+    def _run(self, budget: Budget) -> None:
         spaces = {g.name: _configurations(g, self.installer.kinds[g.layers[0]]) for g in self.groups.values()}
         key = tuning_key(self.installer.model, None if self.calibration is None else self.calibration[0],
                          spaces, self.speed_func is not None)

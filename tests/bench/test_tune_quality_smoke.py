@@ -124,6 +124,17 @@ def test_allocating_tuner_meets_its_bound_within_the_budget(work):
     tuned = result.build(copy.deepcopy(work.model))
     assert work.tune_metric(tuned) >= bound
     assert all(type(work.model.get_submodule(n)) is nn.Linear for n in work.layers)  # the workload stays dense
+    profile, evaluations, rest = result.split
+    assert profile > 0 and evaluations > 0 and rest >= 0
+    assert profile + evaluations + rest == pytest.approx(result.wall_s)
+
+
+def test_cost_split_separates_the_users_calls_from_the_tuners_work():
+    metric, speed = tune_quality.CountingMetric(lambda m: 1.0), tune_quality.CountingMetric(lambda m: 2.0)
+    metric.spans = [(0.0, 1.0), (5.0, 6.0), (8.0, 9.0)]  # baseline, then two plans
+    speed.spans = [(6.0, 7.0)]
+    # profile: 1 -> 5; evaluations: 3 + 1; rest: 12 - 4 - 4
+    assert tune_quality.cost_split(12.0, metric, speed) == (4.0, 4.0, 4.0)
 
 
 def test_free_layers_cost_nothing_and_keep_shapes(work):

@@ -71,3 +71,31 @@ def test_each_submodules_mode_is_restored():
     model[1].eval()  # deliberately frozen statistics
     collect_input_covariances(model, ["0"], [torch.randn(3, 4)])
     assert model.training and model[0].training and not model[1].training
+
+
+def test_layers_fed_one_tensor_share_its_product_and_wide_inputs_are_float32_per_batch(monkeypatch):
+    from panther.nn import calibration
+
+    class Attention(nn.Module):  # query, key and value read the same tensor
+        def __init__(self) -> None:
+            super().__init__()
+            self.q, self.k, self.v = nn.Linear(8, 8), nn.Linear(8, 8), nn.Linear(8, 8)
+
+        def forward(self, x):
+            return self.q(x) + self.k(x) * self.v(x)
+
+    model = Attention()
+    batches = [torch.randn(5, 3, 8) for _ in range(3)]
+    products = []
+    real = calibration.batch_product
+    monkeypatch.setattr(calibration, "batch_product", lambda rows: products.append(1) or real(rows))
+    covs = collect_input_covariances(model, ["q", "k", "v"], batches)
+    assert len(products) == len(batches)  # one product per batch for the three layers
+    x = torch.cat(batches).reshape(-1, 8).double()
+    for name in "qkv":
+        torch.testing.assert_close(covs[name], x.T @ x / len(x))
+    monkeypatch.setattr(calibration, "FLOAT32_PRODUCTS_ABOVE", 4)
+    monkeypatch.setattr(calibration.SecondMoment, "FOLD", 2)  # folded into float64 mid-stream too
+    wide = collect_input_covariances(model, ["q"], batches)["q"]
+    assert wide.dtype == torch.float64
+    torch.testing.assert_close(wide, x.T @ x / len(x), rtol=1e-6, atol=1e-6)

@@ -36,17 +36,109 @@ def test_whitened_basis_minimises_the_expected_output_error():
 def test_cache_serves_other_ranks_and_never_stale_or_aliased_results(monkeypatch):
     factorize._decompositions.clear()
     calls = []
-    real_svd = torch.linalg.svd
+    real_svd, real_eigh = torch.linalg.svd, torch.linalg.eigh
     monkeypatch.setattr(torch.linalg, "svd", lambda *a, **k: calls.append(1) or real_svd(*a, **k))
+    monkeypatch.setattr(torch.linalg, "eigh", lambda *a, **k: calls.append(1) or real_eigh(*a, **k))
     matrix = torch.randn(30, 20, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
     cov = torch.eye(30, dtype=torch.float64) * 2
 
     first = low_rank_basis(matrix, 4, input_cov=cov)
     first[0].zero_()  # a caller modifying its factors must not reach the cache
+    once = len(calls)  # the decompositions one whitened factorisation takes
     again = low_rank_basis(matrix.clone(), 8, input_cov=cov)  # same content, other rank
-    assert len(calls) == 1
+    assert once >= 1 and len(calls) == once
     torch.testing.assert_close(again[0][:, :4] @ torch.diag(again[1][:4]) @ again[2][:4],
                                _reconstruction(matrix, 4, cov))
     matrix[0, 0] += 1.0  # new content: recomputed
     torch.testing.assert_close(_reconstruction(matrix, 20, cov), matrix)
-    assert len(calls) == 2  # one more decomposition, for the changed matrix only
+    assert len(calls) == 2 * once  # one more factorisation, for the changed matrix only
+
+
+def test_cache_keeps_only_the_leading_factors_and_recomputes_beyond_them(monkeypatch):
+    factorize._decompositions.clear()
+    matrix = torch.randn(60, 40, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    expected = _reconstruction_by_svd(matrix, 30)
+    calls = []
+    real_svd = torch.linalg.svd
+    monkeypatch.setattr(torch.linalg, "svd", lambda *a, **k: calls.append(1) or real_svd(*a, **k))
+    assert factorize.break_even_rank(60, 40) == 24
+    low_rank_basis(matrix, 3)
+    assert factorize._decompositions.nbytes() <= (matrix.numel() + 40) * 8  # factors up to rank 24 + sigma
+    low_rank_basis(matrix, 24)
+    assert len(calls) == 1
+    torch.testing.assert_close(_reconstruction(matrix, 30), expected)
+    assert len(calls) == 2  # rank 30 needs factors the entry did not keep
+    torch.testing.assert_close(factorize.singular_values(matrix), torch.linalg.svdvals(matrix))
+
+
+def _reconstruction_by_svd(matrix, rank):
+    u, s, vh = torch.linalg.svd(matrix, full_matrices=False)
+    return u[:, :rank] @ torch.diag(s[:rank]) @ vh[:rank]
+
+
+def test_every_layer_is_decomposed_once_while_kept_whatever_the_cache_size(monkeypatch):
+    factorize._decompositions.clear()
+    monkeypatch.setattr(factorize._decompositions, "max_bytes", 1)  # holds one entry outside a tuning
+    calls = []
+    real_svd = torch.linalg.svd
+    monkeypatch.setattr(torch.linalg, "svd", lambda *a, **k: calls.append(1) or real_svd(*a, **k))
+    gen = torch.Generator().manual_seed(4)
+    layers = [torch.randn(32, 24, generator=gen) for _ in range(5)]
+    with factorize.keep_decompositions():
+        for _ in range(3):  # three "plans", each building every layer
+            for weight in layers:
+                low_rank_basis(weight, 4)
+    assert len(calls) == len(layers)
+    assert len(factorize._decompositions._entries) == 1  # trimmed back once the tuning ends
+    low_rank_basis(layers[0], 4)
+    assert len(calls) == len(layers) + 1  # evicted outside the block, as before
+
+
+def test_remembered_digests_follow_in_place_changes_while_kept(monkeypatch):
+    factorize._decompositions.clear()
+    matrix = torch.randn(20, 12, generator=torch.Generator().manual_seed(5))
+    with factorize.keep_decompositions():
+        before = _reconstruction(matrix, 12)
+        torch.testing.assert_close(before, matrix)
+        with torch.no_grad():
+            matrix.T[0, 0] += 1.0  # through a view: the shared version counter moves
+        torch.testing.assert_close(_reconstruction(matrix, 12), matrix)  # not the stale decomposition
+
+
+def test_tall_whitened_factors_equal_the_whitening_route_and_keep_its_floor():
+    """A tall matrix is factorised from its n x n Gram matrix; the result is the m x m whitening's."""
+    gen = torch.Generator().manual_seed(6)
+    matrix = torch.randn(50, 12, dtype=torch.float64, generator=gen)
+    # A full-rank covariance: the same factorisation. One of rank 20 < 50: the floor (a millionth
+    # of the largest eigenvalue) is added to every direction rather than raising only those below
+    # it, which moves the result by about that millionth relative.
+    for rows, rtol in ((400, 1e-9), (20, 1e-4)):
+        inputs = torch.randn(rows, 50, dtype=torch.float64, generator=gen) * torch.linspace(0.2, 4, 50,
+                                                                                            dtype=torch.float64)
+        cov = inputs.T @ inputs / rows
+        lt, lt_inv = factorize.whitening(cov)
+        u, s, vh = torch.linalg.svd(lt @ matrix, full_matrices=False)
+        left, sigma, right = factorize._whitened_by_gram(matrix, cov)
+        torch.testing.assert_close(sigma, s, rtol=rtol, atol=0)
+        for rank in (3, 8):  # the approximations (factors are unique up to sign)
+            expected = (lt_inv @ u[:, :rank]) @ torch.diag(s[:rank]) @ vh[:rank]
+            got = left[:, :rank] @ torch.diag(sigma[:rank]) @ right[:rank]
+            torch.testing.assert_close(got, expected, rtol=rtol, atol=rtol * float(expected.abs().max()))
+
+
+def test_layers_reading_one_input_share_its_whitening_while_kept(monkeypatch):
+    factorize._decompositions.clear()
+    gen = torch.Generator().manual_seed(7)
+    inputs = torch.randn(200, 16, generator=gen)
+    cov = inputs.T @ inputs / 200
+    query, key = torch.randn(16, 16, generator=gen), torch.randn(16, 16, generator=gen)
+    expected = [_reconstruction(w, 3, cov) for w in (query, key)]
+    factorize._decompositions.clear()
+    calls = []
+    real = factorize.whitening
+    monkeypatch.setattr(factorize, "whitening", lambda *a, **k: calls.append(1) or real(*a, **k))
+    with factorize.keep_decompositions():
+        got = [_reconstruction(w, 3, cov) for w in (query, key)]
+    assert len(calls) == 1
+    for g, e in zip(got, expected, strict=True):
+        torch.testing.assert_close(g, e)

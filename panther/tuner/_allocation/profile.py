@@ -5,14 +5,29 @@ The allocation needs every option's damage and price without evaluating the mode
 - **error**: the relative output error ``‖ŷ − y‖ / ‖y − b‖`` of the layer alone (``b``: its
   bias). Options whose kind can predict it from the weights
   (:meth:`panther.kinds.LayerKind.predicted_error`, e.g. a rank's error from the layer's spectrum)
-  are not run at all; every other option (e.g. int8) is measured in one pass of the calibration
-  data through the dense model, with a forward hook on each layer feeding that layer's real input
-  to its candidates. Without calibration data, linear layers are measured on isotropic Gaussian
-  rows, the inputs the plain-SVD prediction assumes.
+  are not run at all; every other option (e.g. int8) is measured on the layer's real inputs,
+  caught by a forward hook during one pass of the calibration data through the dense model.
+  Without calibration data, linear layers are measured on isotropic Gaussian rows, the inputs the
+  plain-SVD prediction assumes.
+
+  Only a uniform sample of at most :data:`SAMPLE_ROWS` rows per layer is kept (a reservoir over all
+  batches), and the candidates run on it once, after the pass, in the activations' own precision.
+  Each sampled row keeps the company of its batch's extreme rows (those holding the batch's
+  minimum and maximum, excluded from the sums), so a dynamically quantized candidate sees the
+  activation range, hence the scale, that the whole batch gives it in the model. The dense output
+  of the sampled rows is the one the hook saw: computed once, shared by every option.
+
+  Why 512 rows: the estimate ``ê² = Σ dᵢ / Σ sᵢ`` (per-row squared error and signal) is a ratio
+  estimator whose relative standard error is about ``(CV_d + CV_s)/√n`` (delta method; ``CV``:
+  the per-row coefficient of variation). Rows whose error and signal vary by as much as their own
+  size (CV ≤ 1) give ``ê`` to within ``½·2/√512 ≈ 4.4 %`` (one standard error), finer than the
+  ≥ 15 % steps between neighbouring ranks of the grid and well inside the per-role sensitivity the
+  allocation measures anyway; the options of one layer share the rows, so their order is surer still.
 - **bytes**: parameters and buffers of the built candidate (:func:`panther.tuner.layer_bytes`).
 - **seconds** (when asked): the median time of each candidate and of the dense layer on the
   layer's largest calibration input, where fixed per-call costs (e.g. quantizing the activations)
-  weigh least.
+  weigh least. Layers of one type and shape on inputs of one shape share the times: each distinct
+  candidate is timed once however many layers it stands for (BERT-base: 3 shapes for 72 layers).
 """
 
 from __future__ import annotations
@@ -32,8 +47,12 @@ from panther.tuner._layers import layer_bytes
 
 #: Rows of the Gaussian inputs that stand in for calibration data.
 _GAUSSIAN_ROWS = 512
+#: Most output rows per layer the errors are measured on (see the module docstring for why 512).
+SAMPLE_ROWS = 512
 #: Timed calls per candidate (after one warm-up call); the median is kept.
 _TIMED_CALLS = 5
+
+Progress = Callable[[str], None]
 
 
 @dataclass
@@ -48,26 +67,63 @@ class LayerProfile:
     seconds: dict[Hashable, float] = field(default_factory=dict)
 
 
-class _ErrorSums:
-    """Streaming ``Σ‖ŷ − y‖²`` per candidate and ``Σ‖y − b‖²`` of one layer."""
+class _RowSample:
+    """A uniform sample of at most :data:`SAMPLE_ROWS` output rows of one layer over every batch.
 
-    def __init__(self, keys: Iterable[Hashable]) -> None:
-        self.squared = dict.fromkeys(keys, 0.0)
-        self.reference = 0.0
+    The units sampled are rows for a linear layer and items along dim 0 (images) otherwise, as
+    many as make about :data:`SAMPLE_ROWS` output rows. Reservoir sampling by random keys: every
+    unit gets a uniform key and the smallest keys are kept, whatever the number of batches. Each
+    batch's kept units travel with its extreme units (see the module docstring).
+    """
 
-    def add(self, dense: nn.Module, candidates: Mapping[Hashable, nn.Module], x: torch.Tensor,
-            y: torch.Tensor) -> None:
-        # The output without its bias: what the layer's weight contributes (a zero input gives
-        # the bias alone, broadcast as the layer broadcasts it: per channel for a convolution).
-        signal = y - dense.forward(torch.zeros_like(x))  # .forward: not through the hook this runs in
-        self.reference += float(signal.double().square().sum())
-        for key, candidate in candidates.items():
-            self.squared[key] += float((candidate(x).double() - y.double()).square().sum())
+    def __init__(self, layer: nn.Module, generator: torch.Generator) -> None:
+        self.linear, self.generator = is_linear_like(layer), generator
+        self.limit: int | None = SAMPLE_ROWS if self.linear else None
+        self.batches: list[dict[str, torch.Tensor]] = []  # per batch: kept x, y, keys; its extremes
 
-    def relative(self) -> dict[Hashable, float]:
-        if self.reference <= 0:
-            return {key: 0.0 if value == 0 else float("inf") for key, value in self.squared.items()}
-        return {key: (value / self.reference) ** 0.5 for key, value in self.squared.items()}
+    def add(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        if self.linear:
+            x, y = x.reshape(-1, x.shape[-1]), y.reshape(-1, y.shape[-1])
+        elif x.dim() == 3:  # an unbatched image
+            x, y = x.unsqueeze(0), y.unsqueeze(0)
+        if x.shape[0] == 0:  # an empty batch adds no rows
+            return
+        if self.limit is None:  # output rows per item: its positions (all but the channel dim)
+            self.limit = -(-SAMPLE_ROWS // max(1, y[0].numel() // y.shape[1]))
+        flat = x.reshape(x.shape[0], -1)
+        extremes = torch.stack([flat.amin(dim=1).argmin(), flat.amax(dim=1).argmax()]).unique()
+        keys = torch.rand(x.shape[0], generator=self.generator)
+        every = torch.cat([keys, *(b["keys"] for b in self.batches)])
+        cut = every.kthvalue(self.limit).values if every.numel() > self.limit else every.max()
+        for b in self.batches:
+            keep = b["keys"] <= cut
+            if not keep.all():
+                b["x"], b["y"], b["keys"] = b["x"][keep], b["y"][keep], b["keys"][keep]
+        self.batches = [b for b in self.batches if b["keys"].numel()]
+        keep = keys <= cut
+        if keep.any():  # indexing copies: no whole batch's activations are held
+            self.batches.append({"x": x[keep], "y": y[keep], "keys": keys[keep], "extremes": x[extremes]})
+
+    def errors(self, dense: nn.Module, candidates: Mapping[Hashable, nn.Module]) -> dict[Hashable, float]:
+        """``‖ŷ − y‖ / ‖y − b‖`` of each candidate on the sample (float64 only for the per-row sums)."""
+        squared = dict.fromkeys(candidates, 0.0)
+        reference = 0.0
+        for b in self.batches:
+            kept, y = b["x"].shape[0], b["y"]
+            x = torch.cat([b["x"], b["extremes"]])  # the extremes: the batch's activation range
+            # Without its bias: what the weight contributes (a zero input gives the bias alone,
+            # broadcast as the layer broadcasts it: per channel for a convolution).
+            reference += _sum_of_squares(y - dense.forward(torch.zeros_like(b["x"][:1])))
+            for key, candidate in candidates.items():
+                squared[key] += _sum_of_squares(candidate(x)[:kept] - y)
+        if reference <= 0:
+            return {key: 0.0 if value == 0 else float("inf") for key, value in squared.items()}
+        return {key: (value / reference) ** 0.5 for key, value in squared.items()}
+
+
+def _sum_of_squares(diff: torch.Tensor) -> float:
+    """``Σ diff²``, per row in the tensor's precision, summed over rows in float64."""
+    return float(diff.reshape(diff.shape[0], -1).square().sum(dim=1).double().sum())
 
 
 def _median_seconds(module: nn.Module, x: torch.Tensor) -> float:
@@ -80,6 +136,11 @@ def _median_seconds(module: nn.Module, x: torch.Tensor) -> float:
     return statistics.median(times)
 
 
+def _timing_key(layer: nn.Module, x: torch.Tensor) -> tuple:
+    """What a layer's (and its candidates') time depends on: its type, shape and its input's shape."""
+    return type(layer), layer.extra_repr(), tuple(x.shape), x.dtype, x.device
+
+
 @torch.no_grad()
 def profile_layers(
     model: nn.Module,
@@ -88,6 +149,7 @@ def profile_layers(
     batches: Iterable[Any] | None,
     forward: Callable[[nn.Module, Any], Any],
     time_candidates: bool = False,
+    progress: Progress | None = None,
 ) -> dict[str, LayerProfile]:
     """Profile ``candidates[name][key]`` of each dense layer ``model.get_submodule(name)``.
 
@@ -95,17 +157,18 @@ def profile_layers(
     weighed and timed). ``batches`` are calibration batches run by ``forward(model, batch)``, or
     ``None`` for Gaussian inputs (linear layers only). The model must hold its dense layers; every
     submodule's train/eval mode is restored afterwards and the hooks are removed even on errors.
-    A layer no batch runs is returned with ``reached=False`` and no errors.
+    A layer no batch runs is returned with ``reached=False`` and no errors. ``progress(line)``
+    hears which layer is measured, how many are left and the time so far.
     """
+    started = time.perf_counter()
     dense = {name: model.get_submodule(name) for name in candidates}
     profiles = {name: LayerProfile(dense_bytes=layer_bytes(layer)) for name, layer in dense.items()}
     for name, options in candidates.items():
         for key, module in options.items():
             module.eval()
             profiles[name].bytes[key] = layer_bytes(module)
-    to_measure = {name: {k: m for k, m in options.items() if k not in predicted.get(name, {})}
-                  for name, options in candidates.items()}
-    sums = {name: _ErrorSums(options) for name, options in to_measure.items()}
+    generator = torch.Generator().manual_seed(0)
+    samples = {name: _RowSample(layer, generator) for name, layer in dense.items()}
     largest_input: dict[str, torch.Tensor] = {}  # per layer: its input with the most elements
 
     def observe(name: str, x: torch.Tensor, y: torch.Tensor) -> None:
@@ -114,28 +177,39 @@ def profile_layers(
             y = dense[name].forward(x)
         if name not in largest_input or x.numel() > largest_input[name].numel():
             largest_input[name] = x
-        sums[name].add(dense[name], to_measure[name], x, y)
+        samples[name].add(x.detach(), y.detach())
 
     if batches is None:
         for name, layer in dense.items():
             if not is_linear_like(layer):
                 raise ValueError(f"{name}: {type(layer).__name__} needs calibration data to be profiled")
-            generator = torch.Generator().manual_seed(0)
-            x = torch.randn(_GAUSSIAN_ROWS, linear_dims(layer)[0], generator=generator)
+            gaussian = torch.Generator().manual_seed(0)
+            x = torch.randn(_GAUSSIAN_ROWS, linear_dims(layer)[0], generator=gaussian)
             x = x.to(device=layer.weight.device, dtype=layer.weight.dtype)
             observe(name, x, layer(x))
     else:
+        if progress is not None:
+            progress(f"profiling: one calibration pass over {len(dense)} layers")
         _run_hooked(model, dense, batches, forward, observe)
-    for name, profile in profiles.items():
+    timings: dict[tuple, tuple[float, dict[Hashable, float]]] = {}  # timing key -> dense and candidate seconds
+    for index, (name, profile) in enumerate(profiles.items()):
         profile.reached = name in largest_input
         if not profile.reached:  # never called: nothing known about its candidates
             continue
+        if progress is not None:
+            progress(f"profiling {name} ({index + 1}/{len(profiles)}, {len(profiles) - index - 1} left, "
+                     f"{time.perf_counter() - started:.0f} s so far)")
+        to_measure = {k: m for k, m in candidates[name].items() if k not in predicted.get(name, {})}
         profile.error.update(predicted.get(name, {}))
-        profile.error.update(sums[name].relative())
-        if time_candidates and name in largest_input:
-            profile.dense_seconds = _median_seconds(dense[name], largest_input[name])
-            profile.seconds = {key: _median_seconds(module, largest_input[name])
-                               for key, module in candidates[name].items()}
+        profile.error.update(samples.pop(name).errors(dense[name], to_measure))
+        if time_candidates:
+            x = largest_input[name]
+            key = _timing_key(dense[name], x)
+            if key not in timings or not set(candidates[name]) <= set(timings[key][1]):
+                times = timings.setdefault(key, (_median_seconds(dense[name], x), {}))[1]
+                times.update({k: _median_seconds(m, x) for k, m in candidates[name].items() if k not in times})
+            profile.dense_seconds = timings[key][0]
+            profile.seconds = {k: timings[key][1][k] for k in candidates[name]}
     return profiles
 
 

@@ -66,9 +66,6 @@ def e2e_report(out: Path) -> dict:
     return json.loads((out / "e2e.json").read_text())
 
 
-@pytest.mark.xfail(strict=True, reason="panther bug: the allocation's per-layer timing (tuner/_allocation/"
-                   "profile.py, objective='speed') calls the dense layer outside autocast on the bf16 input "
-                   "recorded under bf16-mixed: 'mat1 and mat2 must have the same dtype'")
 def test_tuning_under_bf16_mixed_succeeds(dry_run):
     report = e2e_report(dry_run[0])
     assert report["tune_failure"] is None, report["tune_failure"]

@@ -70,3 +70,25 @@ def test_progress_names_each_layer_how_many_are_left_and_the_time_so_far():
     assert len(per_layer) == 2
     assert "profiling 0 (1/2, 1 left," in per_layer[0] and "s so far)" in per_layer[0]
     assert "profiling 2 (2/2, 0 left," in per_layer[1]
+
+
+def test_layers_run_under_autocast_are_measured_and_timed_in_it():
+    """bf16-mixed records bf16 inputs for float32 layers: the candidates run in that same autocast."""
+    from panther.nn.linear import SKLinear
+
+    torch.manual_seed(3)
+    model = nn.Sequential(nn.Linear(32, 64), nn.ReLU(), nn.Linear(64, 16)).eval()
+    batches = [torch.randn(40, 32) for _ in range(3)]  # 120 rows: all kept, so the sample is every row
+
+    def forward(m: nn.Module, batch: torch.Tensor) -> torch.Tensor:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return m(batch)
+
+    sketch = SKLinear.from_dense(model[2], 1, 4, "svd").eval()
+    profiles = profile_layers(model, {"2": {"rank 8": sketch}}, {}, batches, forward, time_candidates=True)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        inputs = [torch.relu(model[0](b)) for b in batches]
+        error = sum(float((sketch(x).float() - model[2](x).float()).square().sum()) for x in inputs)
+        signal = sum(float((model[2](x).float() - model[2].bias).square().sum()) for x in inputs)
+    assert profiles["2"].error["rank 8"] == pytest.approx((error / signal) ** 0.5, rel=1e-3)
+    assert profiles["2"].dense_seconds > 0 and profiles["2"].seconds["rank 8"] > 0

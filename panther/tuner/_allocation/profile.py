@@ -32,6 +32,7 @@ The allocation needs every option's damage and price without evaluating the mode
 
 from __future__ import annotations
 
+import contextlib
 import statistics
 import time
 from collections.abc import Callable, Hashable, Iterable, Mapping
@@ -127,13 +128,38 @@ def _sum_of_squares(diff: torch.Tensor) -> float:
 
 
 def _median_seconds(module: nn.Module, x: torch.Tensor) -> float:
+    """Median wall time of ``module(x)``; on a GPU each call is waited for (launches are asynchronous)."""
+    synchronize = torch.cuda.synchronize if x.is_cuda else _no_wait
     module(x)  # warm-up: packing, caches
+    synchronize()
     times = []
     for _ in range(_TIMED_CALLS):
         started = time.perf_counter()
         module(x)
+        synchronize()
         times.append(time.perf_counter() - started)
     return statistics.median(times)
+
+
+def _no_wait() -> None:
+    """CPU calls are synchronous: nothing to wait for."""
+
+
+AutocastState = tuple[str, torch.dtype] | None
+
+
+def _autocast_state(x: torch.Tensor) -> AutocastState:
+    """The mixed-precision context a layer ran in (``None``: none): under ``torch.autocast`` (e.g.
+    Lightning's ``precision="bf16-mixed"``) its recorded inputs are in the low precision while its
+    weights are not, so its candidates must be run and timed in the same context."""
+    device_type = x.device.type
+    if not torch.is_autocast_enabled(device_type):
+        return None
+    return device_type, torch.get_autocast_dtype(device_type)
+
+
+def _in_context(state: AutocastState) -> contextlib.AbstractContextManager:
+    return contextlib.nullcontext() if state is None else torch.autocast(state[0], dtype=state[1])
 
 
 def _timing_key(layer: nn.Module, x: torch.Tensor) -> tuple:
@@ -170,6 +196,7 @@ def profile_layers(
     generator = torch.Generator().manual_seed(0)
     samples = {name: _RowSample(layer, generator) for name, layer in dense.items()}
     largest_input: dict[str, torch.Tensor] = {}  # per layer: its input with the most elements
+    autocast: dict[str, AutocastState] = {}  # per layer: the mixed-precision context it ran in
 
     def observe(name: str, x: torch.Tensor, y: torch.Tensor) -> None:
         if x.is_nested:  # the sequences' rows (a nested tensor's sums and broadcasts are limited)
@@ -177,6 +204,7 @@ def profile_layers(
             y = dense[name].forward(x)
         if name not in largest_input or x.numel() > largest_input[name].numel():
             largest_input[name] = x
+            autocast[name] = _autocast_state(x)
         samples[name].add(x.detach(), y.detach())
 
     if batches is None:
@@ -201,15 +229,16 @@ def profile_layers(
                      f"{time.perf_counter() - started:.0f} s so far)")
         to_measure = {k: m for k, m in candidates[name].items() if k not in predicted.get(name, {})}
         profile.error.update(predicted.get(name, {}))
-        profile.error.update(samples.pop(name).errors(dense[name], to_measure))
-        if time_candidates:
-            x = largest_input[name]
-            key = _timing_key(dense[name], x)
-            if key not in timings or not set(candidates[name]) <= set(timings[key][1]):
-                times = timings.setdefault(key, (_median_seconds(dense[name], x), {}))[1]
-                times.update({k: _median_seconds(m, x) for k, m in candidates[name].items() if k not in times})
-            profile.dense_seconds = timings[key][0]
-            profile.seconds = {k: timings[key][1][k] for k in candidates[name]}
+        with _in_context(autocast.get(name)):
+            profile.error.update(samples.pop(name).errors(dense[name], to_measure))
+            if time_candidates:
+                x = largest_input[name]
+                key = (*_timing_key(dense[name], x), autocast.get(name))
+                if key not in timings or not set(candidates[name]) <= set(timings[key][1]):
+                    times = timings.setdefault(key, (_median_seconds(dense[name], x), {}))[1]
+                    times.update({k: _median_seconds(m, x) for k, m in candidates[name].items() if k not in times})
+                profile.dense_seconds = timings[key][0]
+                profile.seconds = {k: timings[key][1][k] for k in candidates[name]}
     return profiles
 
 

@@ -10,7 +10,7 @@ multiplies, so the same low-rank machinery applies; grouped convolutions use its
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -158,6 +158,8 @@ def collect_input_covariances(
 
 
 def default_forward(model: nn.Module, batch: Any) -> Any:
+    if isinstance(batch, Mapping):  # keyword inputs, as Hugging Face models take them (``input_ids=...``)
+        return model(**batch)
     if isinstance(batch, (tuple, list)):
         return model(batch[0])
     return model(batch)

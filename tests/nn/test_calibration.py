@@ -99,3 +99,16 @@ def test_layers_fed_one_tensor_share_its_product_and_wide_inputs_are_float32_per
     wide = collect_input_covariances(model, ["q"], batches)["q"]
     assert wide.dtype == torch.float64
     torch.testing.assert_close(wide, x.T @ x / len(x), rtol=1e-6, atol=1e-6)
+
+
+def test_default_forward_passes_mapping_batches_as_keywords():
+    """Hugging Face-style batches (``{"input_ids": ...}``) reach the model as keyword arguments."""
+    from panther.nn.calibration import default_forward
+
+    class Keyworded(torch.nn.Module):
+        def forward(self, input_ids: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
+            return input_ids * scale
+
+    x = torch.randn(3, 4)
+    assert torch.equal(default_forward(Keyworded(), {"input_ids": x, "scale": 2.0}), x * 2.0)
+    assert torch.equal(default_forward(Keyworded(), (x, "label")), x)

@@ -6,7 +6,16 @@ import pytest
 from torch import nn
 
 from panther.nn import RandMultiHeadAttention, SKLinear
-from panther.tuner import Categorical, Float, Int, LayerConfig, LayerNameResolver, SKAutoTuner, TuningConfigs
+from panther.tuner import (
+    Categorical,
+    Float,
+    Int,
+    LayerConfig,
+    LayerNameResolver,
+    OptunaSearch,
+    SKAutoTuner,
+    TuningConfigs,
+)
 
 MODEL = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 4))
 
@@ -30,6 +39,7 @@ CASES = {
     "unknown kernel": (ValueError, "not supported", lambda: RandMultiHeadAttention(8, 2, kernel_fn="cosine",
                                                                                    batch_first=True)),
     "unknown init": (ValueError, "not valid", lambda: SKLinear(8, 8, 1, 1, init="qr")),
+    "search used before its study": (RuntimeError, "not initialized", lambda: OptunaSearch(n_trials=1).get_next_params()),
 }
 
 

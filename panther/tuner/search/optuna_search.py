@@ -418,8 +418,8 @@ class OptunaSearch(SearchAlgorithm):
     # -- internals ------------------------------------------------------------------------------
     def _require_study(self) -> optuna.Study:
         if self._current is None:
-            raise RuntimeError("OptunaSearch: call start_group() (or initialize()) before proposing or reporting "
-                               "trials")
+            raise RuntimeError("OptunaSearch: study not initialized: call start_group() (or initialize()) before "
+                               "proposing or reporting trials")
         return self._current
 
     def _require_pending(self, what: str) -> Trial:

@@ -39,7 +39,8 @@ CASES = {
     "unknown kernel": (ValueError, "not supported", lambda: RandMultiHeadAttention(8, 2, kernel_fn="cosine",
                                                                                    batch_first=True)),
     "unknown init": (ValueError, "not valid", lambda: SKLinear(8, 8, 1, 1, init="qr")),
-    "search used before its study": (RuntimeError, "not initialized", lambda: OptunaSearch(n_trials=1).get_next_params()),
+    "search used before its study": (RuntimeError, "not initialized",
+                                     lambda: OptunaSearch(n_trials=1).get_next_params()),
 }
 
 

@@ -6,7 +6,8 @@ of the search's groups, ``f"{study_name}::allocation@<threshold>"`` in the searc
 
 A trial per evaluated plan
     One categorical parameter per tuned layer: its option's label (:func:`option_labels`, e.g.
-    ``"dense"``, ``"low_rank=64"``, ``"quantize"``, ``"low_rank=64+quantize"``) among all of that
+    ``"dense"``, ``"method=sketch+low_rank=64"``, ``"method=int8"``: the parameters that differ between
+    the layer's options, as its kind names them) among all of that
     layer's options, fixed for the study, so parameter importances and slices compare layers. User
     attributes: ``plan`` (its number in ``results.plans``), ``phase``, ``role``, ``accuracy``,
     ``speed``, ``bytes``, ``dense_bytes``, ``feasible``, ``predicted_error``, ``duration_s``,

@@ -128,7 +128,10 @@ def test_a_run_killed_half_way_resumes_with_nothing_lost_or_counted_twice(storag
     plans = len(reference.results.plans)
     done = plans // 2
     here = os.path.dirname(os.path.abspath(__file__))
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([os.path.dirname(os.path.dirname(here)), here])}
+    # one thread, as tests/conftest.py sets here: the model's SVD-built weights are then the same bits in
+    # both processes (the resume key hashes them; other bits are another model, rightly never reused)
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join([os.path.dirname(os.path.dirname(here)), here])}
     killed = subprocess.run([sys.executable, "-c", _KILLED_RUN, storage, str(1 + done)], env=env, timeout=300)
     assert killed.returncode == -signal.SIGKILL
     study = optuna.load_study(study_name="resume::allocation@0.97", storage=storage)

@@ -20,10 +20,10 @@ import warnings
 from collections.abc import Mapping
 from typing import Any
 
-import torch
 from torch import nn
 
 from panther.kinds import kind_named, kind_of_class_name, kind_of_replacement
+from panther.nn.moments import InputMoment
 from panther.nn.surgery import replace_module
 
 __all__ = ["Plan", "apply_plan", "load_plan", "plan_from_state_dict", "rebuild_sketched_layers", "save_plan",
@@ -63,7 +63,7 @@ def validate_plan(plan: Any) -> Plan:
     return dict(plan)
 
 
-def apply_plan(model: nn.Module, plan: Plan, input_covs: Mapping[str, torch.Tensor] | None = None) -> nn.Module:
+def apply_plan(model: nn.Module, plan: Plan, input_covs: Mapping[str, InputMoment] | None = None) -> nn.Module:
     """Replace the dense layers named in ``plan`` by their sketched versions (in place).
 
     Weights are copied from each dense layer with ``from_dense``. Layers already sketched as

@@ -37,17 +37,17 @@ from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import torch
 from torch import nn
 
 from panther.kinds import LayerKind, rank_grid, rank_space, register
 from panther.nn.dense import linear_dims, linear_types, linear_weight
 from panther.nn.linear import SKLinear, linear_is_cheaper
+from panther.nn.moments import InputMoment
 from panther.nn.rank_curves import rank_error_curve, sketch_rank
 from panther.space import Categorical, ParamSpec, Space
 
 
-def _sketch(dense: nn.Module, params: dict[str, Any], input_cov: torch.Tensor | None,
+def _sketch(dense: nn.Module, params: dict[str, Any], input_cov: InputMoment | None,
             copy_weights: bool) -> nn.Module:
     module = SKLinear.from_dense(dense, **params, **({} if input_cov is None else {"input_cov": input_cov}))
     if not copy_weights:
@@ -55,14 +55,14 @@ def _sketch(dense: nn.Module, params: dict[str, Any], input_cov: torch.Tensor | 
     return module
 
 
-def _sketch_int8(dense: nn.Module, params: dict[str, Any], input_cov: torch.Tensor | None,
+def _sketch_int8(dense: nn.Module, params: dict[str, Any], input_cov: InputMoment | None,
                  copy_weights: bool) -> nn.Module:
     from panther.nn.quantized import Int8SKLinear
 
     return Int8SKLinear.from_sketch(_sketch(dense, params, input_cov, copy_weights))
 
 
-def _int8(dense: nn.Module, params: dict[str, Any], input_cov: torch.Tensor | None,
+def _int8(dense: nn.Module, params: dict[str, Any], input_cov: InputMoment | None,
           copy_weights: bool) -> nn.Module:
     from panther.nn.quantized import Int8Linear
 
@@ -72,7 +72,7 @@ def _int8(dense: nn.Module, params: dict[str, Any], input_cov: torch.Tensor | No
     return module
 
 
-def _int8_smooth(dense: nn.Module, params: dict[str, Any], input_cov: torch.Tensor | None,
+def _int8_smooth(dense: nn.Module, params: dict[str, Any], input_cov: InputMoment | None,
                  copy_weights: bool) -> nn.Module:
     from panther.nn.quantized import SmoothInt8Linear
 
@@ -88,7 +88,9 @@ class LinearMethod:
 
     ``sketched``: built from a rank (reads ``num_terms``, ``low_rank``, ``init``; its covariance use
     follows ``init="data_svd"``); otherwise from the full weight, ignoring those. ``reads_input_cov``:
-    always built from the calibration input covariance (e.g. a smoothing derived from it).
+    always built from the calibration input covariance (e.g. a smoothing derived from it): an
+    :data:`~panther.nn.moments.InputMoment`, which for a layer with more inputs than outputs is a
+    :class:`~panther.nn.moments.ProjectedMoment` (read ``diag(C)`` with ``channel_power``).
     ``class_name`` names a class exported by :mod:`panther.nn`; give each method a class of its own
     (its plan ``"type"``), so a plan or checkpoint of an installed layer names the method again.
     ``trainable``: the built layer has weights to train (int8 layers are inference-only).
@@ -96,7 +98,7 @@ class LinearMethod:
 
     class_name: str
     sketched: bool
-    build: Callable[[nn.Module, dict[str, Any], torch.Tensor | None, bool], nn.Module]
+    build: Callable[[nn.Module, dict[str, Any], InputMoment | None, bool], nn.Module]
     reads_input_cov: bool = False
     trainable: bool = False
 
@@ -157,7 +159,7 @@ class LinearKind(LayerKind):
         return tuple(getattr(panther.nn, name) for name in dict.fromkeys(m.class_name for m in METHODS.values()))
 
     def build(self, dense: nn.Module, params: Mapping[str, Any], copy_weights: bool = True, *,
-              input_cov: torch.Tensor | None = None) -> nn.Module:
+              input_cov: InputMoment | None = None) -> nn.Module:
         method = METHODS[method_of(params)]
         own = {k: v for k, v in params.items() if k not in _METHOD_PARAMS} if method.sketched else {}
         return method.build(dense, own, input_cov if self.uses_input_cov(params) else None, copy_weights)
@@ -214,7 +216,7 @@ class LinearKind(LayerKind):
         return ("Linear", *linear_dims(dense))
 
     def predicted_error(self, dense: nn.Module, params: Mapping[str, Any],
-                        input_cov: torch.Tensor | None) -> float | None:
+                        input_cov: InputMoment | None) -> float | None:
         """A rank's error from the layer's (whitened) spectrum: exact for ``svd``/``data_svd`` sketches."""
         init, low_rank = params.get("init", "sketch"), params.get("low_rank")
         if method_of(params) != "sketch" or low_rank is None or init not in ("svd", "data_svd"):

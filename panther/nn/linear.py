@@ -12,6 +12,7 @@ from torch import nn
 from panther.nn.base import DerivedCache, SketchedModule, SketchedWeight, check_init, check_positive_int, per_sequence
 from panther.nn.dense import is_linear_like, linear_dims, linear_weight
 from panther.nn.factorize import low_rank_basis, random_signs
+from panther.nn.moments import InputMoment
 from panther.ops import pack_left, pack_right, sketched_linear
 
 
@@ -62,7 +63,7 @@ class SKLinear(SketchedModule):
         device: torch.device | str | None = None,
         *,
         init: str = "sketch",
-        input_cov: torch.Tensor | None = None,
+        input_cov: InputMoment | None = None,
         generator: torch.Generator | None = None,
     ) -> None:
         super().__init__()
@@ -110,7 +111,7 @@ class SKLinear(SketchedModule):
 
     @torch.no_grad()
     def _init_from_weight(self, weight: torch.Tensor, init: str | None = None,
-                          input_cov: torch.Tensor | None = None,
+                          input_cov: InputMoment | None = None,
                           generator: torch.Generator | None = None) -> None:
         """Set ``S``/``U`` so that the layer approximates ``x @ weight.T`` by ``init``'s rule."""
         init = init or self.init
@@ -136,7 +137,7 @@ class SKLinear(SketchedModule):
     # -- conversion ------------------------------------------------------------------------
     @classmethod
     def from_dense(cls, layer: nn.Module, num_terms: int = 1, low_rank: int = 16, init: str = "svd",
-                   input_cov: torch.Tensor | None = None,
+                   input_cov: InputMoment | None = None,
                    generator: torch.Generator | None = None) -> SKLinear:
         """Sketch a (trained) ``nn.Linear`` or ``transformers`` ``Conv1D``, copying weight, bias, device, dtype.
 

@@ -26,6 +26,7 @@ from panther.nn.base import DerivedCache, SketchedModule, SketchedWeight, check_
 from panther.nn.dense import is_linear_like, linear_dims, linear_weight
 from panther.nn.int8 import dequantize, int8_available, int8_linear, pack, quantize_per_channel
 from panther.nn.linear import SKLinear
+from panther.nn.moments import InputMoment, channel_power, moment_shape
 
 #: ``(int8 weight, scales, bias or None)`` of one int8 product ``x·Wᵀ + b``.
 Factor = tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]
@@ -195,7 +196,7 @@ class Int8SKLinear(_Int8Chain):
 
     @classmethod
     def from_dense(cls, layer: nn.Module, num_terms: int = 1, low_rank: int = 16, init: str = "svd",
-                   input_cov: torch.Tensor | None = None,
+                   input_cov: InputMoment | None = None,
                    generator: torch.Generator | None = None) -> Int8SKLinear:
         """Sketch ``layer`` as :meth:`SKLinear.from_dense` does, then quantize the factors."""
         return cls.from_sketch(SKLinear.from_dense(layer, num_terms, low_rank, init, input_cov, generator))
@@ -258,7 +259,7 @@ class SmoothInt8Linear(Int8Linear):
         self.register_buffer("input_scale", torch.ones(in_features, device=device))
 
     @classmethod
-    def from_dense(cls, layer: nn.Module, input_cov: torch.Tensor | None = None,  # type: ignore[override]
+    def from_dense(cls, layer: nn.Module, input_cov: InputMoment | None = None,  # type: ignore[override]
                    alpha: float = 0.5) -> SmoothInt8Linear:
         """Smooth and quantize a (trained) ``nn.Linear`` or ``Conv1D`` from its input second moment
         ``input_cov`` (``(in, in)``, e.g. :func:`panther.nn.calibration.collect_input_covariances`).
@@ -270,11 +271,11 @@ class SmoothInt8Linear(Int8Linear):
             raise TypeError(f"SmoothInt8Linear.from_dense expects an nn.Linear (or a transformers Conv1D), "
                             f"got {type(layer).__name__}")
         d_in, _ = linear_dims(layer)
-        if input_cov is not None and input_cov.shape != (d_in, d_in):
-            raise ValueError(f"input_cov must be {d_in}x{d_in}, got {tuple(input_cov.shape)}")
+        if input_cov is not None and moment_shape(input_cov) != (d_in, d_in):
+            raise ValueError(f"input_cov must be {d_in}x{d_in}, got {moment_shape(input_cov)}")
         weight = linear_weight(layer).detach()
         scales = (torch.ones(d_in, device=weight.device) if input_cov is None else
-                  smoothing_scales(input_cov.detach().diagonal().clamp_min(0).sqrt(), weight, alpha).to(weight.device))
+                  smoothing_scales(channel_power(input_cov).clamp_min(0).sqrt(), weight, alpha).to(weight.device))
         module = cls(*linear_dims(layer), bias=layer.bias is not None, device=weight.device)
         module._set_factor("weight", weight.float() * scales[None, :])
         module.input_scale.copy_(1.0 / scales)

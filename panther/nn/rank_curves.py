@@ -20,6 +20,7 @@ from __future__ import annotations
 import torch
 
 from panther.nn.factorize import singular_values
+from panther.nn.moments import InputMoment
 
 
 def sketch_rank(num_terms: int, low_rank: int) -> int:
@@ -27,7 +28,7 @@ def sketch_rank(num_terms: int, low_rank: int) -> int:
     return 2 * num_terms * low_rank
 
 
-def rank_error_curve(weight: torch.Tensor, input_cov: torch.Tensor | None = None) -> torch.Tensor:
+def rank_error_curve(weight: torch.Tensor, input_cov: InputMoment | None = None) -> torch.Tensor:
     """``err[r]``, ``r = 0..min(out, in)``: relative output error of the best rank-``r`` approximation.
 
     ``weight`` is ``(out_features, in_features)``; ``input_cov`` the ``(in_features, in_features)``

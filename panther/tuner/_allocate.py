@@ -42,7 +42,7 @@ from torch import nn
 from panther.nn.dense import is_linear_like
 from panther.nn.factorize import keep_decompositions
 from panther.tuner._allocation import AllocationPath, Option, Plan
-from panther.tuner._allocation.profile import LayerProfile, profile_layers
+from panther.tuner._allocation.profile import LayerProfile, LayerRecorder, profile_layers
 from panther.tuner._budget import Budget
 from panther.tuner._evaluation import describe
 from panther.tuner._groups import TuningGroup
@@ -185,7 +185,10 @@ class Allocation:
     # -- 1. options ----------------------------------------------------------------------------
     def options(self) -> dict[str, _GroupOptions]:
         """Every group's configurations with predicted or measured errors and prices."""
-        self.installer.calibrate()
+        recorder = LayerRecorder({name: self.installer.originals[name] for g in self.groups.values()
+                                  for name in g.layers})
+        with recorder.attached():  # the covariances' pass records the profile's samples too
+            self.installer.calibrate()
         candidates: dict[str, dict[Hashable, nn.Module]] = {}
         predicted: dict[str, dict[Hashable, float]] = {}
         configurations: dict[str, dict[Hashable, dict[str, Any]]] = {}
@@ -214,7 +217,8 @@ class Allocation:
         with self.installer.swapped(self.installer.originals):
             profiles = profile_layers(self.installer.model, candidates, predicted, batches, forward,  # type: ignore[arg-type]
                                       time_candidates=self.speed_func is not None,
-                                      progress=lambda line: logger.info("allocation: %s", line))
+                                      progress=lambda line: logger.info("allocation: %s", line),
+                                      recorded=recorder if recorder.observed else None)
         if self.broadcast is not None:  # timings differ per process; plans must not
             profiles = self.broadcast(profiles)
         logger.info("allocation: %d options of %d layers profiled in %.1f s (%d errors predicted, %d measured)",

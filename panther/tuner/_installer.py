@@ -12,11 +12,11 @@ import logging
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
-import torch
 from torch import nn
 
 from panther.kinds import LayerKind
 from panther.nn.calibration import collect_input_covariances
+from panther.nn.moments import InputMoment
 from panther.nn.surgery import replace_module
 from panther.tuner._layers import layer_bytes
 from panther.tuner.selectors import LayerNameResolver
@@ -41,7 +41,7 @@ class LayerInstaller:
         self.originals: dict[str, nn.Module] = {}  # layer name -> the dense layer it had
         self.installed: dict[str, nn.Module] = {}  # layer name -> sketch installed by this tuner
         self.kinds: dict[str, LayerKind] = {}  # layer name -> the kind replacing it
-        self.input_covs: dict[str, torch.Tensor] = {}
+        self.input_covs: dict[str, InputMoment] = {}
         self._calibrated: set[str] = set()  # layers whose inputs were collected (or found unreached)
 
     def dense_of(self, name: str) -> nn.Module:
@@ -113,7 +113,10 @@ class LayerInstaller:
         self.put(self.originals)
         try:
             logger.info("calibrating %d layers on the calibration data", len(names))
+            # tall linear layers keep only what their builds read of C (ProjectedMoment): the
+            # covariance of a 3072-wide FFN input is most of a calibration pass otherwise
             self.input_covs.update(collect_input_covariances(self.model, names, self.calibration_batches(),
-                                                             self.calibration_forward, skip_unreached=True))
+                                                             self.calibration_forward, skip_unreached=True,
+                                                             project_tall=True))
         finally:
             self.put(before)

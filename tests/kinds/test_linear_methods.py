@@ -10,6 +10,7 @@ from panther.kinds import kind_named, kind_of_class_name, kind_of_replacement, r
 from panther.kinds.linear import METHODS as METHOD_TABLE
 from panther.kinds.linear import LinearMethod
 from panther.nn.linear import SKLinear
+from panther.nn.moments import channel_power
 from panther.nn.quantized import Int8Linear, Int8SKLinear
 from panther.tuner import Categorical, LayerConfig, SKAutoTuner
 from panther.tuner._groups import TuningGroup
@@ -74,11 +75,14 @@ def test_a_new_method_is_one_table_entry_and_the_tuner_feeds_it_the_covariance(m
         KIND.check_space({"method": Categorical(["int8_cov"])}, calibrated=False)
     torch.manual_seed(0)
     model, x = nn.Sequential(nn.Linear(16, 8)), torch.randn(64, 16)
+    weight = model[0].weight.detach().double().clone()
     tuner = SKAutoTuner(model, LayerConfig("0", {"method": ["int8_cov"]}), lambda m: 1.0, calibration_data=[x])
     tuner.replace_without_tuning()
     assert type(model[0]) is Int8Linear and tuner.best_plan() == {}  # nothing tuned, but installed
     x64 = x.double()
-    torch.testing.assert_close(seen[-1], x64.T @ x64 / len(x), rtol=1e-6, atol=1e-9)  # the calibration second moment
+    cov = x64.T @ x64 / len(x)  # the calibration second moment, which a 16 → 8 layer gets projected
+    torch.testing.assert_close(channel_power(seen[-1]), cov.diagonal(), rtol=1e-6, atol=1e-9)
+    torch.testing.assert_close(seen[-1].output, weight @ cov @ weight.T, rtol=1e-5, atol=1e-8)
 
 
 def test_a_group_bisects_only_a_size_every_kind_of_it_names():

@@ -73,7 +73,7 @@ def test_each_submodules_mode_is_restored():
     assert model.training and model[0].training and not model[1].training
 
 
-def test_layers_fed_one_tensor_share_its_product_and_wide_inputs_are_float32_per_batch(monkeypatch):
+def test_layers_fed_one_tensor_share_its_products_and_rows_are_multiplied_in_chunks(monkeypatch):
     from panther.nn import calibration
 
     class Attention(nn.Module):  # query, key and value read the same tensor
@@ -85,17 +85,19 @@ def test_layers_fed_one_tensor_share_its_product_and_wide_inputs_are_float32_per
             return self.q(x) + self.k(x) * self.v(x)
 
     model = Attention()
-    batches = [torch.randn(5, 3, 8) for _ in range(3)]
+    batches = [torch.randn(5, 3, 8) for _ in range(5)]  # 15 rows each
     products = []
-    real = calibration.batch_product
-    monkeypatch.setattr(calibration, "batch_product", lambda rows: products.append(1) or real(rows))
+    real = calibration.SecondMoment.add_product
+    monkeypatch.setattr(calibration.SecondMoment, "add_product",
+                        lambda self, product, rows: products.append(product) or real(self, product, rows))
+    monkeypatch.setattr(calibration, "ROWS_PER_PRODUCT", 40)  # a product every 3 batches, then the rest
     covs = collect_input_covariances(model, ["q", "k", "v"], batches)
-    assert len(products) == len(batches)  # one product per batch for the three layers
+    assert len(products) == 2 * 3  # two chunks (45 rows, then 30), each added to the three layers
+    assert len({id(product) for product in products}) == 2  # one product per chunk, shared
     x = torch.cat(batches).reshape(-1, 8).double()
     for name in "qkv":
         torch.testing.assert_close(covs[name], x.T @ x / len(x))
     monkeypatch.setattr(calibration, "FLOAT32_PRODUCTS_ABOVE", 4)
-    monkeypatch.setattr(calibration.SecondMoment, "FOLD", 2)  # folded into float64 mid-stream too
     wide = collect_input_covariances(model, ["q"], batches)["q"]
     assert wide.dtype == torch.float64
     torch.testing.assert_close(wide, x.T @ x / len(x), rtol=1e-6, atol=1e-6)
@@ -112,3 +114,37 @@ def test_default_forward_passes_mapping_batches_as_keywords():
     x = torch.randn(3, 4)
     assert torch.equal(default_forward(Keyworded(), {"input_ids": x, "scale": 2.0}), x * 2.0)
     assert torch.equal(default_forward(Keyworded(), (x, "label")), x)
+
+
+def test_tall_layers_project_their_moment_through_the_weight_and_factorise_as_with_the_full_one():
+    """A 3072 → 768-like layer (here 48 → 12) keeps W·C·Wᵀ and diag(C); data-aware sketches,
+    their spectra and smoothing built from it equal those built from C itself."""
+    from panther.nn import factorize
+    from panther.nn.moments import ProjectedMoment
+    from panther.nn.quantized import SmoothInt8Linear
+
+    gen = torch.Generator().manual_seed(9)
+    model = nn.Sequential(nn.Linear(10, 48), nn.GELU(), nn.Linear(48, 12))
+    scales = torch.logspace(0, -1.5, 10)
+    batches = [torch.randn(40, 10, generator=gen) * scales for _ in range(4)]
+    full = collect_input_covariances(model, ["0", "2"], batches)
+    projected = collect_input_covariances(model, ["0", "2"], batches, project_tall=True)
+    assert isinstance(projected["2"], ProjectedMoment) and torch.is_tensor(projected["0"])  # 10 → 48 is wide
+    weight = model[2].weight.detach().double()
+    torch.testing.assert_close(projected["2"].output, weight @ full["2"] @ weight.T, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(projected["2"].diagonal, full["2"].diagonal(), rtol=1e-6, atol=1e-9)
+    factorize._decompositions.clear()
+    torch.testing.assert_close(factorize.singular_values(model[2].weight.T, projected["2"]),
+                               factorize.singular_values(model[2].weight.T, full["2"]), rtol=1e-3, atol=1e-5)
+    x = torch.cat(batches)
+    for rank in (2, 4):
+        by_full = SKLinear.from_dense(model[2], 1, rank, init="data_svd", input_cov=full["2"])
+        by_projection = SKLinear.from_dense(model[2], 1, rank, init="data_svd", input_cov=projected["2"])
+        hidden = model[1](model[0](x))
+        torch.testing.assert_close(by_projection(hidden), by_full(hidden), rtol=1e-3, atol=1e-4)
+    smoothed = [SmoothInt8Linear.from_dense(model[2], cov).input_scale for cov in (full["2"], projected["2"])]
+    torch.testing.assert_close(smoothed[0], smoothed[1])
+    with torch.no_grad():
+        model[2].weight[0, 0] += 1.0  # the layer changed after calibration: the projection is refused
+    with pytest.raises(ValueError, match="another weight"):
+        SKLinear.from_dense(model[2], 1, 2, init="data_svd", input_cov=projected["2"])

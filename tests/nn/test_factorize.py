@@ -58,9 +58,7 @@ def test_cache_keeps_only_the_leading_factors_and_recomputes_beyond_them(monkeyp
     factorize._decompositions.clear()
     matrix = torch.randn(60, 40, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
     expected = _reconstruction_by_svd(matrix, 30)
-    calls = []
-    real_svd = torch.linalg.svd
-    monkeypatch.setattr(torch.linalg, "svd", lambda *a, **k: calls.append(1) or real_svd(*a, **k))
+    calls = _count_factorisations(monkeypatch)
     assert factorize.break_even_rank(60, 40) == 24
     low_rank_basis(matrix, 3)
     assert factorize._decompositions.nbytes() <= (matrix.numel() + 40) * 8  # factors up to rank 24 + sigma
@@ -71,6 +69,13 @@ def test_cache_keeps_only_the_leading_factors_and_recomputes_beyond_them(monkeyp
     torch.testing.assert_close(factorize.singular_values(matrix), torch.linalg.svdvals(matrix))
 
 
+def _count_factorisations(monkeypatch):
+    calls = []
+    real = factorize._factorize
+    monkeypatch.setattr(factorize, "_factorize", lambda *a, **k: calls.append(1) or real(*a, **k))
+    return calls
+
+
 def _reconstruction_by_svd(matrix, rank):
     u, s, vh = torch.linalg.svd(matrix, full_matrices=False)
     return u[:, :rank] @ torch.diag(s[:rank]) @ vh[:rank]
@@ -79,9 +84,7 @@ def _reconstruction_by_svd(matrix, rank):
 def test_every_layer_is_decomposed_once_while_kept_whatever_the_cache_size(monkeypatch):
     factorize._decompositions.clear()
     monkeypatch.setattr(factorize._decompositions, "max_bytes", 1)  # holds one entry outside a tuning
-    calls = []
-    real_svd = torch.linalg.svd
-    monkeypatch.setattr(torch.linalg, "svd", lambda *a, **k: calls.append(1) or real_svd(*a, **k))
+    calls = _count_factorisations(monkeypatch)
     gen = torch.Generator().manual_seed(4)
     layers = [torch.randn(32, 24, generator=gen) for _ in range(5)]
     with factorize.keep_decompositions():
@@ -142,3 +145,21 @@ def test_layers_reading_one_input_share_its_whitening_while_kept(monkeypatch):
     assert len(calls) == 1
     for g, e in zip(got, expected, strict=True):
         torch.testing.assert_close(g, e)
+
+
+def test_gram_factorisations_equal_the_svd_for_every_shape_and_rank_deficiency():
+    """Float64 factors come from Gram matrices (no SVD): the truncations equal the SVD's, and a
+    rank-deficient matrix (rank 5) is rebuilt exactly at full rank with bounded factors."""
+    gen = torch.Generator().manual_seed(8)
+    for m, n in ((30, 30), (20, 50), (50, 20)):
+        full = torch.randn(m, n, dtype=torch.float64, generator=gen)
+        deficient = torch.randn(m, 5, dtype=torch.float64, generator=gen) @ torch.randn(5, n, dtype=torch.float64,
+                                                                                      generator=gen)
+        for matrix in (full, deficient):
+            factorize._decompositions.clear()
+            for rank in (3, 5, min(m, n)):
+                torch.testing.assert_close(_reconstruction(matrix, rank), _reconstruction_by_svd(matrix, rank))
+            left, sigma, right = low_rank_basis(matrix, min(m, n))
+            assert left.abs().max() < 10 and right.abs().max() < 10
+            torch.testing.assert_close(factorize.singular_values(matrix), torch.linalg.svdvals(matrix),
+                                       rtol=1e-7, atol=1e-6)

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from panther.kinds import kind_of
-from panther.nn import SKLinear
+from panther.nn import SKLinear, factorize
 from panther.nn.calibration import collect_input_covariances
 from panther.nn.rank_curves import rank_error_curve, sketch_rank
 from panther.tuner._allocation import AllocationPath, Option
@@ -90,11 +90,11 @@ def test_float32_layer_prediction_matches_its_sketch() -> None:
     assert measured == pytest.approx(float(rank_error_curve(layer.weight)[12]), rel=1e-4)
 
 
-def test_one_svd_serves_the_curve_and_every_rank_built_after_it(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_one_decomposition_serves_the_curve_and_every_rank_built_after_it(monkeypatch: pytest.MonkeyPatch) -> None:
     layer = dense_layer(seed=11)  # fresh content: not in the decomposition cache yet
     calls = []
-    svd = torch.linalg.svd
-    monkeypatch.setattr(torch.linalg, "svd", lambda *a, **kw: calls.append(1) or svd(*a, **kw))
+    factorise = factorize._factorize
+    monkeypatch.setattr(factorize, "_factorize", lambda *a, **kw: calls.append(1) or factorise(*a, **kw))
     rank_error_curve(layer.weight)
     for low_rank in (1, 4, 7):  # every rank up to the break-even rank 40·24/64 = 15, what a tuner builds
         SKLinear.from_dense(layer, num_terms=1, low_rank=low_rank, init="svd")

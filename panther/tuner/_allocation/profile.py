@@ -35,7 +35,7 @@ from __future__ import annotations
 import contextlib
 import statistics
 import time
-from collections.abc import Callable, Hashable, Iterable, Mapping
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -167,6 +167,73 @@ def _timing_key(layer: nn.Module, x: torch.Tensor) -> tuple:
     return type(layer), layer.extra_repr(), tuple(x.shape), x.dtype, x.device
 
 
+class LayerRecorder:
+    """What a pass of calibration batches through the dense model shows of each layer: a uniform
+    row sample with its dense outputs, its largest input and the autocast context it ran in.
+
+    Attach it (:meth:`attached`) to the pass that collects the input covariances and the data goes
+    through the model once; :meth:`run` makes a pass of its own, :meth:`gaussian` stands in
+    Gaussian rows where no calibration data was given.
+    """
+
+    def __init__(self, dense: Mapping[str, nn.Module]) -> None:
+        self.dense = dict(dense)
+        generator = torch.Generator().manual_seed(0)
+        self.samples = {name: _RowSample(layer, generator) for name, layer in self.dense.items()}
+        self.largest_input: dict[str, torch.Tensor] = {}  # per layer: its input with the most elements
+        self.autocast: dict[str, AutocastState] = {}  # per layer: the mixed-precision context it ran in
+
+    def observe(self, name: str, x: torch.Tensor, y: torch.Tensor) -> None:
+        if x.is_nested:  # the sequences' rows (a nested tensor's sums and broadcasts are limited)
+            x = layer_input_rows(self.dense[name], x)
+            y = self.dense[name].forward(x)
+        if name not in self.largest_input or x.numel() > self.largest_input[name].numel():
+            self.largest_input[name] = x
+            self.autocast[name] = _autocast_state(x)
+        self.samples[name].add(x.detach(), y.detach())
+
+    @property
+    def observed(self) -> bool:
+        """Whether any layer has been seen (a pass this recorder was attached to did run)."""
+        return bool(self.largest_input)
+
+    @contextlib.contextmanager
+    def attached(self) -> Iterator[None]:
+        """Record every call of the dense layers inside the block (the hooks go even on errors)."""
+        handles = [layer.register_forward_hook(lambda mod, args, out, name=name: self.observe(name, args[0], out))
+                   for name, layer in self.dense.items()]
+        try:
+            yield
+        finally:
+            for handle in handles:
+                handle.remove()
+
+    @torch.no_grad()
+    def run(self, model: nn.Module, batches: Iterable[Any], forward: Callable[[nn.Module, Any], Any]) -> None:
+        """A pass of its own over ``batches`` (``model`` holding the dense layers), in eval mode;
+        every submodule's train/eval mode is restored afterwards."""
+        modes = [(module, module.training) for module in model.modules()]
+        model.eval()
+        try:
+            with self.attached():
+                for batch in batches:
+                    forward(model, batch)
+        finally:
+            for module, training in modes:
+                module.training = training
+
+    @torch.no_grad()
+    def gaussian(self) -> None:
+        """Isotropic Gaussian rows for every (linear) layer: the inputs the plain-SVD prediction assumes."""
+        for name, layer in self.dense.items():
+            if not is_linear_like(layer):
+                raise ValueError(f"{name}: {type(layer).__name__} needs calibration data to be profiled")
+            generator = torch.Generator().manual_seed(0)
+            x = torch.randn(_GAUSSIAN_ROWS, linear_dims(layer)[0], generator=generator)
+            x = x.to(device=layer.weight.device, dtype=layer.weight.dtype)
+            self.observe(name, x, layer(x))
+
+
 @torch.no_grad()
 def profile_layers(
     model: nn.Module,
@@ -176,12 +243,14 @@ def profile_layers(
     forward: Callable[[nn.Module, Any], Any],
     time_candidates: bool = False,
     progress: Progress | None = None,
+    recorded: LayerRecorder | None = None,
 ) -> dict[str, LayerProfile]:
     """Profile ``candidates[name][key]`` of each dense layer ``model.get_submodule(name)``.
 
     ``predicted[name][key]`` holds the errors known without running (those candidates are only
     weighed and timed). ``batches`` are calibration batches run by ``forward(model, batch)``, or
-    ``None`` for Gaussian inputs (linear layers only). The model must hold its dense layers; every
+    ``None`` for Gaussian inputs (linear layers only); ``recorded``: a recorder that already saw
+    the pass (then ``batches`` are not run again). The model must hold its dense layers; every
     submodule's train/eval mode is restored afterwards and the hooks are removed even on errors.
     A layer no batch runs is returned with ``reached=False`` and no errors. ``progress(line)``
     hears which layer is measured, how many are left and the time so far.
@@ -193,35 +262,17 @@ def profile_layers(
         for key, module in options.items():
             module.eval()
             profiles[name].bytes[key] = layer_bytes(module)
-    generator = torch.Generator().manual_seed(0)
-    samples = {name: _RowSample(layer, generator) for name, layer in dense.items()}
-    largest_input: dict[str, torch.Tensor] = {}  # per layer: its input with the most elements
-    autocast: dict[str, AutocastState] = {}  # per layer: the mixed-precision context it ran in
-
-    def observe(name: str, x: torch.Tensor, y: torch.Tensor) -> None:
-        if x.is_nested:  # the sequences' rows (a nested tensor's sums and broadcasts are limited)
-            x = layer_input_rows(dense[name], x)
-            y = dense[name].forward(x)
-        if name not in largest_input or x.numel() > largest_input[name].numel():
-            largest_input[name] = x
-            autocast[name] = _autocast_state(x)
-        samples[name].add(x.detach(), y.detach())
-
-    if batches is None:
-        for name, layer in dense.items():
-            if not is_linear_like(layer):
-                raise ValueError(f"{name}: {type(layer).__name__} needs calibration data to be profiled")
-            gaussian = torch.Generator().manual_seed(0)
-            x = torch.randn(_GAUSSIAN_ROWS, linear_dims(layer)[0], generator=gaussian)
-            x = x.to(device=layer.weight.device, dtype=layer.weight.dtype)
-            observe(name, x, layer(x))
-    else:
-        if progress is not None:
-            progress(f"profiling: one calibration pass over {len(dense)} layers")
-        _run_hooked(model, dense, batches, forward, observe)
+    if recorded is None:
+        recorded = LayerRecorder(dense)
+        if batches is None:
+            recorded.gaussian()
+        else:
+            if progress is not None:
+                progress(f"profiling: one calibration pass over {len(dense)} layers")
+            recorded.run(model, batches, forward)
     timings: dict[tuple, tuple[float, dict[Hashable, float]]] = {}  # timing key -> dense and candidate seconds
     for index, (name, profile) in enumerate(profiles.items()):
-        profile.reached = name in largest_input
+        profile.reached = name in recorded.largest_input
         if not profile.reached:  # never called: nothing known about its candidates
             continue
         if progress is not None:
@@ -229,31 +280,15 @@ def profile_layers(
                      f"{time.perf_counter() - started:.0f} s so far)")
         to_measure = {k: m for k, m in candidates[name].items() if k not in predicted.get(name, {})}
         profile.error.update(predicted.get(name, {}))
-        with _in_context(autocast.get(name)):
-            profile.error.update(samples.pop(name).errors(dense[name], to_measure))
+        autocast = recorded.autocast.get(name)
+        with _in_context(autocast):
+            profile.error.update(recorded.samples.pop(name).errors(dense[name], to_measure))
             if time_candidates:
-                x = largest_input[name]
-                key = (*_timing_key(dense[name], x), autocast.get(name))
+                x = recorded.largest_input[name]
+                key = (*_timing_key(dense[name], x), autocast)
                 if key not in timings or not set(candidates[name]) <= set(timings[key][1]):
                     times = timings.setdefault(key, (_median_seconds(dense[name], x), {}))[1]
                     times.update({k: _median_seconds(m, x) for k, m in candidates[name].items() if k not in times})
                 profile.dense_seconds = timings[key][0]
                 profile.seconds = {k: timings[key][1][k] for k in candidates[name]}
     return profiles
-
-
-def _run_hooked(model: nn.Module, dense: Mapping[str, nn.Module], batches: Iterable[Any],
-                forward: Callable[[nn.Module, Any], Any],
-                observe: Callable[[str, torch.Tensor, torch.Tensor], None]) -> None:
-    handles = [layer.register_forward_hook(lambda mod, args, out, name=name: observe(name, args[0], out))
-               for name, layer in dense.items()]
-    modes = [(module, module.training) for module in model.modules()]
-    model.eval()
-    try:
-        for batch in batches:
-            forward(model, batch)
-    finally:
-        for handle in handles:
-            handle.remove()
-        for module, training in modes:
-            module.training = training

@@ -19,7 +19,10 @@ to the dense model on sentences from articles nothing else saw). Searches see on
 * ``sketch search (today)``: ``SKAutoTuner(strategy="search")`` with calibration, sketch ranks only,
   on the layers a user would hand-pick (MiniLM: the 12 FFN layers; digits: all three).
 * ``SKAutoTuner (allocate)``: the tuner's defaults on every tuned layer with calibration data and a
-  throughput objective: whole-model allocation over sketch, int8 and sketch + int8 per layer.
+  throughput objective: whole-model allocation over sketch, int8, smoothed int8 and sketch + int8
+  per layer.
+* ``SKAutoTuner (spec call)``: the same, with the budget given as the API spec writes it,
+  ``search_algorithm=OptunaSearch(n_trials=budget, seed=0)`` (``"auto"`` allocates then too).
 
 A ``ceiling`` row replaces every tuned layer by zeros of its output shape: not a plan, but the
 speed-up no method for these layers can pass. Reported: the held-out metric and whether it holds

@@ -129,6 +129,16 @@ def test_allocating_tuner_meets_its_bound_within_the_budget(work):
     assert profile + evaluations + rest == pytest.approx(result.wall_s)
 
 
+def test_the_spec_call_allocates_within_its_n_trials(work):
+    bound = work.threshold + 0.005
+    result = tune_quality.allocating_tuner(work, bound, budget=12, spec_call=True)
+    search = result.tuner.search_algorithm
+    assert result.tuner.allocates and type(search) is tune_quality.OptunaSearch and search.n_trials == 12
+    assert 1 <= result.evaluations <= 12 + 1  # n_trials plans plus the dense baseline
+    assert work.tune_metric(result.build(copy.deepcopy(work.model))) >= bound
+    assert len(search.study.trials) == result.evaluations - 1  # every plan is a trial of its study
+
+
 def test_cost_split_separates_the_users_calls_from_the_tuners_work():
     metric, speed = tune_quality.CountingMetric(lambda m: 1.0), tune_quality.CountingMetric(lambda m: 2.0)
     metric.spans = [(0.0, 1.0), (5.0, 6.0), (8.0, 9.0)]  # baseline, then two plans

@@ -1,4 +1,4 @@
-"""What the tuner measured: one record per trial, a DataFrame view, a summary table, safe files.
+"""What the tuner measured: one record per trial and per whole-model plan, a DataFrame view, a summary, safe files.
 
 Results files are pickles (the documented ``.pkl`` API) holding only builtins (dict, list, str,
 numbers, bool, None). They are read back with an unpickler that resolves no global at all, so a

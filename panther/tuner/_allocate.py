@@ -10,8 +10,9 @@ whole-model plans:
    spectrum) and measured on the calibration inputs otherwise (int8); its price is stored bytes, or,
    when the tuner maximises a speed function, the option's measured time on the layer's input
    (:mod:`panther.tuner._allocation.profile`).
-2. **Path.** :class:`~panther.tuner._allocation.AllocationPath` orders every least-cost plan for a
-   summed error ``Σ s·e²`` (errors add in energy; ``s`` is a role's sensitivity, 1 at first).
+2. **Path.** :class:`~panther.tuner._allocation.AllocationPath` orders every least-cost choice of
+   options (a point of the path: a whole-model plan) for a summed error ``Σ s·e²`` (errors add in
+   energy; ``s`` is a role's sensitivity, 1 at first).
 3. **Bisection** of the position on that path with full evaluations: the cheapest plan that meets
    the accuracy threshold, in about ``log2(#plans)`` evaluations.
 4. **Correction.** Layers in repeated blocks share a role (:func:`role_of`: their name with block
@@ -22,7 +23,8 @@ whole-model plans:
 5. **Choice** (:func:`choose_plan`). The cheapest feasible plan evaluated; with a speed function
    the fastest measured one, where plans within :data:`SPEED_TIE` of it tie and the most accurate
    wins. Its groups get one record each (``phase="allocation"``) holding the plan's measured
-   accuracy; every evaluated plan is listed in ``results.plans``.
+   accuracy; every evaluated plan is a :class:`~panther.tuner.results.PlanRecord` in ``results.plans``,
+   made and measured by the trial runner like a search's trials.
 """
 
 from __future__ import annotations
@@ -41,16 +43,15 @@ from torch import nn
 
 from panther.nn.dense import is_linear_like
 from panther.nn.factorize import keep_decompositions
-from panther.tuner._allocation import AllocationPath, Option, Plan
+from panther.tuner._allocation import AllocationPath, Option, PathPoint
 from panther.tuner._allocation.profile import LayerProfile, LayerRecorder, profile_layers
 from panther.tuner._budget import Budget
 from panther.tuner._evaluation import describe
 from panther.tuner._groups import TuningGroup
 from panther.tuner._installer import LayerInstaller
-from panther.tuner._layers import layer_bytes
 from panther.tuner._plan_trials import PlanTrials, tuning_key
 from panther.tuner._trials import TrialRunner, params_key
-from panther.tuner.results import TuningResults
+from panther.tuner.results import PlanRecord, TuningResults
 
 logger = logging.getLogger(__name__)
 
@@ -102,21 +103,21 @@ def _progress(action: str, done: int, total: int, started: float) -> None:
                 time.perf_counter() - started)
 
 
-def choose_plan(plans: Sequence[dict[str, Any]], by_speed: bool) -> dict[str, Any] | None:
-    """The plan to install among evaluated ones (``results.plans`` entries); ``None`` if none qualifies.
+def choose_plan(plans: Sequence[PlanRecord], by_speed: bool) -> PlanRecord | None:
+    """The plan to install among evaluated ones (``results.plans``); ``None`` if none qualifies.
 
     Only feasible plans that replace something and were not a sensitivity probe qualify. By speed:
     the fastest measured, except that plans within :data:`SPEED_TIE` of it tie and the most
     accurate of those wins. By size: the most bytes saved (ties: the more accurate).
     """
-    feasible = [e for e in plans if e["feasible"] and e["phase"] != "sensitivity" and e["choices"]]
+    feasible = [p for p in plans if p.feasible and p.phase != "sensitivity" and p.choices]
     if not feasible:
         return None
     if by_speed:
-        fastest = max(e["speed"] for e in feasible)
-        tied = [e for e in feasible if e["speed"] >= (1.0 - SPEED_TIE) * fastest]
-        return max(tied, key=lambda e: (e["accuracy"], e["speed"]))
-    return min(feasible, key=lambda e: (e["bytes"] - e["dense_bytes"], -e["accuracy"]))
+        fastest = max(p.speed for p in feasible)  # type: ignore[type-var]
+        tied = [p for p in feasible if p.speed >= (1.0 - SPEED_TIE) * fastest]  # type: ignore[operator]
+        return max(tied, key=lambda p: (p.accuracy, p.speed))  # type: ignore[arg-type,return-value]
+    return min(feasible, key=lambda p: (p.bytes - p.dense_bytes, -p.accuracy))  # type: ignore[operator]
 
 
 @dataclass
@@ -153,7 +154,7 @@ class Allocation:
     Args:
         groups: the tuned groups (every one allocatable, see :func:`allocatable_reason`).
         installer: the tuner's layers (dense originals, builds, calibration covariances).
-        runner: evaluates plans and keeps records.
+        runner: makes, measures and keeps every record (the plans', and the chosen groups').
         threshold: the whole model's accuracy threshold.
         baseline: the dense model's accuracy.
         speed_func: the user's ``optmization_eval_func`` or ``None`` (then the price is bytes).
@@ -168,14 +169,14 @@ class Allocation:
     def __init__(self, groups: Sequence[TuningGroup], installer: LayerInstaller, runner: TrialRunner,
                  threshold: float, baseline: float, speed_func: Callable[..., float] | None,
                  calibration: tuple[Iterable[Any], Callable[[nn.Module, Any], Any]] | None,
-                 results: TuningResults, on_plan: Callable[[dict[str, Any]], None] = lambda plan: None,
+                 results: TuningResults, on_plan: Callable[[PlanRecord], None] = lambda plan: None,
                  broadcast: Callable[[Any], Any] | None = None, trials: PlanTrials | None = None) -> None:
         self.groups = {g.name: g for g in groups}
         self.installer, self.runner = installer, runner
         self.threshold, self.baseline, self.speed_func = threshold, baseline, speed_func
         self.calibration, self.results, self.on_plan = calibration, results, on_plan
         self.broadcast, self.trials = broadcast, trials
-        self._evaluated: dict[tuple, dict[str, Any]] = {}  # plan key -> its entry in results.plans
+        self._evaluated: dict[tuple, PlanRecord] = {}  # plan key -> its record in results.plans
         self._bytes: dict[str, dict[Hashable, int]] = {}  # group -> configuration key -> stored bytes
         self._kept_dense: dict[str, str] = {}  # group -> why options() took it out of the allocation
 
@@ -246,8 +247,7 @@ class Allocation:
 
     def _keep_dense(self, group: TuningGroup, reason: str) -> None:
         """Take ``group`` out of the allocation with a failed record saying why (it stays dense)."""
-        record = self.runner.new_record(group, {}, phase="allocation")
-        record.status, record.error = "failed", reason
+        self.runner.new_record(group, {}, phase="allocation", status="failed", error=reason)
         logger.warning("[%s] stays dense: %s", group.name, reason)
         del self.groups[group.name]
         self._kept_dense[group.name] = reason
@@ -354,28 +354,29 @@ class Allocation:
             self._bisect(corrected, budget, guess=guess)
         self._choose()
 
-    def _bisect(self, path: AllocationPath, budget: Budget, guess: int | None) -> Plan | None:
+    def _bisect(self, path: AllocationPath, budget: Budget, guess: int | None) -> PathPoint | None:
         """The cheapest plan on ``path`` found to meet the threshold (``None``: none was, within the budget).
 
         The last position (every group at its most accurate option, dense) is taken to meet it: it
         is the dense model, already measured. ``guess`` is the first position tried.
         """
         low, high = -1, len(path) - 1  # invariant: ``low`` misses (or is unknown below 0), ``high`` meets
-        best = None if high > 0 else path.plan(high)
+        best = None if high > 0 else path.point(high)
         position = guess
         while high - low > 1 and not budget.exhausted():
             if position is None or not low < position < high:
                 position = (low + high) // 2
-            plan = path.plan(position)
-            entry = self._evaluate(plan, budget, phase="bisect")
-            if entry["feasible"]:
-                high, best = position, plan
+            point = path.point(position)
+            record = self._evaluate(point, budget, phase="bisect")
+            if record.feasible:
+                high, best = position, point
             else:
                 low = position
             position = None
         return best
 
-    def _sensitivities(self, found: Plan, options: Mapping[str, _GroupOptions], budget: Budget) -> dict[str, float]:
+    def _sensitivities(self, found: PathPoint, options: Mapping[str, _GroupOptions],
+                       budget: Budget) -> dict[str, float]:
         """Each role's accuracy drop per unit of predicted ``Σ e²``, measured on the roles of ``found``."""
         energy: dict[str, float] = {}
         for group, option in found.choices.items():
@@ -393,8 +394,8 @@ class Allocation:
                 return {}
             alone = {g: o if o.params is not None and all(self._role(n) == role for n in self.groups[g].layers)
                      else Option(None, 0.0, 0.0) for g, o in found.choices.items()}
-            entry = self._evaluate(Plan(alone, 0.0, 0.0), budget, phase="sensitivity", role=role)
-            accuracy = entry["accuracy"]
+            record = self._evaluate(PathPoint(alone, 0.0, 0.0), budget, phase="sensitivity", role=role)
+            accuracy = math.nan if record.accuracy is None else record.accuracy
             drops[role] = max(self.baseline - accuracy, 0.0) if math.isfinite(accuracy) else math.inf
         rates = {role: drops[role] / energy[role] for role in roles}
         finite = sorted(r for r in rates.values() if math.isfinite(r) and r > 0)
@@ -408,39 +409,26 @@ class Allocation:
         return clipped
 
     # -- evaluating and choosing ---------------------------------------------------------------
-    def _evaluate(self, plan: Plan, budget: Budget, phase: str, role: str | None = None) -> dict[str, Any]:
-        """Install ``plan``, measure it (speed only when it meets the threshold), restore the model."""
-        choices = {g: dict(o.params) for g, o in plan.choices.items() if o.params is not None}
+    def _evaluate(self, point: PathPoint, budget: Budget, phase: str, role: str | None = None) -> PlanRecord:
+        """The plan ``point`` chooses, measured by the runner (speed only when it meets the threshold)."""
+        choices = {g: dict(o.params) for g, o in point.choices.items() if o.params is not None}
         key = tuple(sorted((g, params_key(p)) for g, p in choices.items()))
         if key in self._evaluated:
             return self._evaluated[key]
-        reused = self._stored_entry(plan, choices, phase, role)
-        if reused is not None:
-            # counted like an evaluation: a resumed run walks the path as far as an uninterrupted one
-            budget.spend()
-            return self._add(key, reused)
-        started = time.perf_counter()
-        candidates = {name: self.installer.build(name, params, self.groups[g].copy_weights)
-                      for g, params in choices.items() for name in self.groups[g].layers}
-        size = sum(layer_bytes(m) for m in candidates.values())
-        dense = self.installer.dense_bytes(list(candidates))
-        entry: dict[str, Any] = {"plan": len(self.results.plans) + 1, "phase": phase, "role": role,
-                                 "choices": choices, "accuracy": math.nan, "speed": None, "feasible": False,
-                                 "bytes": size, "dense_bytes": dense, "predicted_error": plan.error}
-        timed = phase != "sensitivity"  # a probe measures a role's accuracy drop only
-        result = self.runner.measure_candidates(candidates, self.threshold, timed=timed)
-        entry["accuracy"], entry["speed"] = result.accuracy, result.speed
-        entry["feasible"] = result.error is None and result.meets_threshold and (
-            self.speed_func is None or not timed or (result.speed is not None and math.isfinite(result.speed)))
-        if result.error is not None:  # a plan that raises misses the threshold; the model is restored
-            logger.warning("allocation: plan %d raised %s", entry["plan"], result.error)
+        record = self._stored_plan(point, choices, phase, role)
+        if record is None:
+            timed = phase != "sensitivity"  # a probe measures a role's accuracy drop only
+            record = self.runner.evaluate_plan(self.groups, choices, phase, self.threshold, timed=timed, role=role,
+                                               predicted_error=point.error)
+            if record.error is not None:  # a plan that raises misses the threshold; the model is restored
+                logger.warning("allocation: plan %d failed: %s", record.number, record.error)
+        # a reused plan is counted like an evaluation: a resumed run walks the path as far as an uninterrupted one
         budget.spend()
-        entry["duration_s"] = time.perf_counter() - started
-        return self._add(key, entry)
+        return self._add(key, record)
 
-    def _stored_entry(self, plan: Plan, choices: dict[str, dict[str, Any]], phase: str,
-                      role: str | None) -> dict[str, Any] | None:
-        """The plan's entry from measurements a resumed study holds, or ``None`` to evaluate it.
+    def _stored_plan(self, point: PathPoint, choices: dict[str, dict[str, Any]], phase: str,
+                     role: str | None) -> PlanRecord | None:
+        """The plan's record from measurements a resumed study holds, or ``None`` to evaluate it.
 
         Feasibility is judged against this run's threshold; a plan that now needs a speed it was
         never measured with (it missed an earlier threshold, or was a probe) is evaluated again.
@@ -454,26 +442,24 @@ class Allocation:
             if speed is None:
                 return None
             feasible = math.isfinite(speed)
-        return {"plan": len(self.results.plans) + 1, "phase": phase, "role": role, "choices": choices,
-                "accuracy": accuracy, "speed": speed, "feasible": feasible, "bytes": stored["bytes"],
-                "dense_bytes": stored["dense_bytes"], "predicted_error": plan.error, "duration_s": 0.0,
-                "reused": True}
+        return self.runner.new_plan(self.groups, choices, phase, role=role, accuracy=accuracy, speed=speed,
+                                    feasible=feasible, bytes=stored["bytes"], dense_bytes=stored["dense_bytes"],
+                                    predicted_error=point.error, reused=True)
 
-    def _add(self, key: tuple, entry: dict[str, Any]) -> dict[str, Any]:
-        """Record an evaluated (or reused) plan: results, the study, the log, progress."""
-        self.results.plans.append(entry)
-        self._evaluated[key] = entry
+    def _add(self, key: tuple, record: PlanRecord) -> PlanRecord:
+        """Note an evaluated (or reused) plan: the study, the log, progress."""
+        self._evaluated[key] = record
         if self.trials is not None:
-            self.trials.record(entry)
-        size, dense, choices = entry["bytes"], entry["dense_bytes"], entry["choices"]
-        phase, role = entry["phase"], entry["role"]
-        speed = "" if entry["speed"] is None else f", speed {entry['speed']:.4g}"
-        logger.info("allocation plan %d (%s%s): %d groups replaced, accuracy %.4f%s, bytes %d/%d, %s%s",
-                    entry["plan"], phase, f" {role}" if role else "", len(choices), entry["accuracy"], speed,
-                    size, dense, "meets the threshold" if entry["feasible"] else "below the threshold",
-                    " (stored by an earlier run)" if entry.get("reused") else "")
-        self.on_plan(entry)
-        return entry
+            self.trials.record(record)
+        speed = "" if record.speed is None else f", speed {record.speed:.4g}"
+        accuracy = "-" if record.accuracy is None else f"{record.accuracy:.4f}"
+        logger.info("allocation plan %d (%s%s): %d groups replaced, accuracy %s%s, bytes %d/%d, %s%s",
+                    record.number, record.phase, f" {record.role}" if record.role else "", len(record.choices),
+                    accuracy, speed, record.bytes, record.dense_bytes,
+                    "meets the threshold" if record.feasible else "below the threshold",
+                    " (stored by an earlier run)" if record.reused else "")
+        self.on_plan(record)
+        return record
 
     def _choose(self) -> None:
         """Record the chosen plan: the fastest measured feasible one (ties: the most accurate), else the smallest."""
@@ -483,15 +469,15 @@ class Allocation:
         if chosen is None:
             logger.warning("allocation: no evaluated plan met the threshold; every layer stays dense")
             return
-        self.results.chosen_plan = chosen["plan"]
-        self.results.composed_accuracy = chosen["accuracy"]
-        for group_name, params in chosen["choices"].items():
+        self.results.chosen_plan = chosen.number
+        self.results.composed_accuracy = chosen.accuracy
+        for group_name, params in chosen.choices.items():
             group = self.groups[group_name]
-            record = self.runner.new_record(group, params, phase="allocation")
-            record.accuracy, record.speed, record.feasible = chosen["accuracy"], chosen["speed"], True
-            record.bytes = self._bytes[group_name][params_key(params)]
-            record.score = (chosen["speed"] if self.speed_func is not None
-                            else 1.0 - record.bytes / record.dense_bytes)  # type: ignore[operator]
+            size = self._bytes[group_name][params_key(params)]
+            dense = self.installer.dense_bytes(group.layers)
+            score = chosen.speed if self.speed_func is not None else 1.0 - size / dense
+            record = self.runner.new_record(group, params, phase="allocation", accuracy=chosen.accuracy,
+                                            speed=chosen.speed, feasible=True, bytes=size, score=score)
             self.results.chosen[group_name] = record.trial
-        logger.info("allocation: plan %d chosen, accuracy %.4f, bytes %d/%d", chosen["plan"], chosen["accuracy"],
-                    chosen["bytes"], chosen["dense_bytes"])
+        logger.info("allocation: plan %d chosen, accuracy %.4f, bytes %d/%d", chosen.number, chosen.accuracy,
+                    chosen.bytes, chosen.dense_bytes)

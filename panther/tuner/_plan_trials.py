@@ -9,7 +9,7 @@ A trial per evaluated plan
     ``"dense"``, ``"method=sketch+low_rank=64"``, ``"method=int8"``: the parameters that differ between
     the layer's options, as its kind names them) among all of that
     layer's options, fixed for the study, so parameter importances and slices compare layers. User
-    attributes: ``plan`` (its number in ``results.plans``), ``phase``, ``role``, ``accuracy``,
+    attributes: ``plan`` (its record's ``number`` in ``results.plans``), ``phase``, ``role``, ``accuracy``,
     ``speed``, ``bytes``, ``dense_bytes``, ``feasible``, ``predicted_error``, ``duration_s``,
     ``reused`` (measured by an earlier run, see below) and ``tuning_key``.
 
@@ -20,7 +20,7 @@ The value, and why an infeasible plan is never the study's best
     every feasible value on any Optuna version (no reliance on constrained ``best_trial``), yet
     ordered by accuracy. A plan that is not a candidate (a sensitivity probe, which replaces one
     role only and is never installed, or a plan replacing nothing) is ``PRUNED`` with its accuracy
-    as the intermediate value at step 0; a plan whose evaluation raised or gave NaN is ``FAIL``.
+    as the intermediate value at step 0; a failed plan (its evaluation raised or gave NaN) is ``FAIL``.
     So ``study.best_params`` / ``best_value`` are the chosen plan whenever the choice is the best
     objective: always by size; by speed, the tuner prefers the most accurate plan within
     ``SPEED_TIE`` of the fastest (timing noise), which may be a plan just below the study's best.
@@ -66,6 +66,7 @@ from torch import nn
 
 from panther.space import Categorical
 from panther.tuner._trials import INFEASIBLE_SCORE, params_key
+from panther.tuner.results import PlanRecord
 from panther.tuner.search._optuna_compat import study_id, study_storage, trial_id
 from panther.tuner.search._workers import earlier_trial
 from panther.tuner.search.faults import WORKER_ATTR, new_nonce, process_gone, worker_token
@@ -75,8 +76,9 @@ from panther.tuner.search.optuna_search import OptunaSearch
 ALLOCATION_GROUP = "allocation"
 #: The label of a layer left dense.
 DENSE = "dense"
-_ATTRS = ("plan", "phase", "role", "accuracy", "speed", "bytes", "dense_bytes", "feasible", "predicted_error",
-          "duration_s", "reused")
+#: User attribute -> the plan record's field it holds.
+_ATTRS = {"plan": "number", **{name: name for name in ("phase", "role", "accuracy", "speed", "bytes", "dense_bytes",
+                                                       "feasible", "predicted_error", "duration_s", "reused")}}
 #: User attribute holding the content hash a trial was measured under (see :func:`tuning_key`).
 KEY_ATTR = "tuning_key"
 #: Prefix of the study's user attributes holding the profiled options, one per tuning key.
@@ -265,34 +267,35 @@ class PlanTrials:
                 labels[layer] = self._labels[layer][params_key(params)]
         return labels
 
-    def value(self, entry: Mapping[str, Any]) -> tuple[TrialState, float | None]:
-        """The trial's state and value for a ``results.plans`` entry (see the module docstring)."""
-        accuracy, speed = entry["accuracy"], entry["speed"]
-        if not math.isfinite(accuracy) or (speed is not None and not math.isfinite(speed)):
+    def value(self, plan: PlanRecord) -> tuple[TrialState, float | None]:
+        """The trial's state and value for an evaluated plan (see the module docstring)."""
+        accuracy, speed = plan.accuracy, plan.speed
+        if plan.status == "failed" or accuracy is None or not math.isfinite(accuracy) or (
+                speed is not None and not math.isfinite(speed)):
             return TrialState.FAIL, None
-        if entry["phase"] == "sensitivity" or not entry["choices"]:
+        if plan.phase == "sensitivity" or not plan.choices:
             return TrialState.PRUNED, None
-        if not entry["feasible"]:
+        if not plan.feasible:
             return TrialState.COMPLETE, INFEASIBLE_SCORE + (accuracy - self.threshold)
         if self.by_speed:
-            return TrialState.COMPLETE, float(speed)
-        saved = entry["dense_bytes"] - entry["bytes"]
+            return TrialState.COMPLETE, float(speed)  # type: ignore[arg-type]
+        saved = plan.dense_bytes - plan.bytes  # type: ignore[operator]
         return TrialState.COMPLETE, saved / self._dense_total if self._dense_total else 0.0
 
-    def record(self, entry: Mapping[str, Any]) -> None:
-        """Add the evaluated plan ``entry`` (a ``results.plans`` entry) as a finished trial."""
+    def record(self, plan: PlanRecord) -> None:
+        """Add the evaluated ``plan`` (a ``results.plans`` record) as a finished trial."""
         if not self._distributions:
             return
-        labels = self.params(entry["choices"])
-        if not entry.get("reused"):
-            self._stored[_labels_key(labels)] = {name: _plain(entry.get(name)) for name in _ATTRS}
-        if entry.get("reused") and _labels_key(labels) in self._in_study:
+        labels = self.params(plan.choices)
+        if not plan.reused:
+            self._stored[_labels_key(labels)] = {attr: _plain(getattr(plan, name)) for attr, name in _ATTRS.items()}
+        if plan.reused and _labels_key(labels) in self._in_study:
             return  # resumed: the study holds this plan's measurements already
         self._in_study.add(_labels_key(labels))
-        state, value = self.value(entry)
-        accuracy = entry["accuracy"]
+        state, value = self.value(plan)
+        accuracy = plan.accuracy
         steps = {0: accuracy} if state == TrialState.PRUNED else None
-        attrs = {name: _plain(entry.get(name)) for name in _ATTRS} | {KEY_ATTR: self._key}
+        attrs = {attr: _plain(getattr(plan, name)) for attr, name in _ATTRS.items()} | {KEY_ATTR: self._key}
         study = self.search.study
         claim = self._claimed.pop(_labels_key(labels), None)
         if claim is None:
@@ -307,11 +310,11 @@ class PlanTrials:
             storage.set_trial_intermediate_value(claim, 0, accuracy)
         study.tell(storage.get_trial(claim).number, value, state=state)  # type: ignore[union-attr]
 
-    def chose(self, entry: Mapping[str, Any] | None) -> None:
+    def chose(self, plan: PlanRecord | None) -> None:
         """Name the chosen plan on the study (``None``: none met the threshold)."""
         if not self._distributions:
             return
-        self.search.study.set_user_attr("chosen_plan", None if entry is None else entry["plan"])  # type: ignore[union-attr]
+        self.search.study.set_user_attr("chosen_plan", None if plan is None else plan.number)  # type: ignore[union-attr]
 
 
 def _fail_quietly(storage: Any, trial: Any, attr: str, value: Any) -> None:

@@ -17,7 +17,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from panther.tuner._groups import TuningGroup
-from panther.tuner.results import TrialRecord
+from panther.tuner.results import PlanRecord, TrialRecord
 from panther.tuner.search.base import SearchAlgorithm
 
 #: The package logger: its handler shows the lines of every tuner module (their `__name__` loggers are children).
@@ -108,10 +108,9 @@ class TuningProgress:
         """
         self._advance(f"group {record.group}", record.feasible, record.size_ratio, record.speed)
 
-    def plan_done(self, plan: dict[str, Any]) -> None:
+    def plan_done(self, plan: PlanRecord) -> None:
         """One more whole-model plan evaluated (``strategy="allocate"``, see ``results.plans``)."""
-        ratio = plan["bytes"] / plan["dense_bytes"] if plan["dense_bytes"] else None
-        self._advance(f"plan {plan['plan']} ({plan['phase']})", plan["feasible"], ratio, plan["speed"])
+        self._advance(f"plan {plan.number} ({plan.phase})", plan.feasible, plan.size_ratio, plan.speed)
 
     def _advance(self, label: str, feasible: bool, size_ratio: float | None, speed: float | None) -> None:
         if self._bar is None:

@@ -1,5 +1,9 @@
 """One trial: build a group's candidates, swap them in, score them, swap them out, record the outcome.
 
+Both strategies measure through :meth:`TrialRunner.measure`, so a search trial (a one-group plan,
+:class:`~panther.tuner.results.TrialRecord`) and an allocation's whole-model plan
+(:class:`~panther.tuner.results.PlanRecord`) hold the same measured fields, measured the same way.
+
 Objective (higher is better): accuracy without a threshold; with one, ``optmization_eval_func``
 (e.g. throughput) if given, else the fraction of the layers' stored bytes saved. A trial below its
 threshold keeps its measured accuracy, its speed is never measured, and its score is
@@ -13,7 +17,6 @@ import logging
 import math
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 from torch import nn
@@ -22,7 +25,7 @@ from panther.tuner._evaluation import EvalFunc, describe, measure
 from panther.tuner._groups import TuningGroup
 from panther.tuner._installer import LayerInstaller
 from panther.tuner._layers import layer_bytes
-from panther.tuner.results import TrialRecord, TuningResults
+from panther.tuner.results import MeasuredPlan, PlanRecord, TrialRecord, TuningResults
 
 logger = logging.getLogger(__name__)
 
@@ -36,24 +39,8 @@ def params_key(params: Mapping[str, Any]) -> tuple:
     return tuple(sorted((name, repr(value)) for name, value in params.items()))
 
 
-@dataclass
-class Measurement:
-    """What one evaluation of installed candidates gave: the one measuring step of both strategies.
-
-    ``speed`` is only measured when the accuracy meets the threshold (and timing was asked for);
-    ``error`` is set when the candidates made the evaluation raise.
-    """
-
-    accuracy: float = math.nan
-    accuracy_std: float | None = None
-    speed: float | None = None
-    speed_std: float | None = None
-    meets_threshold: bool = False
-    error: str | None = None
-
-
 class TrialRunner:
-    """Evaluates candidates and keeps every record of the run in ``results``.
+    """Evaluates candidates and keeps every record of the run in ``results`` (trials and plans).
 
     Args:
         installer: swaps candidates in and out.
@@ -88,6 +75,27 @@ class TrialRunner:
         self.cache.setdefault(group.name, {})[params_key(params)] = record
         return record
 
+    def new_plan(self, groups: Mapping[str, TuningGroup], choices: Mapping[str, Mapping[str, Any]], phase: str,
+                 **fields: Any) -> PlanRecord:
+        """A whole-model plan record (``groups``: the tuned groups by name) numbered in this run and
+        appended to ``results.plans``; ``dense_bytes`` counts the layers ``choices`` replaces."""
+        choices = {group: dict(params) for group, params in choices.items()}
+        layers = [name for group in choices for name in groups[group].layers]
+        record = PlanRecord(number=len(self.results.plans) + 1, choices=choices, phase=phase,
+                            **{"dense_bytes": self.installer.dense_bytes(layers), **fields})
+        self.results.plans.append(record)
+        return record
+
+    def evaluate_plan(self, groups: Mapping[str, TuningGroup], choices: Mapping[str, Mapping[str, Any]],
+                      phase: str, threshold: float, timed: bool = True, **fields: Any) -> PlanRecord:
+        """Build, install, measure and remove the whole-model plan ``choices`` (see :meth:`measure`)."""
+        started = time.perf_counter()
+        candidates = {name: self.installer.build(name, params, groups[group].copy_weights)
+                      for group, params in choices.items() for name in groups[group].layers}
+        record = self.new_plan(groups, choices, phase, **fields)
+        self.measure(record, candidates, threshold, timed, started=started)
+        return record
+
     def measure_baseline(self) -> float:
         accuracy, _ = measure(self.accuracy_func, self.installer.model, self.runs, self.resource)
         self.dense_evaluates = True  # so a candidate that raises is the candidate's fault
@@ -104,37 +112,47 @@ class TrialRunner:
             log_trial(record)
             self.on_trial(record)
             return record
+        self.measure(record, candidates, self.threshold_of(record.group), started=started)
+        record.score = self._score(record, self.threshold_of(record.group))
+        log_trial(record)
+        self.on_trial(record)
+        return record
+
+    def measure(self, record: MeasuredPlan, candidates: Mapping[str, nn.Module], threshold: float | None,
+                timed: bool = True, started: float | None = None) -> None:
+        """The one measuring step of both strategies: swap ``candidates`` in, measure, restore the model.
+
+        Fills ``record``: ``bytes`` of the candidates, accuracy, and speed when it meets ``threshold``
+        (and ``timed``); ``feasible`` when it meets the threshold with any speed it needs measured;
+        ``status``/``error`` when an evaluation raised or gave NaN (the user's functions failing on
+        the dense model too re-raise instead); ``duration_s`` since ``started`` (default: now).
+        """
+        started = time.perf_counter() if started is None else started
         record.bytes = sum(layer_bytes(c) for c in candidates.values())
+        model = self.installer.model
+        needs_speed = timed and threshold is not None and self.speed_func is not None
         try:
-            self._score(record, self.measure_candidates(candidates, self.threshold_of(record.group)))
+            with self.installer.swapped(candidates):
+                record.accuracy, record.accuracy_std = measure(self.accuracy_func, model, self.runs, self.resource)
+                meets = not math.isnan(record.accuracy) and (threshold is None or record.accuracy >= threshold)
+                if meets and needs_speed:
+                    record.speed, record.speed_std = measure(self.speed_func, model, self.runs, self.resource)  # type: ignore[arg-type]
+        except Exception as exc:
+            record.status, record.error = "failed", f"{type(exc).__name__}: {exc}"
+            logger.debug("candidates %s raised", sorted(candidates), exc_info=True)
+            self.check_dense_evaluates(exc)
+            return
         except BaseException as exc:  # KeyboardInterrupt & co: the model is restored by swapped()
             record.status, record.error = "failed", f"{type(exc).__name__}: {exc}"
             raise
         finally:
             record.duration_s = time.perf_counter() - started
-        log_trial(record)
-        self.on_trial(record)
-        return record
-
-    def measure_candidates(self, candidates: Mapping[str, nn.Module], threshold: float | None,
-                           timed: bool = True) -> Measurement:
-        """Swap ``candidates`` in, measure accuracy, and speed when it meets ``threshold`` (and
-        ``timed``); the model is restored. A candidate that makes the evaluation raise gives
-        ``error`` (the user's functions failing on the dense model too re-raise instead)."""
-        result = Measurement()
-        model = self.installer.model
-        try:
-            with self.installer.swapped(candidates):
-                result.accuracy, result.accuracy_std = measure(self.accuracy_func, model, self.runs, self.resource)
-                result.meets_threshold = not math.isnan(result.accuracy) and (
-                    threshold is None or result.accuracy >= threshold)
-                if result.meets_threshold and timed and threshold is not None and self.speed_func is not None:
-                    result.speed, result.speed_std = measure(self.speed_func, model, self.runs, self.resource)
-        except Exception as exc:
-            result.error = f"{type(exc).__name__}: {exc}"
-            logger.debug("candidates %s raised", sorted(candidates), exc_info=True)
-            self.check_dense_evaluates(exc)
-        return result
+        if math.isnan(record.accuracy):
+            record.status, record.error = "failed", "accuracy is NaN"
+        elif meets and needs_speed and (record.speed is None or math.isnan(record.speed)):
+            record.status, record.error = "failed", "optimization score is NaN"
+        else:
+            record.feasible = meets
 
     def measure_composed(self, kept: Mapping[str, TrialRecord], groups: Mapping[str, TuningGroup],
                          func: EvalFunc) -> float:
@@ -162,31 +180,17 @@ class TrialRunner:
             raise dense_error from candidate_error
         self.dense_evaluates = True
 
-    def _score(self, record: TrialRecord, result: Measurement) -> None:
-        """Fill ``record`` from ``result``: status, feasibility and the score the search is told."""
-        if result.error is not None:
-            if not math.isnan(result.accuracy):  # the speed function raised after the accuracy was measured
-                record.accuracy, record.accuracy_std = result.accuracy, result.accuracy_std
-            record.status, record.error = "failed", result.error
-            return
-        accuracy = result.accuracy
-        record.accuracy, record.accuracy_std = accuracy, result.accuracy_std
-        if math.isnan(accuracy):
-            record.status, record.error = "failed", "accuracy is NaN"
-            return
-        threshold = self.threshold_of(record.group)
+    def _score(self, record: TrialRecord, threshold: float | None) -> float | None:
+        """The value the search is told for a measured trial (see the module docstring); ``None`` if it failed."""
+        if record.status == "failed":
+            return None
         if threshold is None:
-            record.feasible, record.score = True, accuracy
-        elif accuracy < threshold:
-            record.feasible, record.score = False, INFEASIBLE_SCORE + (accuracy - threshold)
-        elif self.speed_func is not None:
-            record.speed, record.speed_std = result.speed, result.speed_std
-            if result.speed is None or math.isnan(result.speed):
-                record.status, record.error = "failed", "optimization score is NaN"
-                return
-            record.feasible, record.score = True, result.speed
-        else:
-            record.feasible, record.score = True, 1.0 - record.bytes / record.dense_bytes  # type: ignore[operator]
+            return record.accuracy
+        if not record.feasible:
+            return INFEASIBLE_SCORE + (record.accuracy - threshold)  # type: ignore[operator]
+        if self.speed_func is not None:
+            return record.speed
+        return 1.0 - record.bytes / record.dense_bytes  # type: ignore[operator]
 
 
 def log_trial(record: TrialRecord) -> None:

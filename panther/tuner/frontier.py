@@ -15,31 +15,36 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+from panther.tuner.results import PlanRecord
+
 __all__ = ["gain_of", "pareto_plans", "plot_frontier"]
 
 
-def _by_speed(plans: Sequence[dict[str, Any]]) -> bool:
-    return any(p.get("speed") is not None for p in plans)
+def _by_speed(plans: Sequence[PlanRecord]) -> bool:
+    return any(p.speed is not None for p in plans)
 
 
-def gain_of(plan: dict[str, Any], by_speed: bool) -> float | None:
+def _measured(plan: PlanRecord) -> bool:
+    return plan.accuracy is not None and math.isfinite(plan.accuracy)
+
+
+def gain_of(plan: PlanRecord, by_speed: bool) -> float | None:
     """What a plan buys: its measured speed (``by_speed``), else the bytes it saves; ``None`` if unmeasured."""
     if by_speed:
-        return plan.get("speed")
-    return float(plan["dense_bytes"] - plan["bytes"])
+        return plan.speed
+    return None if plan.bytes is None else float(plan.dense_bytes - plan.bytes)  # type: ignore[operator]
 
 
-def pareto_plans(plans: Sequence[dict[str, Any]], by_speed: bool | None = None) -> list[dict[str, Any]]:
+def pareto_plans(plans: Sequence[PlanRecord], by_speed: bool | None = None) -> list[PlanRecord]:
     """The feasible plans no other feasible plan matches or beats on both accuracy and gain, most accurate first.
 
-    ``plans`` are ``results.plans`` entries. ``by_speed`` (default: whether any plan has a speed)
+    ``plans`` are ``results.plans`` records. ``by_speed`` (default: whether any plan has a speed)
     chooses the gain: measured speed, or bytes saved. Plans replacing nothing, and (by speed) plans
     without a measured speed (sensitivity probes), have no gain to compare and are left out. Of two
     plans with equal accuracy and gain the earlier is kept.
     """
     by_speed = _by_speed(plans) if by_speed is None else by_speed
-    points = [(p, p["accuracy"], gain_of(p, by_speed)) for p in plans
-              if p["feasible"] and p["choices"] and math.isfinite(p["accuracy"])]
+    points = [(p, p.accuracy, gain_of(p, by_speed)) for p in plans if p.feasible and p.choices and _measured(p)]
     points = [(p, a, g) for p, a, g in points if g is not None and math.isfinite(g)]
 
     def beaten(i: int) -> bool:
@@ -70,19 +75,19 @@ def plot_frontier(results: Any, ax: Any = None) -> Any:
     by_speed = _by_speed(plans)
     if ax is None:
         _, ax = plt.subplots(figsize=(6, 4))
-    shown = [p for p in plans if math.isfinite(p["accuracy"]) and gain_of(p, by_speed) is not None]
+    shown = [p for p in plans if _measured(p) and gain_of(p, by_speed) is not None]
     styles = {True: {"marker": "o", "color": "tab:blue"}, False: {"marker": "x", "color": "tab:gray"}}
     for feasible, style in styles.items():
-        group = [p for p in shown if bool(p["feasible"]) == feasible]
-        ax.scatter([gain_of(p, by_speed) for p in group], [p["accuracy"] for p in group], s=20,
+        group = [p for p in shown if p.feasible == feasible]
+        ax.scatter([gain_of(p, by_speed) for p in group], [p.accuracy for p in group], s=20,
                    label="feasible plans" if feasible else "below the threshold", **style)
     front = sorted(pareto_plans(plans, by_speed), key=lambda p: gain_of(p, by_speed))  # type: ignore[arg-type,return-value]
-    ax.plot([gain_of(p, by_speed) for p in front], [p["accuracy"] for p in front], "-", color="tab:orange",
+    ax.plot([gain_of(p, by_speed) for p in front], [p.accuracy for p in front], "-", color="tab:orange",
             label="Pareto frontier")
-    chosen = next((p for p in plans if p["plan"] == results.chosen_plan), None)
+    chosen = next((p for p in plans if p.number == results.chosen_plan), None)
     if chosen is not None:
-        ax.scatter([gain_of(chosen, by_speed)], [chosen["accuracy"]], marker="*", s=200, color="tab:red",
-                   zorder=3, label=f"chosen (plan {chosen['plan']})")
+        ax.scatter([gain_of(chosen, by_speed)], [chosen.accuracy], marker="*", s=200, color="tab:red",
+                   zorder=3, label=f"chosen (plan {chosen.number})")
     if results.baseline_accuracy is not None:
         ax.axhline(results.baseline_accuracy, linestyle=":", color="black", linewidth=1, label="dense model")
     ax.set_xlabel("speed (optmization_eval_func)" if by_speed else "bytes saved")

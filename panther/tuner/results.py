@@ -1,4 +1,4 @@
-"""What the tuner measured: one record per trial, a DataFrame view, a summary table, safe files.
+"""What the tuner measured: one record per trial and per whole-model plan, a DataFrame view, a summary, safe files.
 
 Results files are pickles (the documented ``.pkl`` API) holding only builtins (dict, list, str,
 numbers, bool, None). They are read back with an unpickler that resolves no global at all, so a
@@ -20,29 +20,32 @@ from typing import Any
 #: from an earlier identical proposal (``reused``) instead of evaluated again.
 STATUSES = ("ok", "failed", "reused")
 _FORMAT = "panther.tuner.results"
-#: 2: sizes in bytes (``bytes``/``dense_bytes``), whole-model ``plans``; 1 counted stored numbers.
-_VERSION = 2
+#: 3: ``plans`` are :class:`PlanRecord` s (numbered ``number``, with a ``status``); 2: sizes in bytes
+#: (``bytes``/``dense_bytes``), ``plans`` as dicts (still read); 1 counted stored numbers.
+_VERSION = 3
 _PLAIN_TYPES = (str, int, float, bool, type(None))
 
 
-@dataclass
-class TrialRecord:
-    """One evaluated parameter proposal for one tuning group (a layer, or layers tuned jointly)."""
+@dataclass(kw_only=True)
+class MeasuredPlan:
+    """What evaluating one plan gave: the fields every record shares, whichever strategy made it.
 
-    group: str
-    layer_names: list[str]
-    trial: int
-    params: dict[str, Any]
+    A plan is a choice ``{group: params}`` (``choices``); the trial runner's one measuring step
+    (:meth:`TrialRunner.measure <panther.tuner._trials.TrialRunner.measure>`) fills these fields.
+    A search trial (:class:`TrialRecord`) is a one-group plan, an allocation's (:class:`PlanRecord`)
+    a whole-model one.
+    """
+
+    # trials: "probe" (budget pass), "search", "storage" (resumed) or "allocation"; plans: "bisect", "sensitivity"
+    phase: str = "search"
     status: str = "ok"
-    accuracy: float | None = None
+    accuracy: float | None = None  # None: never measured (the candidates raised first)
     accuracy_std: float | None = None
-    speed: float | None = None  # only measured for trials that meet the accuracy threshold
+    speed: float | None = None  # only measured for plans that meet the accuracy threshold
     speed_std: float | None = None
-    score: float | None = None  # the value the search algorithm was told (higher is better)
     feasible: bool = False
-    bytes: int | None = None  # stored bytes (parameters + buffers) of the group's layers: int8 counts 1 per weight
-    dense_bytes: int | None = None
-    phase: str = "search"  # "probe" (budget pass), "search", "storage" (resumed) or "allocation"
+    bytes: int | None = None  # stored bytes (parameters + buffers) of the replaced layers: int8 counts 1 per weight
+    dense_bytes: int | None = None  # the same layers' dense bytes
     error: str | None = None
     duration_s: float = 0.0
 
@@ -56,15 +59,66 @@ class TrialRecord:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> TrialRecord:
+    def _checked(cls, data: Mapping[str, Any], required: set[str]) -> Any:
+        """``cls(**data)`` when ``data`` has the ``required`` fields, no unknown one and a known status."""
         known = {f.name for f in fields(cls)}
-        unknown = set(data) - known
-        if unknown or not {"group", "layer_names", "trial", "params"} <= set(data):
-            raise ValueError(f"malformed trial record {dict(data)!r}")
+        if set(data) - known or not required <= set(data):
+            raise ValueError(f"malformed {cls.__name__} {dict(data)!r}")
         record = cls(**dict(data))
-        if record.status not in STATUSES or not isinstance(record.params, dict):
-            raise ValueError(f"malformed trial record {dict(data)!r}")
+        if record.status not in STATUSES:
+            raise ValueError(f"malformed {cls.__name__} {dict(data)!r}")
         return record
+
+
+@dataclass
+class TrialRecord(MeasuredPlan):
+    """One evaluated parameter proposal for one tuning group (a layer, or layers tuned jointly):
+    the one-group plan ``{group: params}``."""
+
+    group: str
+    layer_names: list[str]
+    trial: int
+    params: dict[str, Any]
+    score: float | None = None  # the value the search algorithm was told (higher is better)
+
+    @property
+    def choices(self) -> dict[str, dict[str, Any]]:
+        """The plan this trial evaluated: its group with ``params``, every other group dense."""
+        return {self.group: self.params}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> TrialRecord:
+        record = cls._checked(data, {"group", "layer_names", "trial", "params"})
+        if not isinstance(record.params, dict):
+            raise ValueError(f"malformed TrialRecord {dict(data)!r}")
+        return record
+
+
+@dataclass(kw_only=True)
+class PlanRecord(MeasuredPlan):
+    """One evaluated whole-model plan (``results.plans``): ``choices`` ``{group: params}`` (groups
+    left out stay dense), numbered in the run; ``bytes`` / ``dense_bytes`` count the replaced layers."""
+
+    number: int
+    choices: dict[str, dict[str, Any]]
+    role: str | None = None  # the role a sensitivity probe replaces alone
+    predicted_error: float | None = None  # the path's summed error for this plan
+    reused: bool = False  # measured by an earlier run (a resumed study), not evaluated again
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> PlanRecord:
+        record = cls._checked(data, {"number", "choices", "phase"})
+        if not isinstance(record.choices, dict):
+            raise ValueError(f"malformed PlanRecord {dict(data)!r}")
+        return record
+
+    @classmethod
+    def from_version_2(cls, entry: Mapping[str, Any]) -> PlanRecord:
+        """A format-2 ``plans`` entry (a dict numbered ``"plan"``, NaN accuracy for a plan that raised)."""
+        data = {k: v for k, v in entry.items() if k != "plan"}
+        accuracy = data.get("accuracy")
+        failed = accuracy is None or not math.isfinite(accuracy)
+        return cls.from_dict({**data, "number": entry["plan"], "status": "failed" if failed else "ok"})
 
 
 @dataclass
@@ -80,10 +134,9 @@ class TuningResults:
     reused_trials: dict[str, int] = field(default_factory=dict)
     group_thresholds: dict[str, float] = field(default_factory=dict)  # group -> accuracy its trials had to reach
     skipped: dict[str, str] = field(default_factory=dict)  # selected layer -> why it is not tuned
-    #: Whole-model plans a strategy="allocate" run evaluated (plain dicts: plan number, phase,
-    #: choices, accuracy, speed, feasible, bytes, dense_bytes, predicted_error, duration_s).
-    plans: list[dict[str, Any]] = field(default_factory=list)
-    chosen_plan: int | None = None  # the plan whose choices were recorded
+    #: Whole-model plans a strategy="allocate" run evaluated, in order (``plans[i].number == i + 1``).
+    plans: list[PlanRecord] = field(default_factory=list)
+    chosen_plan: int | None = None  # the number of the plan whose choices were recorded
 
     def best_record(self, group: str) -> TrialRecord | None:
         """The feasible record with the highest score (fewest bytes, then earliest, on ties)."""
@@ -92,7 +145,7 @@ class TuningResults:
             return None
         return min(candidates, key=lambda r: (-(r.score or 0.0), r.bytes or 0, r.trial))
 
-    def frontier(self) -> list[dict[str, Any]]:
+    def frontier(self) -> list[PlanRecord]:
         """The feasible Pareto set of ``plans`` (accuracy against speed, or bytes saved), most accurate
         first; any of them can be installed with ``SKAutoTuner.apply_plan`` (see :mod:`panther.tuner.frontier`)."""
         from panther.tuner.frontier import pareto_plans
@@ -121,7 +174,7 @@ class TuningResults:
             "reused_trials": self.reused_trials,
             "group_thresholds": self.group_thresholds,
             "skipped": self.skipped,
-            "plans": self.plans,
+            "plans": [plan.to_dict() for plan in self.plans],
             "chosen_plan": self.chosen_plan,
         }
         _check_plain(data, "results")
@@ -132,7 +185,7 @@ class TuningResults:
         if isinstance(data, dict) and data.get("format") == _FORMAT and data.get("version") == 1:
             raise ValueError("this results file is format 1, which counts stored numbers where this version "
                              "counts bytes; run tune() again to write a current one")
-        if not isinstance(data, dict) or data.get("format") != _FORMAT or data.get("version") != _VERSION:
+        if not isinstance(data, dict) or data.get("format") != _FORMAT or data.get("version") not in (2, _VERSION):
             raise ValueError("not a panther.tuner results file (missing or unknown format/version)")
         try:
             return cls(
@@ -145,7 +198,8 @@ class TuningResults:
                 reused_trials={str(k): int(v) for k, v in data["reused_trials"].items()},
                 group_thresholds={str(k): float(v) for k, v in data.get("group_thresholds", {}).items()},
                 skipped={str(k): str(v) for k, v in data.get("skipped", {}).items()},
-                plans=[dict(plan) for plan in data.get("plans", [])],
+                plans=[PlanRecord.from_dict(plan) if data["version"] == _VERSION else PlanRecord.from_version_2(plan)
+                       for plan in data.get("plans", [])],
                 chosen_plan=data.get("chosen_plan"),
             )
         except (KeyError, TypeError, AttributeError) as exc:
@@ -210,13 +264,12 @@ def results_rows(results: TuningResults) -> list[dict[str, Any]]:
 def _plan_rows(results: TuningResults) -> list[dict[str, Any]]:
     rows = []
     for plan in results.plans:
-        for group, params in plan["choices"].items():
+        for group, params in plan.choices.items():
             for layer in results.groups.get(group, []):
-                row: dict[str, Any] = {"layer_name": layer, "group": group, "trial": None, "plan": plan["plan"]}
+                row: dict[str, Any] = {"layer_name": layer, "group": group, "trial": None, "plan": plan.number}
                 row.update(params)
-                row.update(accuracy=plan["accuracy"], speed=plan["speed"], feasible=plan["feasible"],
-                           bytes=plan["bytes"], dense_bytes=plan["dense_bytes"], phase=plan["phase"],
-                           best=plan["plan"] == results.chosen_plan)
+                row.update(accuracy=plan.accuracy, speed=plan.speed, feasible=plan.feasible, bytes=plan.bytes,
+                           dense_bytes=plan.dense_bytes, phase=plan.phase, best=plan.number == results.chosen_plan)
                 rows.append(row)
     return rows
 
@@ -306,7 +359,7 @@ def summary_table(results: TuningResults) -> str:
         footer.append("skipped (kept dense):")
         footer += [f"  {layer}: {reason}" for layer, reason in results.skipped.items()]
     if results.plans:
-        phases = Counter(plan["phase"] for plan in results.plans)
+        phases = Counter(plan.phase for plan in results.plans)
         footer.append(f"whole-model plans evaluated: {len(results.plans)} ("
                       + ", ".join(f"{n} {phase}" for phase, n in phases.items()) + ")"
                       + ("" if results.chosen_plan is None else f"; plan {results.chosen_plan} chosen"))

@@ -49,7 +49,7 @@ from __future__ import annotations
 import logging
 import os
 import warnings
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from typing import Any, Literal
 
 from torch import nn
@@ -66,7 +66,7 @@ from panther.tuner._policy import ComposedCheck, group_thresholds
 from panther.tuner._progress import TuningProgress, planned_trials
 from panther.tuner._trials import INFEASIBLE_SCORE, TrialRunner
 from panther.tuner.configs import TuningConfigs
-from panther.tuner.results import TrialRecord, TuningResults, results_dataframe, summary_table
+from panther.tuner.results import PlanRecord, TrialRecord, TuningResults, results_dataframe, summary_table
 from panther.tuner.search.base import as_search_algorithm
 from panther.tuner.search.optuna_search import OptunaSearch
 from panther.tuner.selectors import LayerNameResolver
@@ -295,23 +295,23 @@ class SKAutoTuner:
             self._layers.install(name, module)
         return self.model
 
-    def apply_plan(self, plan: int | Mapping[str, Any]) -> nn.Module:
+    def apply_plan(self, plan: int | PlanRecord) -> nn.Module:
         """Install one evaluated whole-model plan instead of the chosen one: its number in
-        ``results.plans``, or its entry (e.g. from ``results.frontier()``). Tuned layers it leaves
+        ``results.plans``, or its record (e.g. from ``results.frontier()``). Tuned layers it leaves
         out get their dense layer back. Every replacement is built before the model is touched."""
         number = plan if isinstance(plan, int) and not isinstance(plan, bool) else (
-            plan.get("plan") if isinstance(plan, Mapping) else None)
-        entry = next((p for p in self.results.plans if p["plan"] == number), None)
-        if entry is None:
-            known = [p["plan"] for p in self.results.plans]
+            plan.number if isinstance(plan, PlanRecord) else None)
+        record = next((p for p in self.results.plans if p.number == number), None)
+        if record is None:
+            known = [p.number for p in self.results.plans]
             raise ValueError(f"no evaluated plan {plan!r}; results.plans holds plans {known} (an allocating tune() "
                              "evaluates them)")
         groups = {g.name: g for g in self._groups}
-        unknown = set(entry["choices"]) - set(groups)
+        unknown = set(record.choices) - set(groups)
         if unknown:
             raise ValueError(f"plan {number} replaces groups {sorted(unknown)} this tuner does not tune")
         built = {name: self._layers.build(name, params, groups[group].copy_weights)
-                 for group, params in entry["choices"].items() for name in groups[group].layers}
+                 for group, params in record.choices.items() for name in groups[group].layers}
         for name, dense in self._layers.originals.items():
             self._layers.install(name, built.get(name, dense))
         return self.model

@@ -40,7 +40,8 @@ def main(out_dir: str, calibration_batches: int, strategy: str) -> None:
     result = {"rank": trainer.global_rank, "plan": callback.report.plan, "best_params": callback.best_params,
               "dense_metric": callback.report.dense_metric, "tuned_metric": callback.report.tuned_metric,
               "final_val_acc": float(trainer.callback_metrics["val_acc"]), "weights": digest.hexdigest(),
-              "trials": len(callback.tuner.results.records), "plans": callback.tuner.results.plans,
+              "trials": len(callback.tuner.results.records),
+              "plans": [plan.to_dict() for plan in callback.tuner.results.plans],
               "allocates": callback.tuner.allocates}
     with open(os.path.join(out_dir, f"rank{trainer.global_rank}.json"), "w") as handle:
         json.dump(result, handle)

@@ -67,5 +67,5 @@ def test_a_plain_optuna_search_lends_its_study_to_the_allocation(tmp_path):
     fit_digits(str(tmp_path), [callback])
     assert callback.tuner is not None and callback.tuner.allocates and callback.tuner.results.plans
     plans = callback.tuner.results.plans
-    assert sorted(t.user_attrs["plan"] for t in search.study.trials) == sorted(p["plan"] for p in plans)
+    assert sorted(t.user_attrs["plan"] for t in search.study.trials) == sorted(p.number for p in plans)
     assert search.study.user_attrs["chosen_plan"] == callback.tuner.results.chosen_plan

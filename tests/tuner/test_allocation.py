@@ -1,4 +1,4 @@
-"""Allocation groundwork: predicted rank errors against built layers, plans against brute force."""
+"""Allocation groundwork: predicted rank errors against built layers, path points against brute force."""
 
 from __future__ import annotations
 
@@ -120,7 +120,7 @@ def test_the_linear_kind_predicts_the_error_of_the_layers_it_builds() -> None:
     assert kind.predicted_error(layer, {"low_rank": 4, "init": "data_svd"}, None) is None
 
 
-# -- planner -----------------------------------------------------------------------------------
+# -- path --------------------------------------------------------------------------------------
 
 def random_instance(rng: random.Random, layers: int, options: int) -> dict[str, list[Option]]:
     instance = {}
@@ -146,34 +146,34 @@ INSTANCES = [random_instance(random.Random(seed), layers=rng_layers, options=4)
 
 
 @pytest.mark.parametrize("instance", INSTANCES)
-def test_every_plan_on_the_path_is_the_exact_optimum_for_its_error(instance: dict[str, list[Option]]) -> None:
+def test_every_point_on_the_path_is_the_exact_optimum_for_its_error(instance: dict[str, list[Option]]) -> None:
     path = AllocationPath(instance)
     for position in range(len(path)):
-        plan = path.plan(position)
-        assert plan.cost == pytest.approx(brute_force_cost(instance, plan.error), rel=1e-12)
+        point = path.point(position)
+        assert point.cost == pytest.approx(brute_force_cost(instance, point.error), rel=1e-12)
 
 
 @pytest.mark.parametrize("instance", INSTANCES)
-def test_budget_plan_is_feasible_and_within_one_step_of_the_optimum(instance: dict[str, list[Option]]) -> None:
+def test_budget_point_is_feasible_and_within_one_step_of_the_optimum(instance: dict[str, list[Option]]) -> None:
     path = AllocationPath(instance)
     rng = random.Random(7)
     for budget in [0.0] + [rng.uniform(0, 2.5) for _ in range(30)]:
         position = path.position_for_budget(budget)
-        plan, optimum = path.plan(position), brute_force_cost(instance, budget)
-        assert plan.error <= budget
-        assert plan.cost >= optimum - 1e-9
-        if position > 0:  # the plan just before it was over budget, and is a lower bound (LP relaxation)
-            assert path.plan(position - 1).error > budget
-            assert path.plan(position - 1).cost <= optimum + 1e-9
+        point, optimum = path.point(position), brute_force_cost(instance, budget)
+        assert point.error <= budget
+        assert point.cost >= optimum - 1e-9
+        if position > 0:  # the point just before it was over budget, and is a lower bound (LP relaxation)
+            assert path.point(position - 1).error > budget
+            assert path.point(position - 1).cost <= optimum + 1e-9
 
 
 @pytest.mark.parametrize("instance", INSTANCES)
-def test_plans_are_monotone_in_the_knobs(instance: dict[str, list[Option]]) -> None:
+def test_points_are_monotone_in_the_knobs(instance: dict[str, list[Option]]) -> None:
     path = AllocationPath(instance)
-    plans = [path.plan(p) for p in range(len(path))]
-    assert all(a.error >= b.error and a.cost <= b.cost for a, b in itertools.pairwise(plans))
+    points = [path.point(p) for p in range(len(path))]
+    assert all(a.error >= b.error and a.cost <= b.cost for a, b in itertools.pairwise(points))
     budgets = sorted(random.Random(1).uniform(0, 3) for _ in range(50))
-    costs = [path.plan(path.position_for_budget(b)).cost for b in budgets]
+    costs = [path.point(path.position_for_budget(b)).cost for b in budgets]
     assert all(a >= b for a, b in itertools.pairwise(costs))
     lams = sorted(random.Random(2).uniform(0, 2000) for _ in range(50))
     positions = [path.position_for_tradeoff(lam) for lam in lams]
@@ -181,12 +181,12 @@ def test_plans_are_monotone_in_the_knobs(instance: dict[str, list[Option]]) -> N
 
 
 @pytest.mark.parametrize("instance", INSTANCES)
-def test_tradeoff_plan_minimises_the_lagrangian(instance: dict[str, list[Option]]) -> None:
+def test_tradeoff_point_minimises_the_lagrangian(instance: dict[str, list[Option]]) -> None:
     path = AllocationPath(instance)
     for lam in [0.0, 1.0, 30.0, 100.0, 400.0, 1e6]:
-        plan = path.plan(path.position_for_tradeoff(lam))
+        point = path.point(path.position_for_tradeoff(lam))
         best = sum(min(o.cost + lam * o.error for o in options) for options in instance.values())
-        assert plan.cost + lam * plan.error == pytest.approx(best, rel=1e-12)
+        assert point.cost + lam * point.error == pytest.approx(best, rel=1e-12)
 
 
 def test_hand_checked_two_layer_case() -> None:
@@ -203,13 +203,13 @@ def test_hand_checked_two_layer_case() -> None:
                 ({"a": dense_a, "b": small}, 0.1, 110.0),  # a: half → dense, 60 for 0.2
                 ({"a": dense_a, "b": dense_b}, 0.0, 200.0)]  # b: small → dense, 90 for 0.1
     for position, (choices, error, cost) in enumerate(expected):
-        plan = path.plan(position)
-        assert plan.choices == choices
-        assert (plan.error, plan.cost) == (pytest.approx(error), pytest.approx(cost))
+        point = path.point(position)
+        assert point.choices == choices
+        assert (point.error, point.cost) == (pytest.approx(error), pytest.approx(cost))
     assert path.position_for_budget(0.35) == 1
     assert path.position_for_budget(0.05) == 3
     assert path.position_for_tradeoff(100.0) == 1 and path.position_for_tradeoff(300.0) == 2
-    with pytest.raises(ValueError, match="no plan"):
+    with pytest.raises(ValueError, match="no point"):
         AllocationPath({"a": [half]}).position_for_budget(0.1)
     with pytest.raises(IndexError):
-        path.plan(4)
+        path.point(4)

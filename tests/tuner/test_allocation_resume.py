@@ -34,7 +34,7 @@ def run(storage: str, threshold: float = 0.97, model=None):
 
 
 def labels(tuner) -> set:
-    return {tuple(sorted((g, p["low_rank"]) for g, p in plan["choices"].items())) for plan in tuner.results.plans}
+    return {tuple(sorted((g, p["low_rank"]) for g, p in plan.choices.items())) for plan in tuner.results.plans}
 
 
 def test_a_second_run_of_the_same_tuning_evaluates_no_plan_again(storage):
@@ -42,7 +42,7 @@ def test_a_second_run_of_the_same_tuning_evaluates_no_plan_again(storage):
     assert first_accuracy.calls == 1 + len(first.results.plans)  # the baseline and every plan
     second, second_accuracy = run(storage)
     assert second_accuracy.calls == 1  # the baseline only
-    assert all(plan.get("reused") for plan in second.results.plans)
+    assert all(plan.reused for plan in second.results.plans)
     assert second.get_best_params() == first.get_best_params()
     assert second.results.composed_accuracy == first.results.composed_accuracy
     study = optuna.load_study(study_name="resume::allocation@0.97", storage=storage)
@@ -53,13 +53,13 @@ def test_a_second_run_of_the_same_tuning_evaluates_no_plan_again(storage):
 def test_another_threshold_evaluates_only_the_plans_it_has_not_seen(storage):
     first, _ = run(storage, threshold=0.97)
     second, accuracy = run(storage, threshold=0.99)
-    fresh = [p for p in second.results.plans if not p.get("reused")]
-    reused = [p for p in second.results.plans if p.get("reused")]
+    fresh = [p for p in second.results.plans if not p.reused]
+    reused = [p for p in second.results.plans if p.reused]
     assert accuracy.calls == 1 + len(fresh)
     assert reused and labels(second) & labels(first)
     seen = labels(first)
-    assert all(tuple(sorted((g, c["low_rank"]) for g, c in p["choices"].items())) in seen for p in reused)
-    assert all(p["feasible"] == (p["accuracy"] >= 0.99) for p in second.results.plans)
+    assert all(tuple(sorted((g, c["low_rank"]) for g, c in p.choices.items())) in seen for p in reused)
+    assert all(p.feasible == (p.accuracy >= 0.99) for p in second.results.plans)
     study = second.search_algorithm.study
     assert study.study_name == "resume::allocation@0.99" and len(study.trials) == len(second.results.plans)
     assert study.best_trial.user_attrs["plan"] == second.results.chosen_plan
@@ -73,7 +73,7 @@ def test_a_changed_model_reuses_nothing(tmp_path):
     with torch.no_grad():
         changed.second.weight.mul_(1.01)
     tuner, accuracy = run(storage, model=changed)
-    assert not any(p.get("reused") for p in tuner.results.plans)
+    assert not any(p.reused for p in tuner.results.plans)
     assert accuracy.calls == 1 + len(tuner.results.plans)
 
 
@@ -97,7 +97,7 @@ def test_the_layers_are_profiled_once_per_model_calibration_set_and_space(tmp_pa
     assert len(calls) == 2
     # the reloaded options lead to the same plans as profiling them again
     again, _ = run(f"sqlite:///{tmp_path / 'fresh.db'}", threshold=0.99)
-    assert [p["choices"] for p in again.results.plans] == [p["choices"] for p in second.results.plans]
+    assert [p.choices for p in again.results.plans] == [p.choices for p in second.results.plans]
     assert again.get_best_params() == second.get_best_params()
 
 
@@ -162,7 +162,7 @@ def test_a_resumed_run_spends_the_budget_as_the_uninterrupted_run_did(tmp_path):
     first, _ = budgeted(storage)
     second, accuracy = budgeted(storage)
     assert len(first.results.plans) == len(second.results.plans) == 5
-    assert [p["choices"] for p in second.results.plans] == [p["choices"] for p in first.results.plans]
+    assert [p.choices for p in second.results.plans] == [p.choices for p in first.results.plans]
     assert accuracy.calls == 1 and second.get_best_params() == first.get_best_params()
 
 
@@ -175,8 +175,8 @@ open(out + ".ready", "w").close()
 while not os.path.exists(go):
     time.sleep(0.01)
 tuner, accuracy = run(storage)
-evaluated = [sorted((g, p["low_rank"]) for g, p in plan["choices"].items())
-             for plan in tuner.results.plans if not plan.get("reused")]
+evaluated = [sorted((g, p["low_rank"]) for g, p in plan.choices.items())
+             for plan in tuner.results.plans if not plan.reused]
 with open(out + ".tmp", "w") as handle:
     json.dump({"evaluated": evaluated, "calls": accuracy.calls, "best": tuner.get_best_params(),
                "plans": len(tuner.results.plans)}, handle)

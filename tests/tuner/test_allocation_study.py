@@ -53,16 +53,16 @@ def test_every_evaluated_plan_is_a_trial_with_its_measurements(tuned):
     assert study is not None and len(study.trials) == len(plans) >= 3
     dense_total = sum(layer_bytes(accuracy.dense[n]) for n in SENSITIVITY)
     for trial, plan in zip(study.trials, plans, strict=True):
-        assert trial.user_attrs["plan"] == plan["plan"] and trial.user_attrs["phase"] == plan["phase"]
-        assert trial.user_attrs["accuracy"] == pytest.approx(plan["accuracy"])
+        assert trial.user_attrs["plan"] == plan.number and trial.user_attrs["phase"] == plan.phase
+        assert trial.user_attrs["accuracy"] == pytest.approx(plan.accuracy)
         assert set(trial.params) == set(SENSITIVITY)  # one parameter per tuned layer
         for layer, label in trial.params.items():
-            expected = f"low_rank={plan['choices'][layer]['low_rank']}" if layer in plan["choices"] else "dense"
+            expected = f"low_rank={plan.choices[layer]['low_rank']}" if layer in plan.choices else "dense"
             assert label == expected
-        built = {n: tuner._layers.build(n, plan["choices"][n], True) if n in plan["choices"] else accuracy.dense[n]
+        built = {n: tuner._layers.build(n, plan.choices[n], True) if n in plan.choices else accuracy.dense[n]
                  for n in SENSITIVITY}
         feasible = accuracy.of_modules(built) >= THRESHOLD
-        if plan["phase"] == "sensitivity":
+        if plan.phase == "sensitivity":
             assert trial.state == TrialState.PRUNED
         elif feasible:
             saved = dense_total - sum(layer_bytes(m) for m in built.values())
@@ -109,7 +109,7 @@ def test_a_given_storage_holds_the_plans(tmp_path):
                           search_algorithm=OptunaSearch(study_name="alloc", storage=storage))
     tuner.tune()
     stored = optuna.load_study(study_name="alloc::allocation@0.97", storage=storage)
-    assert [t.user_attrs["plan"] for t in stored.trials] == [p["plan"] for p in tuner.results.plans]
+    assert [t.user_attrs["plan"] for t in stored.trials] == [p.number for p in tuner.results.plans]
     assert not any(t.value is not None and math.isnan(t.value) for t in stored.trials)
 
 

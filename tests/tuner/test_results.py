@@ -1,5 +1,6 @@
 """Trial records: DataFrame view, summary table, and results files that can never run code."""
 
+import json
 import math
 import os
 import pickle
@@ -7,7 +8,7 @@ import sys
 
 import pytest
 
-from panther.tuner.results import TrialRecord, TuningResults, results_dataframe, summary_table
+from panther.tuner.results import PlanRecord, TrialRecord, TuningResults, results_dataframe, summary_table
 
 
 def sample_results() -> TuningResults:
@@ -89,6 +90,58 @@ def test_a_format_1_file_says_why_it_cannot_be_read(tmp_path):
         TuningResults.load(path)
 
 
+def with_plans(results: TuningResults) -> TuningResults:
+    results.plans = [
+        PlanRecord(number=1, phase="bisect", choices={"fc1": {"num_terms": 1, "low_rank": 4}}, accuracy=0.97,
+                   accuracy_std=0.0, feasible=True, bytes=100, dense_bytes=1000, predicted_error=0.01,
+                   duration_s=0.5),
+        PlanRecord(number=2, phase="sensitivity", role="fc#", choices={"fc1": {"num_terms": 1, "low_rank": 2}},
+                   status="failed", error="RuntimeError: boom", dense_bytes=1000, bytes=50, reused=True),
+    ]
+    results.chosen_plan = 1
+    return results
+
+
+def test_plans_round_trip_through_the_file_and_json(tmp_path):
+    results = with_plans(sample_results())
+    path = tmp_path / "results.pkl"
+    results.save(path)
+    assert TuningResults.load(path) == results
+    assert TuningResults.from_dict(json.loads(json.dumps(results.to_dict()))) == results
+    assert results.to_dict()["version"] == 3 and results.to_dict()["plans"][1]["number"] == 2
+
+
+def test_a_format_2_file_still_loads_its_plans_as_records(tmp_path):
+    """Format 2 (before plan records) kept each plan as a dict numbered "plan", NaN for one that raised."""
+    current = with_plans(sample_results()).to_dict()
+    old_plans = [{"plan": 1, "phase": "bisect", "role": None, "choices": {"fc1": {"num_terms": 1, "low_rank": 4}},
+                  "accuracy": 0.97, "speed": None, "feasible": True, "bytes": 100, "dense_bytes": 1000,
+                  "predicted_error": 0.01, "duration_s": 0.5},
+                 {"plan": 2, "phase": "sensitivity", "role": "fc#", "choices": {"fc1": {"num_terms": 1, "low_rank": 2}},
+                  "accuracy": math.nan, "speed": None, "feasible": False, "bytes": 50, "dense_bytes": 1000,
+                  "predicted_error": 0.0, "duration_s": 0.0, "reused": True}]
+    path = tmp_path / "v2.pkl"
+    path.write_bytes(pickle.dumps({**current, "version": 2, "plans": old_plans}))
+    loaded = TuningResults.load(path)
+    assert loaded.records == sample_results().records and loaded.chosen_plan == 1
+    first, second = loaded.plans
+    assert first == PlanRecord(number=1, phase="bisect", choices={"fc1": {"num_terms": 1, "low_rank": 4}},
+                               accuracy=0.97, feasible=True, bytes=100, dense_bytes=1000, predicted_error=0.01,
+                               duration_s=0.5)
+    assert (second.number, second.status, second.role, second.reused, second.feasible) == (
+        2, "failed", "fc#", True, False)
+    assert math.isnan(second.accuracy)
+
+
+@pytest.mark.parametrize("plan", [{"number": 1, "phase": "bisect"}, {"number": 1, "phase": "bisect", "choices": {},
+                                                                     "unknown": 1},
+                                  {"number": 1, "phase": "bisect", "choices": {}, "status": "odd"}])
+def test_a_malformed_plan_is_refused(plan):
+    data = {**sample_results().to_dict(), "plans": [plan]}
+    with pytest.raises(ValueError, match="malformed"):
+        TuningResults.from_dict(data)
+
+
 def test_missing_file_and_unsaveable_values(tmp_path):
     with pytest.raises(FileNotFoundError):
         TuningResults.load(tmp_path / "missing.pkl")
@@ -111,7 +164,6 @@ def test_a_results_frame_has_the_record_columns_with_no_record():
     empty = results_dataframe(TuningResults(groups={"g": ["fc1"]}), ["low_rank"])
     assert empty.empty and {"layer_name", "low_rank", "accuracy", "speed", "score", "status"} <= set(empty.columns)
     plans = TuningResults(groups={"g": ["fc1"]}, plans=[
-        {"plan": 1, "phase": "bisect", "choices": {"g": {"low_rank": 4}}, "accuracy": 0.9, "speed": None,
-         "feasible": False, "bytes": 10, "dense_bytes": 20}])
+        PlanRecord(number=1, phase="bisect", choices={"g": {"low_rank": 4}}, accuracy=0.9, bytes=10, dense_bytes=20)])
     frame = results_dataframe(plans, ["low_rank"])
     assert list(frame["low_rank"]) == [4] and frame["score"].isna().all() and list(frame["plan"]) == [1]

@@ -24,7 +24,7 @@ from panther.plans import apply_plan, rebuild_sketched_layers
 from panther.tuner import LayerConfig, OptunaSearch, ParamsResolver, SKAutoTuner, TuningConfigs, layer_bytes
 from panther.tuner._allocate import choose_plan, role_of
 from panther.tuner._allocation.profile import profile_layers
-from panther.tuner.results import TuningResults
+from panther.tuner.results import PlanRecord, TuningResults
 from panther.tuner.tuner import AllocationUnavailableError
 
 SENSITIVITY = {"first": 1.0, "second": 12.0, "third": 0.2, "fourth": 3.0}
@@ -104,7 +104,7 @@ def test_allocation_approaches_the_brute_force_optimum_in_few_evaluations(thresh
     assert tuner.results.composed_accuracy == pytest.approx(accuracy.of_modules(chosen))
     assert sum(layer_bytes(m) for m in chosen.values()) <= 1.02 * optimum  # exact here; without the correction +12-35 %
     assert accuracy.calls <= 1 + 16  # baseline + plans; brute force needed 5**4 = 625 combinations
-    assert {p["phase"] for p in tuner.results.plans} == {"bisect", "sensitivity"}
+    assert {p.phase for p in tuner.results.plans} == {"bisect", "sensitivity"}
 
 
 def test_role_sensitivities_recover_the_hidden_ones():
@@ -113,12 +113,12 @@ def test_role_sensitivities_recover_the_hidden_ones():
     accuracy = KnownAccuracy(model)
     tuner = allocating_tuner(model, accuracy, 0.97)
     tuner.tune()
-    alone = [p for p in tuner.results.plans if p["phase"] == "sensitivity"]
+    alone = [p for p in tuner.results.plans if p.phase == "sensitivity"]
     for plan in alone:
-        (name, params), = plan["choices"].items()
+        (name, params), = plan.choices.items()
         module = tuner._layers.build(name, params, True)
         expected_drop = SENSITIVITY[name] * accuracy.error(name, module) ** 2
-        assert 1.0 - plan["accuracy"] == pytest.approx(expected_drop, rel=1e-5)
+        assert 1.0 - plan.accuracy == pytest.approx(expected_drop, rel=1e-5)
 
 
 def test_a_trial_budget_bounds_the_plans_and_the_result_still_holds():
@@ -134,15 +134,15 @@ def test_a_trial_budget_bounds_the_plans_and_the_result_still_holds():
 
 def test_the_fastest_plan_wins_unless_a_more_accurate_one_ties_within_noise():
     def plan(number, speed, accuracy, phase="bisect", feasible=True, saved=10):
-        return {"plan": number, "phase": phase, "choices": {"g": {}}, "speed": speed, "accuracy": accuracy,
-                "feasible": feasible, "bytes": 100 - saved, "dense_bytes": 100}
+        return PlanRecord(number=number, phase=phase, choices={"g": {}}, speed=speed, accuracy=accuracy,
+                          feasible=feasible, bytes=100 - saved, dense_bytes=100)
 
     plans = [plan(1, 2.00, 0.96), plan(2, 1.95, 0.99), plan(3, 1.50, 0.999), plan(4, 9.0, 0.5, feasible=False),
              plan(5, None, 0.999, phase="sensitivity")]
-    assert choose_plan(plans, by_speed=True)["plan"] == 2  # 1.95 is within 3 % of 2.00, and more accurate
-    assert choose_plan([plans[0], plans[2]], by_speed=True)["plan"] == 1  # 1.50 is not a tie
+    assert choose_plan(plans, by_speed=True).number == 2  # 1.95 is within 3 % of 2.00, and more accurate
+    assert choose_plan([plans[0], plans[2]], by_speed=True).number == 1  # 1.50 is not a tie
     by_size = [plan(1, None, 0.96, saved=30), plan(2, None, 0.99, saved=30), plan(3, None, 0.999, saved=5)]
-    assert choose_plan(by_size, by_speed=False)["plan"] == 2
+    assert choose_plan(by_size, by_speed=False).number == 2
     assert choose_plan([plans[3], plans[4]], by_speed=True) is None
 
 
@@ -328,11 +328,11 @@ def test_the_results_table_lists_every_evaluated_plan_per_replaced_layer():
     tuner.tune()
     df = tuner.get_results_dataframe()
     plan_rows = df[df["plan"].notna()]
-    expected = sum(len(p["choices"]) for p in tuner.results.plans)  # one layer per group here
+    expected = sum(len(p.choices) for p in tuner.results.plans)  # one layer per group here
     assert len(plan_rows) == expected
     for plan in tuner.results.plans:
-        rows = plan_rows[plan_rows["plan"] == plan["plan"]]
-        assert set(rows["layer_name"]) == set(plan["choices"]) and (rows["accuracy"] == plan["accuracy"]).all()
+        rows = plan_rows[plan_rows["plan"] == plan.number]
+        assert set(rows["layer_name"]) == set(plan.choices) and (rows["accuracy"] == plan.accuracy).all()
     chosen = plan_rows[plan_rows["best"]]
     assert set(chosen["plan"]) == {tuner.results.chosen_plan}
     assert set(chosen["layer_name"]) == set(tuner.get_best_params())

@@ -143,6 +143,7 @@ def test_an_allocated_plan_that_raises_misses_the_threshold_and_the_next_is_trie
                         accuracy_threshold=0.5, strategy="allocate")
     best = tuner.tune()
     assert dict(model.named_modules()) == before
-    both = [p for p in tuner.results.plans if len(p["choices"]) == 2]
-    assert both and all(not p["feasible"] and math.isnan(p["accuracy"]) for p in both)
+    both = [p for p in tuner.results.plans if len(p.choices) == 2]
+    assert both and all(not p.feasible and p.status == "failed" and p.accuracy is None for p in both)
+    assert all("RuntimeError: both" in p.error for p in both)  # what the accuracy function raised
     assert len(best) == 1 and tuner.results.composed_accuracy == 1.0

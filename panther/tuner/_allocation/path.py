@@ -1,4 +1,4 @@
-"""Whole-model plans from per-layer options: least cost for a summed predicted error.
+"""Points of the allocation path from per-layer options: least cost for a summed predicted error.
 
 Each layer offers options (dense at zero error and full cost, cheaper replacements with
 predicted errors). Choosing one per layer to minimise total cost under a budget on the summed
@@ -6,8 +6,8 @@ error is a multiple-choice knapsack; :class:`AllocationPath` solves its Lagrangi
 ``min Σ cost + λ·Σ error`` for every ``λ`` at once. Per layer only the lower convex hull of its
 (error, cost) points can win; its edges are *steps* that buy an error reduction at a marginal cost
 per unit of error (the edge's slope). Sorting all layers' steps by that rate gives one path from the
-cheapest plan to the most accurate one; every prefix of it is Lagrangian-optimal, hence the exact
-least-cost plan for its own total error (Everett), and for any other budget the first prefix that
+cheapest point to the most accurate one; every prefix of it is Lagrangian-optimal, hence the exact
+least-cost choice for its own total error (Everett), and for any other budget the first prefix that
 fits costs at most one step more than the optimum.
 
 Along the path error only falls and cost only rises, so a caller can bisect the position (or
@@ -34,8 +34,8 @@ class Option:
 
 
 @dataclass(frozen=True)
-class Plan:
-    """One option per layer, with the sums the planner traded off."""
+class PathPoint:
+    """One position on the path: one option per layer, with the sums the path traded off."""
 
     choices: dict[str, Option]
     error: float
@@ -75,10 +75,10 @@ def _above_chord(a: Option, b: Option, c: Option) -> bool:
 
 
 class AllocationPath:
-    """All Lagrangian-optimal plans for ``layers`` (name → options), ordered by rising cost.
+    """All Lagrangian-optimal points for ``layers`` (name → options), ordered by rising cost.
 
-    ``plan(0)`` takes every layer's cheapest option; ``plan(len(self) - 1)`` the most accurate.
-    Building costs one sort of all hull edges; each plan is then a lookup.
+    ``point(0)`` takes every layer's cheapest option; ``point(len(self) - 1)`` the most accurate.
+    Building costs one sort of all hull edges; each point is then a lookup.
     """
 
     def __init__(self, layers: Mapping[str, Sequence[Option]]) -> None:
@@ -93,24 +93,24 @@ class AllocationPath:
                 steps.append(_Step(rate, name, index + 1))
         self._steps = sorted(steps, key=lambda step: step.rate)
         self._rates = [step.rate for step in self._steps]
-        self._errors = [self.plan(position).error for position in range(len(self))]
+        self._errors = [self.point(position).error for position in range(len(self))]
 
     def __len__(self) -> int:
-        """Number of distinct plans on the path (steps + 1)."""
+        """Number of distinct points on the path (steps + 1)."""
         return len(self._steps) + 1
 
-    def plan(self, position: int) -> Plan:
-        """The plan after the ``position`` cheapest steps (``0 ≤ position < len(self)``)."""
+    def point(self, position: int) -> PathPoint:
+        """The point after the ``position`` cheapest steps (``0 ≤ position < len(self)``)."""
         if not 0 <= position < len(self):
             raise IndexError(f"position must be in [0, {len(self) - 1}], got {position}")
         at = {name: 0 for name in self._hulls}
         for step in self._steps[:position]:
             at[step.layer] = step.index
         choices = {name: self._hulls[name][index] for name, index in at.items()}
-        return Plan(choices, sum(o.error for o in choices.values()), sum(o.cost for o in choices.values()))
+        return PathPoint(choices, sum(o.error for o in choices.values()), sum(o.cost for o in choices.values()))
 
     def position_for_tradeoff(self, lam: float) -> int:
-        """Position of the plan minimising ``cost + lam·error`` (ties: the more accurate plan).
+        """Position of the point minimising ``cost + lam·error`` (ties: the more accurate point).
 
         Non-decreasing in ``lam``: the knob to bisect when ``lam`` is the price of one unit of error.
         """
@@ -119,12 +119,12 @@ class AllocationPath:
         return bisect.bisect_right(self._rates, lam)
 
     def position_for_budget(self, budget: float) -> int:
-        """Position of the cheapest plan on the path whose summed error is at most ``budget``.
+        """Position of the cheapest point on the path whose summed error is at most ``budget``.
 
-        Non-increasing in ``budget``, so the plan's cost is too. Raises ``ValueError`` when even the
-        most accurate plan exceeds the budget.
+        Non-increasing in ``budget``, so the point's cost is too. Raises ``ValueError`` when even the
+        most accurate point exceeds the budget.
         """
         if self._errors[-1] > budget:
-            raise ValueError(f"no plan has summed error <= {budget}; the least is {self._errors[-1]}")
+            raise ValueError(f"no point has summed error <= {budget}; the least is {self._errors[-1]}")
         # _errors never rises along the path: search its negation, which never falls.
         return bisect.bisect_left([-e for e in self._errors], -budget)

@@ -43,6 +43,7 @@ from panther.nn.dense import is_linear_like
 from panther.nn.factorize import keep_decompositions
 from panther.tuner._allocation import AllocationPath, Option, Plan
 from panther.tuner._allocation.profile import LayerProfile, profile_layers
+from panther.tuner._allocation.workers import WorkerBoard, ksection, share
 from panther.tuner._budget import Budget
 from panther.tuner._evaluation import describe
 from panther.tuner._groups import TuningGroup
@@ -119,6 +120,11 @@ def choose_plan(plans: Sequence[dict[str, Any]], by_speed: bool) -> dict[str, An
     return min(feasible, key=lambda e: (e["bytes"] - e["dense_bytes"], -e["accuracy"]))
 
 
+def _choices(plan: Plan) -> dict[str, dict[str, Any]]:
+    """``{group: params}`` of the groups ``plan`` replaces."""
+    return {g: dict(o.params) for g, o in plan.choices.items() if o.params is not None}
+
+
 @dataclass
 class _GroupOptions:
     """One group's configurations, with per-layer errors and the group's price for each."""
@@ -178,6 +184,8 @@ class Allocation:
         self._evaluated: dict[tuple, dict[str, Any]] = {}  # plan key -> its entry in results.plans
         self._bytes: dict[str, dict[Hashable, int]] = {}  # group -> configuration key -> stored bytes
         self._kept_dense: dict[str, str] = {}  # group -> why options() took it out of the allocation
+        self._board: WorkerBoard | None = None  # shared with other worker processes (see run())
+        self._workers = 1  # workers splitting the search (agreed on the board)
 
     def _role(self, name: str) -> str:
         return role_of(name, self.installer.kinds[name].shape_key(self.installer.originals[name]))
@@ -325,9 +333,18 @@ class Allocation:
         spaces = {g.name: _configurations(g, self.installer.kinds[g.layers[0]]) for g in self.groups.values()}
         key = tuning_key(self.installer.model, None if self.calibration is None else self.calibration[0],
                          spaces, self.speed_func is not None)
-        options = self._stored_options(key)
-        if options is None:
-            options = self.options()
+        # several processes on one storage share the work (broadcast ranks walk together instead)
+        self._board = None if self.trials is None or self.broadcast is not None else self.trials.board()
+        if self._board is not None:
+            self._board.register()
+        try:
+            self._allocate(budget, key)
+        finally:
+            if self._board is not None:
+                self._board.leave()
+
+    def _allocate(self, budget: Budget, key: str) -> None:
+        options, profiling = self._shared_options(key)
         self._bytes = {group: o.bytes for group, o in options.items()}  # for the chosen plan's records
         if self.trials is not None:
             layers = [name for group in options for name in self.groups[group].layers]
@@ -336,6 +353,13 @@ class Allocation:
                              self.installer.dense_bytes(layers), key)
             self.trials.save_profile(key, {"groups": {g: o.to_json() for g, o in options.items()},
                                            "dense": self._kept_dense})
+        if self._board is not None:
+            if profiling is not None:
+                self._board.done(profiling)
+            # every worker splits the rounds between the workers registered when the first one got here
+            self._workers = self._board.agree(f"workers:{self.trials.group}:{key}",  # type: ignore[union-attr]
+                                              self._board.live_workers)
+            logger.info("allocation: %d workers share the search", self._workers)
         path = self.path(options, {})
         logger.info("allocation: %d plans on the path of %d groups", len(path), len(options))
         found = self._bisect(path, budget, guess=None)
@@ -350,26 +374,46 @@ class Allocation:
             self._bisect(corrected, budget, guess=guess)
         self._choose()
 
+    def _shared_options(self, key: str) -> tuple[dict[str, _GroupOptions], str | None]:
+        """The options, and the board's claim to finish once they are stored (``None``: none held).
+
+        The first worker to get here profiles and stores them; another waits for it and loads them,
+        so by speed every worker prices the options with the same timings (a dead one's claim is
+        taken over).
+        """
+        profiling = f"profile:{key}"
+        while True:
+            options = self._stored_options(key)
+            if options is not None:
+                return options, None
+            if self._board is None:
+                return self.options(), None
+            if self._board.claim(profiling):
+                break
+            self._board.wait(profiling)
+        options = self.options()
+        # as the other workers will read them: the same floats in every worker
+        return {group: _GroupOptions.from_json(o.to_json()) for group, o in options.items()}, profiling
+
+    def _share(self) -> WorkerBoard | None:
+        """The board to split evaluations on, ``None`` for one worker (everything here, in order)."""
+        return self._board if self._workers > 1 else None
+
     def _bisect(self, path: AllocationPath, budget: Budget, guess: int | None) -> Plan | None:
         """The cheapest plan on ``path`` found to meet the threshold (``None``: none was, within the budget).
 
         The last position (every group at its most accurate option, dense) is taken to meet it: it
-        is the dense model, already measured. ``guess`` is the first position tried.
+        is the dense model, already measured. ``guess`` is the first position tried. With ``W``
+        workers each round evaluates ``W`` positions, one per worker (:func:`ksection`).
         """
-        low, high = -1, len(path) - 1  # invariant: ``low`` misses (or is unknown below 0), ``high`` meets
-        best = None if high > 0 else path.plan(high)
-        position = guess
-        while high - low > 1 and not budget.exhausted():
-            if position is None or not low < position < high:
-                position = (low + high) // 2
-            plan = path.plan(position)
-            entry = self._evaluate(plan, budget, phase="bisect")
-            if entry["feasible"]:
-                high, best = position, plan
-            else:
-                low = position
-            position = None
-        return best
+        def meets(position: int) -> bool:
+            return self._evaluate(path.plan(position), budget, phase="bisect")["feasible"]
+
+        def name(position: int) -> str:
+            return self.trials.claim_name(_choices(path.plan(position)))  # type: ignore[union-attr]
+
+        found = ksection(len(path), self._workers, guess, self._share(), name, meets, budget.exhausted)
+        return None if found is None else path.plan(found)
 
     def _sensitivities(self, found: Plan, options: Mapping[str, _GroupOptions], budget: Budget) -> dict[str, float]:
         """Each role's accuracy drop per unit of predicted ``Σ e²``, measured on the roles of ``found``."""
@@ -383,15 +427,19 @@ class Allocation:
         roles = [role for role, value in energy.items() if value > 0]
         if len(roles) < 2 or len(roles) > MAX_ROLES:
             return {}
-        drops: dict[str, float] = {}
-        for role in roles:
-            if budget.exhausted():
-                return {}
-            alone = {g: o if o.params is not None and all(self._role(n) == role for n in self.groups[g].layers)
-                     else Option(None, 0.0, 0.0) for g, o in found.choices.items()}
-            entry = self._evaluate(Plan(alone, 0.0, 0.0), budget, phase="sensitivity", role=role)
-            accuracy = entry["accuracy"]
-            drops[role] = max(self.baseline - accuracy, 0.0) if math.isfinite(accuracy) else math.inf
+        def alone(role: str) -> Plan:
+            return Plan({g: o if o.params is not None and all(self._role(n) == role for n in self.groups[g].layers)
+                         else Option(None, 0.0, 0.0) for g, o in found.choices.items()}, 0.0, 0.0)
+
+        def drop(role: str) -> float:
+            accuracy = self._evaluate(alone(role), budget, phase="sensitivity", role=role)["accuracy"]
+            return max(self.baseline - accuracy, 0.0) if math.isfinite(accuracy) else math.inf
+
+        # the probes are independent: split between the workers
+        drops = share(self._share(), roles, lambda role: self.trials.claim_name(_choices(alone(role))),  # type: ignore[union-attr]
+                      drop, budget.exhausted)
+        if len(drops) < len(roles):
+            return {}
         rates = {role: drops[role] / energy[role] for role in roles}
         finite = sorted(r for r in rates.values() if math.isfinite(r) and r > 0)
         if not finite:
@@ -406,7 +454,7 @@ class Allocation:
     # -- evaluating and choosing ---------------------------------------------------------------
     def _evaluate(self, plan: Plan, budget: Budget, phase: str, role: str | None = None) -> dict[str, Any]:
         """Install ``plan``, measure it (speed only when it meets the threshold), restore the model."""
-        choices = {g: dict(o.params) for g, o in plan.choices.items() if o.params is not None}
+        choices = _choices(plan)
         key = tuple(sorted((g, params_key(p)) for g, p in choices.items()))
         if key in self._evaluated:
             return self._evaluated[key]

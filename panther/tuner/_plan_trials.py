@@ -65,6 +65,7 @@ from optuna.trial import TrialState, create_trial
 from torch import nn
 
 from panther.space import Categorical
+from panther.tuner._allocation.workers import WorkerBoard
 from panther.tuner._trials import INFEASIBLE_SCORE, params_key
 from panther.tuner.search._optuna_compat import study_id, study_storage, trial_id
 from panther.tuner.search._workers import earlier_trial
@@ -79,6 +80,8 @@ _ATTRS = ("plan", "phase", "role", "accuracy", "speed", "bytes", "dense_bytes", 
           "duration_s", "reused")
 #: User attribute holding the content hash a trial was measured under (see :func:`tuning_key`).
 KEY_ATTR = "tuning_key"
+#: The search's group (study suffix) of the workers' board (:mod:`panther.tuner._allocation.workers`).
+WORKERS_GROUP = "workers"
 #: Prefix of the study's user attributes holding the profiled options, one per tuning key.
 PROFILE_ATTR = "profile"
 
@@ -163,6 +166,7 @@ class PlanTrials:
         self._in_study: set[tuple] = set()  # labels of plans the current study already holds
         self._claimed: dict[tuple, int] = {}  # labels -> storage id of this worker's running trial for them
         self._token = worker_token(new_nonce())
+        self._board: WorkerBoard | None = None
 
     @property
     def group(self) -> str:
@@ -233,9 +237,31 @@ class PlanTrials:
             return known
         return self._claim(labels)
 
+    def board(self) -> WorkerBoard | None:
+        """The workers' board in the search's storage (see the module docstring); ``None`` without one."""
+        if self.search.storage is None or not self.search.load_if_exists:
+            return None
+        if self._board is None:
+            self._board = WorkerBoard(self.search.storage, self.search.study_name_for(WORKERS_GROUP), self._token)
+        return self._board
+
+    def claim_name(self, choices: Mapping[str, Mapping[str, Any]]) -> str:
+        """The board's name of the plan ``{group: params}`` under this tuning's key."""
+        digest = hashlib.sha256(repr(_labels_key(self.params(choices))).encode()).hexdigest()[:20]
+        return f"plan:{self._key}:{digest}"
+
     def _claim(self, labels: dict[str, str]) -> dict[str, Any] | None:
         study = self.search.study
         storage = study_storage(study)  # type: ignore[arg-type]
+
+        def measured(trial: Any) -> bool:
+            return trial.user_attrs.get(KEY_ATTR) == self._key and trial.user_attrs.get("accuracy") is not None
+
+        for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)):  # type: ignore[union-attr]
+            if trial.params == labels and measured(trial):  # another worker's, finished meanwhile
+                self._in_study.add(_labels_key(labels))
+                self._stored[_labels_key(labels)] = dict(trial.user_attrs)
+                return self._stored[_labels_key(labels)]
         for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):  # type: ignore[union-attr]
             if trial.params == labels and process_gone(trial.user_attrs.get(WORKER_ATTR)):
                 _fail_quietly(storage, trial, "dead_worker", True)  # a killed run's claim
@@ -243,10 +269,6 @@ class PlanTrials:
             state=TrialState.RUNNING, params=labels, distributions=self._distributions,
             user_attrs={WORKER_ATTR: self._token, KEY_ATTR: self._key}))
         number = storage.get_trial(claim).number
-
-        def measured(trial: Any) -> bool:
-            return trial.user_attrs.get(KEY_ATTR) == self._key and trial.user_attrs.get("accuracy") is not None
-
         earlier = earlier_trial(study, number, labels, measured,  # type: ignore[arg-type]
                                 finished=(TrialState.COMPLETE, TrialState.PRUNED))
         if earlier is None:

@@ -78,7 +78,7 @@ def start_workers(storage: str, tmp_path, speed: bool = False, die_at: tuple[int
         time.sleep(0.05)
     go.touch()  # all three start tuning together
     deadline = time.monotonic() + 300
-    while any(w.poll() is None for w in workers) and time.monotonic() < deadline:
+    while None in [w.poll() for w in workers] and time.monotonic() < deadline:  # polls (reaps) each one
         time.sleep(0.05)  # reaps a killed worker at once: a zombie's pid would still look alive
     codes = [w.wait(timeout=1) for w in workers]
     return codes, [json.loads(open(out).read()) if os.path.exists(out) else None for out in outs]

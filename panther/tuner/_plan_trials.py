@@ -46,9 +46,15 @@ Several workers on one storage
     whose claim has an earlier one for the same plan waits for that trial and reuses its
     measurements (its own claim is failed, user attribute ``duplicate_of``), so workers running
     the same tuning together evaluate no plan twice and end with the same plan. An earlier claim
-    whose process is gone (same host) is failed and the plan evaluated. The workers walk the same
-    path, one plan at a time: this shares the work of a resumed or staggered run, it does not yet
-    split one allocation between workers; by speed, each worker's own timings price the options.
+    whose process is gone (same host) is failed and the plan evaluated. The workers split one
+    allocation through a board of claims, the study ``f"{study_name}::workers"``
+    (:mod:`panther.tuner._allocation.workers`): each worker registers there while it runs; the
+    first to need the options profiles them (claim ``profile:<tuning_key>``) and the others wait
+    and load them, so by speed every worker's options have the same prices; the number of workers
+    ``W`` is agreed once per study and key (the live registrations when the first worker reaches the
+    search, claim ``workers:<group>:<tuning_key>``); the role probes are split, and the search
+    along the path evaluates ``W`` positions per round (a k-section), each worker claiming distinct
+    ones and reusing the others'. All workers thus walk the same rounds and choose the same plan.
 """
 
 from __future__ import annotations

@@ -36,7 +36,9 @@ storage, out, go, speed, die_at = sys.argv[1], sys.argv[2], sys.argv[3], sys.arg
 evaluate = KnownAccuracy.__call__
 
 def paced(self, model):
-    if self.calls == die_at:
+    if self.calls == die_at:  # the others see this plan claimed, then its worker die
+        open(out + ".dying", "w").close()
+        time.sleep(1.0)
         os.kill(os.getpid(), signal.SIGKILL)
     time.sleep(0.1)  # an evaluation takes a while, so the workers overlap
     return evaluate(self, model)
@@ -68,15 +70,25 @@ def storage(request, tmp_path) -> str:
     return request.getfixturevalue("postgres").create_database()
 
 
-def start_workers(storage: str, tmp_path, speed: bool = False, die_at: tuple[int, ...] = (-1, -1, -1)) -> list:
-    """Run three workers together; their exit codes and outputs (``None`` for one that died)."""
-    go, outs = tmp_path / "go", [str(tmp_path / f"worker{i}.json") for i in range(3)]
-    workers = [subprocess.Popen([sys.executable, "-c", _WORKER, storage, out, str(go), str(int(speed)), str(die)],
-                                env=ENV) for out, die in zip(outs, die_at, strict=True)]
+def start_workers(storage: str, tmp_path, speed: bool = False, doomed: int | None = None) -> list:
+    """Run three workers together; their exit codes and outputs (``None`` for one that died).
+
+    ``doomed``: that worker starts alone and is killed during its first plan; the others start
+    while it evaluates that plan, so they find it claimed, and its worker die.
+    """
+    outs = [str(tmp_path / f"worker{i}.json") for i in range(3)]
+    gos = [tmp_path / ("first" if i == doomed else "go") for i in range(3)]
+    workers = [subprocess.Popen([sys.executable, "-c", _WORKER, storage, out, str(go), str(int(speed)),
+                                 str(1 if i == doomed else -1)], env=ENV)
+               for i, (out, go) in enumerate(zip(outs, gos, strict=True))]
     deadline = time.monotonic() + 120
     while not all(os.path.exists(out + ".ready") for out in outs) and time.monotonic() < deadline:
         time.sleep(0.05)
-    go.touch()  # all three start tuning together
+    if doomed is not None:
+        gos[doomed].touch()
+        while not os.path.exists(outs[doomed] + ".dying") and time.monotonic() < deadline:
+            time.sleep(0.05)
+    (tmp_path / "go").touch()  # the (other) workers start tuning together
     deadline = time.monotonic() + 300
     while None in [w.poll() for w in workers] and time.monotonic() < deadline:  # polls (reaps) each one
         time.sleep(0.05)  # reaps a killed worker at once: a zombie's pid would still look alive
@@ -115,7 +127,7 @@ def test_three_workers_split_one_allocation_evaluate_no_plan_twice_and_agree(sto
 
 
 def test_a_worker_killed_half_way_loses_nothing_and_counts_nothing_twice(storage, tmp_path):
-    codes, results = start_workers(storage, tmp_path, die_at=(-1, 2, -1))  # dies evaluating its second plan
+    codes, results = start_workers(storage, tmp_path, doomed=1)
     assert codes == [0, -signal.SIGKILL, 0] and results[1] is None
     survivors = [results[0], results[2]]
     assert survivors[0]["best"] == survivors[1]["best"] and survivors[0]["plans"] == survivors[1]["plans"]
@@ -124,7 +136,10 @@ def test_a_worker_killed_half_way_loses_nothing_and_counts_nothing_twice(storage
     assert len(stored) == len(set(stored))  # each plan stored once
     survived = [tuple(map(tuple, p)) for r in survivors for p in r["evaluated"]]
     assert len(survived) == len(set(survived))
-    assert len(stored) - len(survived) == 1  # the killed worker's one finished plan is kept, not redone
+    assert len(stored) == len(survived)  # the plan the killed worker was on was evaluated by a survivor
+    study = optuna.load_study(study_name="w::allocation@0.97", storage=storage)
+    (claim,) = study.get_trials(states=(TrialState.RUNNING,))  # the killed worker's claim: its plan ...
+    assert tuple(sorted(claim.params.items())) in stored  # ... was evaluated by a survivor
     rerun, accuracy = run_again(storage)
     assert accuracy.calls == 1 and rerun.get_best_params() == survivors[0]["best"]
 

@@ -358,7 +358,7 @@ class Allocation:
                 self._board.done(profiling)
             # every worker splits the rounds between the workers registered when the first one got here
             self._workers = self._board.agree(f"workers:{self.trials.group}:{key}",  # type: ignore[union-attr]
-                                              self._board.live_workers)
+                                              self._board.settled_workers)
             logger.info("allocation: %d workers share the search", self._workers)
         path = self.path(options, {})
         logger.info("allocation: %d plans on the path of %d groups", len(path), len(options))

@@ -32,6 +32,11 @@ CLAIM_ATTR = "claim"
 VALUE_ATTR = "value"
 #: Seconds between looks while waiting for another worker's claim.
 _POLL_S = 0.05
+#: Seconds :meth:`WorkerBoard.settled_workers` waits for more workers to register (workers started
+#: together arrive at slightly different times; a single one pays it once per tuning).
+SETTLE_S = 0.5
+#: Longest it keeps waiting while more keep arriving.
+_SETTLE_MAX_S = 5.0
 
 T = TypeVar("T", bound=Hashable)
 
@@ -107,6 +112,18 @@ class WorkerBoard:
         """Finish every claim this worker still holds (its registration too)."""
         for name in list(self._mine):
             self.done(name)
+
+    def settled_workers(self) -> int:
+        """:meth:`live_workers` once no new one registered for :data:`SETTLE_S` (at most :data:`_SETTLE_MAX_S`)."""
+        deadline = time.monotonic() + _SETTLE_MAX_S
+        count = self.live_workers()
+        while time.monotonic() < deadline:
+            time.sleep(SETTLE_S)
+            now = self.live_workers()
+            if now <= count:
+                return count
+            count = now
+        return count
 
     def live_workers(self) -> int:
         """Registered workers whose process has not gone (at least this one)."""

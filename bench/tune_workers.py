@@ -28,10 +28,11 @@ from panther.tuner import LayerConfig, OptunaSearch, SKAutoTuner, TuningConfigs
 
 storage, out, eval_s = sys.argv[1], sys.argv[2], float(sys.argv[3])
 torch.manual_seed(0)
-model = nn.Sequential(*[nn.Linear(64, 64) for _ in range(4)])
+dims = [64, 72, 80, 88, 96, 104, 64]  # distinct shapes: each layer its own role (one probe each)
+model = nn.Sequential(*[nn.Linear(a, b) for a, b in zip(dims, dims[1:])])
 for layer in model:  # a decaying spectrum, as trained layers have
-    u, _, vh = torch.linalg.svd(torch.randn(64, 64))
-    layer.weight.data = u @ torch.diag(0.85 ** torch.arange(64).float()) @ vh
+    u, _, vh = torch.linalg.svd(torch.randn(layer.out_features, layer.in_features), full_matrices=False)
+    layer.weight.data = u @ torch.diag(0.85 ** torch.arange(min(layer.weight.shape)).float()) @ vh
 x = torch.randn(256, 64)
 with torch.no_grad():
     reference = model(x)
@@ -44,7 +45,7 @@ def accuracy(m):
     with torch.no_grad():
         return 1.0 - float((m(x) - reference).norm() / reference.norm())
 
-configs = TuningConfigs([LayerConfig([str(i) for i in range(4)],
+configs = TuningConfigs([LayerConfig([str(i) for i in range(len(dims) - 1)],
                                      {"num_terms": [1], "low_rank": [4, 8, 12, 16, 24, 32, 48], "init": ["svd"]},
                                      separate=True)])
 tuner = SKAutoTuner(model, configs, accuracy, accuracy_threshold=0.97,

@@ -13,7 +13,9 @@ whole-model plans:
 2. **Path.** :class:`~panther.tuner._allocation.AllocationPath` orders every least-cost plan for a
    summed error ``Σ s·e²`` (errors add in energy; ``s`` is a role's sensitivity, 1 at first).
 3. **Bisection** of the position on that path with full evaluations: the cheapest plan that meets
-   the accuracy threshold, in about ``log2(#plans)`` evaluations.
+   the accuracy threshold, in about ``log2(#plans)`` evaluations. ``W`` worker processes on one
+   storage split each round into ``W`` positions instead (a k-section,
+   :mod:`panther.tuner._allocation.workers`), and split the probes of step 4.
 4. **Correction.** Layers in repeated blocks share a role (:func:`role_of`: their name with block
    indices replaced, e.g. ``encoder.layer.#.attention.self.query``, and their shape). The bisected
    plan is evaluated one role at a time, which measures each role's sensitivity

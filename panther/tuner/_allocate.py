@@ -14,7 +14,9 @@ whole-model plans:
    options (a point of the path: a whole-model plan) for a summed error ``Σ s·e²`` (errors add in
    energy; ``s`` is a role's sensitivity, 1 at first).
 3. **Bisection** of the position on that path with full evaluations: the cheapest plan that meets
-   the accuracy threshold, in about ``log2(#plans)`` evaluations.
+   the accuracy threshold, in about ``log2(#plans)`` evaluations. ``W`` worker processes on one
+   storage split each round into ``W`` positions instead (a k-section,
+   :mod:`panther.tuner._allocation.workers`), and split the probes of step 4.
 4. **Correction.** Layers in repeated blocks share a role (:func:`role_of`: their name with block
    indices replaced, e.g. ``encoder.layer.#.attention.self.query``, and their shape). The bisected
    plan is evaluated one role at a time, which measures each role's sensitivity
@@ -45,6 +47,7 @@ from panther.nn.dense import is_linear_like
 from panther.nn.factorize import keep_decompositions
 from panther.tuner._allocation import AllocationPath, Option, PathPoint
 from panther.tuner._allocation.profile import LayerProfile, LayerRecorder, profile_layers
+from panther.tuner._allocation.workers import WorkerBoard, ksection, share
 from panther.tuner._budget import Budget
 from panther.tuner._evaluation import describe
 from panther.tuner._groups import TuningGroup
@@ -120,6 +123,11 @@ def choose_plan(plans: Sequence[PlanRecord], by_speed: bool) -> PlanRecord | Non
     return min(feasible, key=lambda p: (p.bytes - p.dense_bytes, -p.accuracy))  # type: ignore[operator]
 
 
+def _choices(point: PathPoint) -> dict[str, dict[str, Any]]:
+    """``{group: params}`` of the groups ``point`` replaces."""
+    return {g: dict(o.params) for g, o in point.choices.items() if o.params is not None}
+
+
 @dataclass
 class _GroupOptions:
     """One group's configurations, with per-layer errors and the group's price for each."""
@@ -179,6 +187,8 @@ class Allocation:
         self._evaluated: dict[tuple, PlanRecord] = {}  # plan key -> its record in results.plans
         self._bytes: dict[str, dict[Hashable, int]] = {}  # group -> configuration key -> stored bytes
         self._kept_dense: dict[str, str] = {}  # group -> why options() took it out of the allocation
+        self._board: WorkerBoard | None = None  # shared with other worker processes (see run())
+        self._workers = 1  # workers splitting the search (agreed on the board)
 
     def _role(self, name: str) -> str:
         return role_of(name, self.installer.kinds[name].shape_key(self.installer.originals[name]))
@@ -329,9 +339,18 @@ class Allocation:
         spaces = {g.name: _configurations(g, self.installer.kinds[g.layers[0]]) for g in self.groups.values()}
         key = tuning_key(self.installer.model, None if self.calibration is None else self.calibration[0],
                          spaces, self.speed_func is not None)
-        options = self._stored_options(key)
-        if options is None:
-            options = self.options()
+        # several processes on one storage share the work (broadcast ranks walk together instead)
+        self._board = None if self.trials is None or self.broadcast is not None else self.trials.board()
+        if self._board is not None:
+            self._board.register()
+        try:
+            self._allocate(budget, key)
+        finally:
+            if self._board is not None:
+                self._board.leave()
+
+    def _allocate(self, budget: Budget, key: str) -> None:
+        options, profiling = self._shared_options(key)
         self._bytes = {group: o.bytes for group, o in options.items()}  # for the chosen plan's records
         if self.trials is not None:
             layers = [name for group in options for name in self.groups[group].layers]
@@ -340,6 +359,13 @@ class Allocation:
                              self.installer.dense_bytes(layers), key)
             self.trials.save_profile(key, {"groups": {g: o.to_json() for g, o in options.items()},
                                            "dense": self._kept_dense})
+        if self._board is not None:
+            if profiling is not None:
+                self._board.done(profiling)
+            # every worker splits the rounds between the workers registered when the first one got here
+            self._workers = self._board.agree(f"workers:{self.trials.group}:{key}",  # type: ignore[union-attr]
+                                              self._board.settled_workers)
+            logger.info("allocation: %d workers share the search", self._workers)
         path = self.path(options, {})
         logger.info("allocation: %d plans on the path of %d groups", len(path), len(options))
         found = self._bisect(path, budget, guess=None)
@@ -354,26 +380,46 @@ class Allocation:
             self._bisect(corrected, budget, guess=guess)
         self._choose()
 
+    def _shared_options(self, key: str) -> tuple[dict[str, _GroupOptions], str | None]:
+        """The options, and the board's claim to finish once they are stored (``None``: none held).
+
+        The first worker to get here profiles and stores them; another waits for it and loads them,
+        so by speed every worker prices the options with the same timings (a dead one's claim is
+        taken over).
+        """
+        profiling = f"profile:{key}"
+        while True:
+            options = self._stored_options(key)
+            if options is not None:
+                return options, None
+            if self._board is None:
+                return self.options(), None
+            if self._board.claim(profiling):
+                break
+            self._board.wait(profiling)
+        options = self.options()
+        # as the other workers will read them: the same floats in every worker
+        return {group: _GroupOptions.from_json(o.to_json()) for group, o in options.items()}, profiling
+
+    def _share(self) -> WorkerBoard | None:
+        """The board to split evaluations on, ``None`` for one worker (everything here, in order)."""
+        return self._board if self._workers > 1 else None
+
     def _bisect(self, path: AllocationPath, budget: Budget, guess: int | None) -> PathPoint | None:
         """The cheapest plan on ``path`` found to meet the threshold (``None``: none was, within the budget).
 
         The last position (every group at its most accurate option, dense) is taken to meet it: it
-        is the dense model, already measured. ``guess`` is the first position tried.
+        is the dense model, already measured. ``guess`` is the first position tried. With ``W``
+        workers each round evaluates ``W`` positions, one per worker (:func:`ksection`).
         """
-        low, high = -1, len(path) - 1  # invariant: ``low`` misses (or is unknown below 0), ``high`` meets
-        best = None if high > 0 else path.point(high)
-        position = guess
-        while high - low > 1 and not budget.exhausted():
-            if position is None or not low < position < high:
-                position = (low + high) // 2
-            point = path.point(position)
-            record = self._evaluate(point, budget, phase="bisect")
-            if record.feasible:
-                high, best = position, point
-            else:
-                low = position
-            position = None
-        return best
+        def meets(position: int) -> bool:
+            return self._evaluate(path.point(position), budget, phase="bisect").feasible
+
+        def name(position: int) -> str:
+            return self.trials.claim_name(_choices(path.point(position)))  # type: ignore[union-attr]
+
+        found = ksection(len(path), self._workers, guess, self._share(), name, meets, budget.exhausted)
+        return None if found is None else path.point(found)
 
     def _sensitivities(self, found: PathPoint, options: Mapping[str, _GroupOptions],
                        budget: Budget) -> dict[str, float]:
@@ -388,15 +434,20 @@ class Allocation:
         roles = [role for role, value in energy.items() if value > 0]
         if len(roles) < 2 or len(roles) > MAX_ROLES:
             return {}
-        drops: dict[str, float] = {}
-        for role in roles:
-            if budget.exhausted():
-                return {}
-            alone = {g: o if o.params is not None and all(self._role(n) == role for n in self.groups[g].layers)
-                     else Option(None, 0.0, 0.0) for g, o in found.choices.items()}
-            record = self._evaluate(PathPoint(alone, 0.0, 0.0), budget, phase="sensitivity", role=role)
+        def alone(role: str) -> PathPoint:
+            return PathPoint({g: o if o.params is not None and all(self._role(n) == role for n in self.groups[g].layers)
+                              else Option(None, 0.0, 0.0) for g, o in found.choices.items()}, 0.0, 0.0)
+
+        def drop(role: str) -> float:
+            record = self._evaluate(alone(role), budget, phase="sensitivity", role=role)
             accuracy = math.nan if record.accuracy is None else record.accuracy
-            drops[role] = max(self.baseline - accuracy, 0.0) if math.isfinite(accuracy) else math.inf
+            return max(self.baseline - accuracy, 0.0) if math.isfinite(accuracy) else math.inf
+
+        # the probes are independent: split between the workers
+        drops = share(self._share(), roles, lambda role: self.trials.claim_name(_choices(alone(role))),  # type: ignore[union-attr]
+                      drop, budget.exhausted)
+        if len(drops) < len(roles):
+            return {}
         rates = {role: drops[role] / energy[role] for role in roles}
         finite = sorted(r for r in rates.values() if math.isfinite(r) and r > 0)
         if not finite:
@@ -411,7 +462,7 @@ class Allocation:
     # -- evaluating and choosing ---------------------------------------------------------------
     def _evaluate(self, point: PathPoint, budget: Budget, phase: str, role: str | None = None) -> PlanRecord:
         """The plan ``point`` chooses, measured by the runner (speed only when it meets the threshold)."""
-        choices = {g: dict(o.params) for g, o in point.choices.items() if o.params is not None}
+        choices = _choices(point)
         key = tuple(sorted((g, params_key(p)) for g, p in choices.items()))
         if key in self._evaluated:
             return self._evaluated[key]

@@ -46,9 +46,15 @@ Several workers on one storage
     whose claim has an earlier one for the same plan waits for that trial and reuses its
     measurements (its own claim is failed, user attribute ``duplicate_of``), so workers running
     the same tuning together evaluate no plan twice and end with the same plan. An earlier claim
-    whose process is gone (same host) is failed and the plan evaluated. The workers walk the same
-    path, one plan at a time: this shares the work of a resumed or staggered run, it does not yet
-    split one allocation between workers; by speed, each worker's own timings price the options.
+    whose process is gone (same host) is failed and the plan evaluated. The workers split one
+    allocation through a board of claims, the study ``f"{study_name}::workers"``
+    (:mod:`panther.tuner._allocation.workers`): each worker registers there while it runs; the
+    first to need the options profiles them (claim ``profile:<tuning_key>``) and the others wait
+    and load them, so by speed every worker's options have the same prices; the number of workers
+    ``W`` is agreed once per study and key (the live registrations when the first worker reaches the
+    search, claim ``workers:<group>:<tuning_key>``); the role probes are split, and the search
+    along the path evaluates ``W`` positions per round (a k-section), each worker claiming distinct
+    ones and reusing the others'. All workers thus walk the same rounds and choose the same plan.
 """
 
 from __future__ import annotations
@@ -65,6 +71,7 @@ from optuna.trial import TrialState, create_trial
 from torch import nn
 
 from panther.space import Categorical
+from panther.tuner._allocation.workers import WorkerBoard
 from panther.tuner._trials import INFEASIBLE_SCORE, params_key
 from panther.tuner.results import PlanRecord
 from panther.tuner.search._optuna_compat import study_id, study_storage, trial_id
@@ -81,6 +88,8 @@ _ATTRS = {"plan": "number", **{name: name for name in ("phase", "role", "accurac
                                                        "feasible", "predicted_error", "duration_s", "reused")}}
 #: User attribute holding the content hash a trial was measured under (see :func:`tuning_key`).
 KEY_ATTR = "tuning_key"
+#: The search's group (study suffix) of the workers' board (:mod:`panther.tuner._allocation.workers`).
+WORKERS_GROUP = "workers"
 #: Prefix of the study's user attributes holding the profiled options, one per tuning key.
 PROFILE_ATTR = "profile"
 
@@ -165,6 +174,7 @@ class PlanTrials:
         self._in_study: set[tuple] = set()  # labels of plans the current study already holds
         self._claimed: dict[tuple, int] = {}  # labels -> storage id of this worker's running trial for them
         self._token = worker_token(new_nonce())
+        self._board: WorkerBoard | None = None
 
     @property
     def group(self) -> str:
@@ -235,9 +245,31 @@ class PlanTrials:
             return known
         return self._claim(labels)
 
+    def board(self) -> WorkerBoard | None:
+        """The workers' board in the search's storage (see the module docstring); ``None`` without one."""
+        if self.search.storage is None or not self.search.load_if_exists:
+            return None
+        if self._board is None:
+            self._board = WorkerBoard(self.search.storage, self.search.study_name_for(WORKERS_GROUP), self._token)
+        return self._board
+
+    def claim_name(self, choices: Mapping[str, Mapping[str, Any]]) -> str:
+        """The board's name of the plan ``{group: params}`` under this tuning's key."""
+        digest = hashlib.sha256(repr(_labels_key(self.params(choices))).encode()).hexdigest()[:20]
+        return f"plan:{self._key}:{digest}"
+
     def _claim(self, labels: dict[str, str]) -> dict[str, Any] | None:
         study = self.search.study
         storage = study_storage(study)  # type: ignore[arg-type]
+
+        def measured(trial: Any) -> bool:
+            return trial.user_attrs.get(KEY_ATTR) == self._key and trial.user_attrs.get("accuracy") is not None
+
+        for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)):  # type: ignore[union-attr]
+            if trial.params == labels and measured(trial):  # another worker's, finished meanwhile
+                self._in_study.add(_labels_key(labels))
+                self._stored[_labels_key(labels)] = dict(trial.user_attrs)
+                return self._stored[_labels_key(labels)]
         for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):  # type: ignore[union-attr]
             if trial.params == labels and process_gone(trial.user_attrs.get(WORKER_ATTR)):
                 _fail_quietly(storage, trial, "dead_worker", True)  # a killed run's claim
@@ -245,10 +277,6 @@ class PlanTrials:
             state=TrialState.RUNNING, params=labels, distributions=self._distributions,
             user_attrs={WORKER_ATTR: self._token, KEY_ATTR: self._key}))
         number = storage.get_trial(claim).number
-
-        def measured(trial: Any) -> bool:
-            return trial.user_attrs.get(KEY_ATTR) == self._key and trial.user_attrs.get("accuracy") is not None
-
         earlier = earlier_trial(study, number, labels, measured,  # type: ignore[arg-type]
                                 finished=(TrialState.COMPLETE, TrialState.PRUNED))
         if earlier is None:

@@ -31,15 +31,12 @@ ROWS_PER_PRODUCT = 1024
 
 
 class SecondMoment:
-    """Streaming ``E[x xᵀ]`` from products ``xᵀx`` of chunks of rows (see :func:`batch_product`)."""
+    """Streaming ``E[x xᵀ]`` from products ``xᵀx`` of chunks of rows (in :func:`product_dtype`)."""
 
     def __init__(self, dim: int) -> None:
         self.dim = dim
         self.total: torch.Tensor | None = None  # float64; allocated by the first product (no zero fill)
         self.count = 0
-
-    def update(self, rows: torch.Tensor) -> None:
-        self.add_product(batch_product(rows), rows.shape[0])
 
     def add_product(self, product: torch.Tensor, rows: int) -> None:
         """Add the product ``xᵀx`` of ``rows`` rows (it may be shared: it is never modified)."""
@@ -60,12 +57,6 @@ class SecondMoment:
 def product_dtype(dim: int) -> torch.dtype:
     """float64, or float32 above :data:`FLOAT32_PRODUCTS_ABOVE` columns."""
     return torch.float32 if dim > FLOAT32_PRODUCTS_ABOVE else torch.float64
-
-
-def batch_product(rows: torch.Tensor) -> torch.Tensor:
-    """``rowsᵀ·rows`` on the CPU, in :func:`product_dtype`."""
-    rows = rows.detach().to(device="cpu", dtype=product_dtype(rows.shape[1]))
-    return rows.T @ rows
 
 
 class _PendingRows:

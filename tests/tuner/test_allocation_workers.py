@@ -115,7 +115,8 @@ def test_three_workers_split_one_allocation_evaluate_no_plan_twice_and_agree(sto
     evaluated = [tuple(map(tuple, plan)) for result in results for plan in result["evaluated"]]
     assert len(evaluated) == len(set(evaluated))  # each plan evaluated once, by one worker
     assert sum(r["calls"] for r in results) == 3 + len(evaluated)  # 3 baselines, then each plan once
-    assert sum(bool(r["evaluated"]) for r in results) > 1  # the work was split
+    if len(evaluated) > 1:  # by speed on these tiny layers, a loaded machine may time every option slower than dense
+        assert sum(bool(r["evaluated"]) for r in results) > 1  # the work was split
     assert all(r["plans"] == results[0]["plans"] for r in results)  # one walk: same profile, same rounds
     assert all(r["best"] == results[0]["best"] for r in results)
     if not speed:  # by size the choice is the path's threshold plan, whoever walks it

@@ -21,6 +21,10 @@ from panther.nn.moments import InputMoment, ProjectedMoment, content_digest
 
 Decomposition = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 
+#: Matrices of at most this many entries are factorised in float64 (through Gram matrices), larger
+#: ones in float32 (whitening and an SVD), where float64 would cost more than the precision is worth.
+FLOAT64_UP_TO = 1 << 22
+
 
 def random_signs(shape: tuple[int, ...], scale: float, *, dtype: torch.dtype, device: torch.device,
                  generator: torch.Generator | None = None) -> torch.Tensor:
@@ -72,26 +76,45 @@ def _largest_eigenvalue(sym: torch.Tensor, steps: int = 30) -> float:
 _NULL_BELOW = 1e-6
 
 
-def _whitened_by_gram(work: torch.Tensor, cov: torch.Tensor, rel_eps: float = 1e-6) -> Decomposition:
-    """The decomposition :func:`whitening` + SVD gives, for a tall ``m x n`` matrix (``m > n``),
-    from the ``n x n`` Gram matrix ``Mᵀ·C·M`` instead of the ``m x m`` eigendecomposition of ``C``.
-
-    ``(C^{1/2}M)ᵀ(C^{1/2}M) = V·Σ²·Vᵀ`` gives ``s`` and ``vh = Vᵀ``, and the whitened SVD's left
-    factor ``C^{-1/2}·U = M·V·Σ⁻¹`` needs no square root of ``C`` at all: for a 3072 → 768 layer
-    an eigendecomposition of 768² numbers instead of 3072². When every eigenvalue of ``C`` is above
-    :func:`whitening`'s floor (a Cholesky factorisation of ``C − floor·I`` succeeds) the floor
-    changes nothing and neither does this; otherwise ``floor·I`` is added, which lifts the
-    directions the inputs never visit as the floor does (tested in float32: whether an eigenvalue
-    is within ~10⁻⁷ of a floor 10⁻⁶ of the largest changes the result by that millionth at most).
-    Float64 only (squaring the singular values would cost float32 too much precision).
-    """
+def _lifted(cov: torch.Tensor, rel_eps: float = 1e-6) -> torch.Tensor:
+    """``cov`` itself when every eigenvalue is above :func:`whitening`'s floor (``rel_eps`` of the
+    largest; a Cholesky factorisation of ``C − floor·I`` succeeds), else ``C + floor·I``, which lifts
+    the directions the inputs never visit as the floor does (tested in float32: whether an
+    eigenvalue is within ~10⁻⁷ of a floor 10⁻⁶ of the largest changes the result by that millionth
+    at most). No eigendecomposition: a power iteration and one Cholesky test."""
     single = cov.float()  # the floor's test needs no more precision than the floor itself
     floor = max(_largest_eigenvalue(single), torch.finfo(cov.dtype).tiny) * rel_eps
     single.diagonal().sub_(floor)
-    gram = work.T @ (cov @ work)  # C is symmetric by construction; eigh reads one triangle anyway
-    if torch.linalg.cholesky_ex(single).info != 0:  # some eigenvalue below the floor
-        gram += floor * (work.T @ work)
+    if torch.linalg.cholesky_ex(single).info == 0:
+        return cov
+    return cov + floor * torch.eye(cov.shape[0], dtype=cov.dtype, device=cov.device)
+
+
+def _whitened_by_gram(work: torch.Tensor, cov: torch.Tensor) -> Decomposition:
+    """The decomposition :func:`whitening` + SVD gives, for a tall or square ``m x n`` matrix
+    (``m ≥ n``), from the ``n x n`` Gram matrix ``Mᵀ·C·M``: one eigendecomposition of ``n²``
+    numbers and none of ``C``.
+
+    ``(C^{1/2}M)ᵀ(C^{1/2}M) = V·Σ²·Vᵀ`` gives ``s`` and ``vh = Vᵀ``, and the whitened SVD's left
+    factor ``C^{-1/2}·U = M·V·Σ⁻¹`` needs no square root of ``C`` at all (for a 3072 → 768 layer an
+    eigendecomposition of 768² numbers instead of 3072²). ``C`` is :func:`_lifted` first. Float64
+    only (squaring the singular values would cost float32 too much precision).
+    """
+    gram = work.T @ (_lifted(cov) @ work)  # C is symmetric by construction; eigh reads one triangle anyway
     return _by_column_gram(work, gram)
+
+
+def _whitened_by_cholesky(work: torch.Tensor, cov: torch.Tensor) -> Decomposition:
+    """The whitened decomposition of a wide ``m x n`` matrix (``m < n``) through the Cholesky factor
+    ``R`` of ``C = RᵀR`` (:func:`_lifted`) instead of :func:`whitening`'s eigendecomposition.
+
+    The expected output error is ``E‖x(M − M̂)‖² = ‖R(M − M̂)‖²_F`` for any such factor, so the best
+    rank-``r`` ``M̂`` is ``R⁻¹·[R·M]_r`` whichever factor is used: the same truncations, for a
+    Cholesky factorisation and a triangular solve (768²: milliseconds) instead of an eigendecomposition.
+    """
+    r = torch.linalg.cholesky(_lifted(cov), upper=True)
+    u, s, vh = _by_row_gram(r @ work)
+    return torch.linalg.solve_triangular(r, u, upper=True), s, vh
 
 
 def _by_column_gram(work: torch.Tensor, gram: torch.Tensor) -> Decomposition:
@@ -124,21 +147,18 @@ def _by_row_gram(work: torch.Tensor) -> Decomposition:
 
 def _factorize(work: torch.Tensor, cov: torch.Tensor | None,
                whiten: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]) -> Decomposition:
-    """``(u, s, vh)`` of ``work`` in the metric of ``cov`` (``None``: plain); ``whiten(cov)`` gives
-    :func:`whitening`'s factors. Float64 goes through a Gram matrix (no SVD: several times
-    faster, exact as a projection); float32, whose squares would lose too much, through an SVD."""
+    """``(u, s, vh)`` of ``work`` in the metric of ``cov`` (``None``: plain). Float64 goes through a
+    Gram matrix (no SVD: several times faster, exact as a projection) and whitens without
+    :func:`whitening`; float32, whose squares would lose too much, through ``whiten(cov)`` (its
+    factors) and an SVD."""
     m, n = work.shape
     if work.dtype == torch.float64:
+        if cov is not None:
+            return _whitened_by_gram(work, cov) if m >= n else _whitened_by_cholesky(work, cov)
         if m > n:
-            if cov is not None:
-                return _whitened_by_gram(work, cov)
             u, s, vh = _by_row_gram(work.T)  # workᵀ = u·Σ·vh, so work = vhᵀ·Σ·uᵀ
             return vh.T, s, u.T
-        if cov is None:
-            return _by_row_gram(work)
-        lt, lt_inv = whiten(cov)
-        u, s, vh = _by_row_gram(lt @ work)
-        return lt_inv @ u, s, vh
+        return _by_row_gram(work)
     if cov is None:
         return torch.linalg.svd(work, full_matrices=False)
     lt, lt_inv = whiten(cov)
@@ -162,21 +182,24 @@ class _Digests:
 
     def of(self, tensor: torch.Tensor) -> bytes:
         if not self.active:
-            return self._compute(tensor)
+            return content_digest(tensor)
         storage = tensor.untyped_storage()
         key = (storage.data_ptr(), tensor.storage_offset(), tuple(tensor.shape), tensor.stride(), tensor.dtype,
                tensor.device, tensor._version)
         known = self._known.get(key)
         if known is None or known[0]() is not storage:  # new, or its memory now holds another storage
-            known = self._known[key] = (weakref.ref(storage), self._compute(tensor))
+            known = self._known[key] = (weakref.ref(storage), content_digest(tensor))
         return known[1]
 
     def clear(self) -> None:
         self._known.clear()
 
-    @staticmethod
-    def _compute(tensor: torch.Tensor) -> bytes:
-        return content_digest(tensor)
+    def of_matrix(self, matrix: torch.Tensor) -> bytes:
+        """A digest of a matrix's values, hashed in whichever of its two layouts is contiguous: a
+        transposed weight (what the sketched layers factorise) is hashed in place, not copied."""
+        if not matrix.is_contiguous() and matrix.T.is_contiguous():
+            return b"T" + self.of(matrix.T)
+        return self.of(matrix)
 
 
 def break_even_rank(m: int, n: int) -> int:
@@ -275,15 +298,15 @@ def _decomposition(matrix: torch.Tensor, input_cov: InputMoment | None, rank: in
     small matrices (and any projected moment: an ``n x n`` problem) and float32 above that."""
     m, n = matrix.shape
     if isinstance(input_cov, ProjectedMoment):
-        input_cov.check_weight(matrix.T)
+        input_cov.check_weight(matrix.T, digest=_decompositions.digests.of)
         work_dtype = torch.float64
         cov_key: tuple | None = ("projected", _decompositions.digests.of(input_cov.output))
     else:
         if input_cov is not None and input_cov.shape != (m, m):
             raise ValueError(f"input_cov must be {m}x{m}, got {tuple(input_cov.shape)}")
-        work_dtype = torch.float64 if m * n <= 1 << 22 else torch.float32
+        work_dtype = torch.float64 if m * n <= FLOAT64_UP_TO else torch.float32
         cov_key = None if input_cov is None else (input_cov.dtype, _decompositions.digests.of(input_cov))
-    key = (tuple(matrix.shape), matrix.dtype, work_dtype, _decompositions.digests.of(matrix), cov_key)
+    key = (tuple(matrix.shape), matrix.dtype, work_dtype, _decompositions.digests.of_matrix(matrix), cov_key)
 
     def compute() -> Decomposition:
         work = matrix.detach().to(device="cpu", dtype=work_dtype)

@@ -12,6 +12,7 @@ and no ``d_in x d_in`` matrix to store or multiply by.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -37,10 +38,11 @@ class ProjectedMoment:
     diagonal: torch.Tensor
     weight_digest: bytes
 
-    def check_weight(self, weight: torch.Tensor) -> None:
-        """Raise ``ValueError`` unless ``weight`` (``d_out x d_in``) is the one it was projected through."""
+    def check_weight(self, weight: torch.Tensor, digest: Callable[[torch.Tensor], bytes] = content_digest) -> None:
+        """Raise ``ValueError`` unless ``weight`` (``d_out x d_in``) is the one it was projected through
+        (``digest``: :func:`content_digest` or a cache of it, e.g. one a tuning keeps)."""
         if (tuple(weight.shape) != (self.output.shape[0], self.diagonal.numel())
-                or content_digest(weight) != self.weight_digest):
+                or digest(weight) != self.weight_digest):
             raise ValueError("this input moment was projected through another weight (the layer changed since "
                              "calibration): collect its input covariance again")
 

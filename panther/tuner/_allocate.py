@@ -51,9 +51,9 @@ from panther.tuner._allocation.workers import WorkerBoard, ksection, share
 from panther.tuner._budget import Budget
 from panther.tuner._evaluation import describe
 from panther.tuner._groups import TuningGroup
-from panther.tuner._installer import LayerInstaller
+from panther.tuner._installer import LayerInstaller, params_key
 from panther.tuner._plan_trials import PlanTrials, tuning_key
-from panther.tuner._trials import TrialRunner, params_key
+from panther.tuner._trials import TrialRunner
 from panther.tuner.results import PlanRecord, TuningResults
 
 logger = logging.getLogger(__name__)
@@ -332,7 +332,8 @@ class Allocation:
 
     def run(self, budget: Budget) -> None:
         """Allocate, evaluate, choose; the decisions go to ``results`` (the model is left dense)."""
-        with keep_decompositions():  # every plan rebuilds its layers: each one decomposed once
+        # every plan installs its layers' options: each layer decomposed once, each option built once
+        with keep_decompositions(), self.installer.reusing_builds():
             self._run(budget)
 
     def _run(self, budget: Budget) -> None:

@@ -24,6 +24,16 @@ from panther.tuner.selectors import LayerNameResolver
 logger = logging.getLogger(__name__)
 
 
+def params_key(params: Mapping[str, Any]) -> tuple:
+    """A hashable key of a configuration (values by ``repr``: they may be lists or floats)."""
+    return tuple(sorted((name, repr(value)) for name, value in params.items()))
+
+
+def _versions(module: nn.Module) -> tuple[int, ...]:
+    """The version counters of a module's tensors: any in-place change to one bumps its counter."""
+    return tuple(t._version for t in (*module.parameters(), *module.buffers()))
+
+
 class LayerInstaller:
     """Remembers the dense layer of every tuned name and swaps candidates in and out by name.
 
@@ -43,6 +53,8 @@ class LayerInstaller:
         self.kinds: dict[str, LayerKind] = {}  # layer name -> the kind replacing it
         self.input_covs: dict[str, InputMoment] = {}
         self._calibrated: set[str] = set()  # layers whose inputs were collected (or found unreached)
+        # within reusing_builds(): (name, params, copy_weights) -> a candidate built and its tensors' versions
+        self._built: dict[tuple, tuple[nn.Module, tuple[int, ...]]] | None = None
 
     def dense_of(self, name: str) -> nn.Module:
         """The dense layer at ``name``: the remembered one if a sketch of this tuner sits there now."""
@@ -80,8 +92,37 @@ class LayerInstaller:
         finally:
             self.put({name: self.originals[name] for name in candidates})
 
+    @contextlib.contextmanager
+    def reusing_builds(self) -> Iterator[None]:
+        """Within the block, :meth:`build` hands out again a candidate it built for the same layer and
+        parameters instead of building it anew, unless that candidate's tensors changed since (an
+        accuracy function that trains it). A whole-model allocation evaluates dozens of plans that
+        share their layers' options; rebuilding each (int8 weights quantized and packed again, sketches
+        sliced from their decompositions) costs a BERT-base plan about half a second. Holds every
+        candidate built (at most what the allocation's profiling holds at once), released on exit."""
+        outer = self._built is None
+        if outer:
+            self._built = {}
+        try:
+            yield
+        finally:
+            if outer:
+                self._built = None
+
     def build(self, name: str, params: Mapping[str, Any], copy_weights: bool) -> nn.Module:
         """A candidate for ``name`` from its dense original, in the original's train/eval mode."""
+        dense = self.originals[name]
+        if self._built is None:
+            return self._build(name, params, copy_weights)
+        key = (name, params_key(params), copy_weights)
+        known = self._built.get(key)
+        if known is None or _versions(known[0]) != known[1]:
+            candidate = self._build(name, params, copy_weights)
+            known = self._built[key] = (candidate, _versions(candidate))
+        known[0].train(dense.training)
+        return known[0]
+
+    def _build(self, name: str, params: Mapping[str, Any], copy_weights: bool) -> nn.Module:
         dense, kind = self.originals[name], self.kinds[name]
         input_cov = None
         if kind.uses_input_cov(params):

@@ -72,7 +72,8 @@ from torch import nn
 
 from panther.space import Categorical
 from panther.tuner._allocation.workers import WorkerBoard
-from panther.tuner._trials import INFEASIBLE_SCORE, params_key
+from panther.tuner._installer import params_key
+from panther.tuner._trials import INFEASIBLE_SCORE
 from panther.tuner.results import PlanRecord
 from panther.tuner.search._optuna_compat import study_id, study_storage, trial_id
 from panther.tuner.search._workers import earlier_trial

@@ -23,7 +23,7 @@ from torch import nn
 
 from panther.tuner._evaluation import EvalFunc, describe, measure
 from panther.tuner._groups import TuningGroup
-from panther.tuner._installer import LayerInstaller
+from panther.tuner._installer import LayerInstaller, params_key
 from panther.tuner._layers import layer_bytes
 from panther.tuner.results import MeasuredPlan, PlanRecord, TrialRecord, TuningResults
 
@@ -33,10 +33,6 @@ logger = logging.getLogger(__name__)
 INFEASIBLE_SCORE = -1.0e6
 #: The fields of a trial's record that travel with it through a search's storage.
 RECORD_FIELDS = ("status", "accuracy", "accuracy_std", "speed", "speed_std", "feasible", "bytes", "error")
-
-
-def params_key(params: Mapping[str, Any]) -> tuple:
-    return tuple(sorted((name, repr(value)) for name, value in params.items()))
 
 
 class TrialRunner:

@@ -1,5 +1,6 @@
 """low_rank_basis: the optimal rank-r factors, cached by content without ever serving stale ones."""
 
+import pytest
 import torch
 
 from panther.nn import factorize
@@ -108,28 +109,35 @@ def test_remembered_digests_follow_in_place_changes_while_kept(monkeypatch):
         torch.testing.assert_close(_reconstruction(matrix, 12), matrix)  # not the stale decomposition
 
 
-def test_tall_whitened_factors_equal_the_whitening_route_and_keep_its_floor():
-    """A tall matrix is factorised from its n x n Gram matrix; the result is the m x m whitening's."""
+def test_float64_whitened_factors_equal_the_whitening_route_and_keep_its_floor():
+    """Float64 factors never decompose the covariance: a tall or square matrix goes through its
+    n x n Gram matrix, a wide one through C's Cholesky factor; the result is the whitening's."""
     gen = torch.Generator().manual_seed(6)
-    matrix = torch.randn(50, 12, dtype=torch.float64, generator=gen)
-    # A full-rank covariance: the same factorisation. One of rank 20 < 50: the floor (a millionth
-    # of the largest eigenvalue) is added to every direction rather than raising only those below
-    # it, which moves the result by about that millionth relative.
-    for rows, rtol in ((400, 1e-9), (20, 1e-4)):
-        inputs = torch.randn(rows, 50, dtype=torch.float64, generator=gen) * torch.linspace(0.2, 4, 50,
-                                                                                            dtype=torch.float64)
-        cov = inputs.T @ inputs / rows
-        lt, lt_inv = factorize.whitening(cov)
-        u, s, vh = torch.linalg.svd(lt @ matrix, full_matrices=False)
-        left, sigma, right = factorize._whitened_by_gram(matrix, cov)
-        torch.testing.assert_close(sigma, s, rtol=rtol, atol=0)
-        for rank in (3, 8):  # the approximations (factors are unique up to sign)
-            expected = (lt_inv @ u[:, :rank]) @ torch.diag(s[:rank]) @ vh[:rank]
-            got = left[:, :rank] @ torch.diag(sigma[:rank]) @ right[:rank]
-            torch.testing.assert_close(got, expected, rtol=rtol, atol=rtol * float(expected.abs().max()))
+    for m, n in ((50, 12), (30, 30), (12, 50)):
+        matrix = torch.randn(m, n, dtype=torch.float64, generator=gen)
+        # A full-rank covariance: the same factorisation. A rank-deficient one: the floor (a
+        # millionth of the largest eigenvalue) is added to every direction rather than raising
+        # only those below it, which moves the result by about that millionth relative.
+        for rows, rtol in ((400, 1e-9), (m // 2, 1e-4)):
+            inputs = torch.randn(rows, m, dtype=torch.float64, generator=gen) * torch.linspace(0.2, 4, m,
+                                                                                               dtype=torch.float64)
+            cov = inputs.T @ inputs / rows
+            lt, lt_inv = factorize.whitening(cov)
+            u, s, vh = torch.linalg.svd(lt @ matrix, full_matrices=False)
+            left, sigma, right = factorize._factorize(matrix, cov, _never)
+            torch.testing.assert_close(sigma, s, rtol=rtol, atol=rtol * float(s[0]))
+            for rank in (3, 8):  # the approximations (factors are unique up to sign)
+                expected = (lt_inv @ u[:, :rank]) @ torch.diag(s[:rank]) @ vh[:rank]
+                got = left[:, :rank] @ torch.diag(sigma[:rank]) @ right[:rank]
+                torch.testing.assert_close(got, expected, rtol=rtol, atol=rtol * float(expected.abs().max()))
+
+
+def _never(cov):
+    raise AssertionError("float64 factorisations must not decompose the covariance")
 
 
 def test_layers_reading_one_input_share_its_whitening_while_kept(monkeypatch):
+    monkeypatch.setattr(factorize, "FLOAT64_UP_TO", 0)  # large layers' route: whitening + float32 SVD
     factorize._decompositions.clear()
     gen = torch.Generator().manual_seed(7)
     inputs = torch.randn(200, 16, generator=gen)
@@ -163,3 +171,25 @@ def test_gram_factorisations_equal_the_svd_for_every_shape_and_rank_deficiency()
             assert left.abs().max() < 10 and right.abs().max() < 10
             torch.testing.assert_close(factorize.singular_values(matrix), torch.linalg.svdvals(matrix),
                                        rtol=1e-7, atol=1e-6)
+
+
+def test_a_projected_layer_hashes_its_weight_in_place_and_once_while_kept(monkeypatch):
+    from panther.nn.moments import ProjectedMoment, content_digest
+
+    factorize._decompositions.clear()
+    hashed = []
+    monkeypatch.setattr(factorize, "content_digest", lambda t: hashed.append(t.is_contiguous()) or content_digest(t))
+    gen = torch.Generator().manual_seed(8)
+    weight = torch.randn(6, 20, dtype=torch.float64, generator=gen)  # 20 -> 6: tall as the layer factorises it
+    inputs = torch.randn(200, 20, dtype=torch.float64, generator=gen)
+    cov = inputs.T @ inputs / len(inputs)
+    moment = ProjectedMoment(weight @ cov @ weight.T, cov.diagonal().clone(), content_digest(weight))
+    with factorize.keep_decompositions():
+        for rank in (2, 4, 6):  # three candidates of one layer
+            approx = _reconstruction(weight.T, rank, moment)
+    assert hashed == [True, True]  # the weight (not a transposed copy) and the moment, once each
+    torch.testing.assert_close(inputs @ approx, inputs @ weight.T)  # rank 6 of a 6-column map: exact
+    with torch.no_grad():
+        weight[0, 0] += 1.0  # a changed weight is still refused while kept
+    with factorize.keep_decompositions(), pytest.raises(ValueError, match="another weight"):
+        low_rank_basis(weight.T, 2, input_cov=moment)

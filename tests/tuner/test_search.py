@@ -18,6 +18,7 @@ from optuna.trial import TrialState
 
 from panther.tuner import Categorical, Float, Int, OptunaSearch, SearchAlgorithm
 from panther.tuner.search import param_space_for
+from panther.tuner.search.faults import WORKER_ATTR, worker_token
 
 
 def drive(search: SearchAlgorithm, group: str, specs: dict[str, Any], objective) -> list[dict[str, Any]]:
@@ -419,12 +420,28 @@ def test_signature_matches_spec():
     ]
 
 
-def test_a_proposal_beyond_the_budget_is_failed_not_handed_out(monkeypatch):
-    # Simulates losing the race for the last slot: the budget check passed, but by the time the
-    # trial was created the study already held n_trials.
+def test_a_spent_budget_creates_no_trial(monkeypatch):
+    # is_finished() bypassed: the budget is counted again when the trial is asked for
     search = OptunaSearch(n_trials=2, seed=0)
     drive(search, "g", SPACE, peak)
     monkeypatch.setattr(search, "is_finished", lambda: False)
     assert search.get_next_params() is None and search.pending_trial is None
-    extra = search.study.trials[-1]
-    assert extra.number == 2 and extra.state == TrialState.FAIL and extra.user_attrs["panther_surplus"]
+    assert [t.state for t in search.study.trials] == [TrialState.COMPLETE] * 2
+
+
+def test_a_proposal_beyond_the_budget_is_failed_not_handed_out(monkeypatch):
+    # Simulates losing the race for the last slot where no lock orders the workers: the budget
+    # count passed, but another worker created its trial before this one's.
+    search = OptunaSearch(n_trials=1, seed=0)
+    search.start_group("g", SPACE)
+    study, ask = search.study, search.study.ask
+
+    def another_worker_first(*args, **kwargs):
+        monkeypatch.setattr(study, "ask", ask)
+        ask(*args, **kwargs).set_user_attr(WORKER_ATTR, worker_token("other"))  # running, not waited for here
+        return ask(*args, **kwargs)
+
+    monkeypatch.setattr(study, "ask", another_worker_first)
+    assert search.get_next_params() is None and search.pending_trial is None
+    extra = study.trials[-1]
+    assert extra.number == 1 and extra.state == TrialState.FAIL and extra.user_attrs["panther_surplus"]

@@ -2,7 +2,8 @@
 
 Sharing a study between workers needs what Optuna keeps private: a study's storage handle and id
 (the handle Optuna's own ``fail_stale_trials`` works on), a trial's storage id (to write to a trial
-that another worker created), and an RDB storage's list of trials whose heartbeat went stale.
+that another worker created), an RDB storage's list of trials whose heartbeat went stale, and the
+RDB storage behind that handle (whose database engine locks a study's budget, see :mod:`._budget_lock`).
 No other module names them. :data:`PRIVATE_ATTRIBUTES` lists them, and
 ``tests/tuner/test_optuna_compat.py`` checks each against the installed Optuna, so an upgrade that
 renames one fails there, by name, and not in the middle of a distributed tuning run.
@@ -11,8 +12,10 @@ renames one fails there, by name, and not in the middle of a distributed tuning 
 
 from __future__ import annotations
 
+from typing import Any
+
 import optuna
-from optuna.storages import BaseStorage
+from optuna.storages import BaseStorage, RDBStorage
 from optuna.trial import FrozenTrial, Trial
 
 #: Private attributes used here, by the class holding them (``Study``'s and ``FrozenTrial``'s are
@@ -22,7 +25,7 @@ PRIVATE_ATTRIBUTES: dict[str, tuple[str, ...]] = {
     "optuna.study.Study": ("_storage", "_study_id"),
     "optuna.trial.Trial": ("_trial_id",),
     "optuna.trial.FrozenTrial": ("_trial_id",),
-    "optuna.storages.BaseStorage": ("_get_stale_trial_ids",),
+    "optuna.storages.BaseStorage": ("_get_stale_trial_ids", "_backend"),
 }
 
 
@@ -45,3 +48,9 @@ def stale_trial_ids(storage: BaseStorage, study: int) -> list[int]:
     """Ids of study ``study``'s running trials whose heartbeat is older than the grace period
     (a storage with heartbeats: the test Optuna's ``fail_stale_trials`` applies)."""
     return storage._get_stale_trial_ids(study)  # type: ignore[attr-defined]
+
+
+def rdb_engine(storage: BaseStorage) -> Any:
+    """The SQLAlchemy engine of the RDB storage behind a study's handle ``storage``; ``None`` for other storages."""
+    backend = getattr(storage, "_backend", storage)  # Optuna wraps an RDBStorage in a caching storage
+    return backend.engine if isinstance(backend, RDBStorage) else None

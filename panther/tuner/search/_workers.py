@@ -1,10 +1,12 @@
 """Worker sharing for :class:`~panther.tuner.search.optuna_search.OptunaSearch`: several processes on one study.
 
 The budget ``n_trials`` counts every worker's trials (:func:`~panther.tuner.search.faults.budget_trials`);
-a proposal beyond it is failed at once (:func:`ask_within_budget`); a worker whose budget is spent
-waits for the others' running trials (:func:`settle`) so that each ends with the whole study; and a
-proposal another worker already evaluated (or is evaluating) is answered with its trial
-(:func:`earlier_trial`). Dead workers' trials are reclaimed in :mod:`panther.tuner.search.faults`.
+a worker asks for a trial only while a slot is free, counted under a lock where the storage has one,
+and a proposal beyond the budget all the same is failed at once (:func:`ask_within_budget`); a
+worker whose budget is spent waits for the others' running trials (:func:`settle`) so that each
+ends with the whole study; and a proposal another worker already evaluated (or is evaluating) is
+answered with its trial (:func:`earlier_trial`). Dead workers' trials are reclaimed in
+:mod:`panther.tuner.search.faults`.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from optuna.distributions import BaseDistribution
 from optuna.samplers import GridSampler
 from optuna.trial import FrozenTrial, Trial, TrialState
 
+from panther.tuner.search._budget_lock import budget_lock
 from panther.tuner.search._optuna_compat import study_storage
 from panther.tuner.search._studies import quiet_optuna, tell
 from panther.tuner.search.faults import (
@@ -44,15 +47,22 @@ _RETRY_PATIENCE_S = 30.0
 
 def ask_within_budget(study: optuna.Study, distributions: dict[str, BaseDistribution], n_trials: int,
                       token: str | None, retry: RetryDeadTrials) -> Trial | None:
-    """A new trial inside the budget, or ``None``: a surplus proposal is failed (then see :func:`settle`).
+    """A new trial inside the budget, or ``None`` once it is spent (after :func:`settle`).
 
-    ``token`` (the worker's, for a shared storage) is written on the trial at once, so other workers
-    can tell whether it still runs.
+    The budget is counted and the trial asked for under :func:`~._budget_lock.budget_lock`, so on
+    PostgreSQL no two workers take the same last slot. Where another worker's trial was created
+    between the two steps anyway (other storages), the proposal is failed as surplus. ``token``
+    (the worker's, for a shared storage) is written on the trial at once, so other workers can tell
+    whether it still runs.
     """
-    with quiet_optuna(), warnings.catch_warnings():
-        # Optuna warns that heartbeats belong to study.optimize(); the search beats itself.
-        warnings.filterwarnings("ignore", message="Heartbeat of storage")
-        trial = study.ask(distributions)
+    while True:
+        with budget_lock(study):
+            counted = budget_trials(study.get_trials(deepcopy=False))
+            if len(counted) < n_trials or any(t.state == TrialState.WAITING for t in counted):
+                trial = _ask(study, distributions)  # a queued retry is popped, not created
+                break
+        if settle(study, n_trials, retry, mine=None):  # spent: wait for the others' last trials
+            return None
     if token is not None:
         trial.set_user_attr(WORKER_ATTR, token)
     earlier = [t for t in budget_trials(study.get_trials(deepcopy=False)) if t.number < trial.number]
@@ -62,6 +72,13 @@ def ask_within_budget(study: optuna.Study, distributions: dict[str, BaseDistribu
     tell(trial, state=TrialState.FAIL)
     settle(study, n_trials, retry, mine=None)  # as is_finished() would have: wait for the others' last trials
     return None
+
+
+def _ask(study: optuna.Study, distributions: dict[str, BaseDistribution]) -> Trial:
+    with quiet_optuna(), warnings.catch_warnings():
+        # Optuna warns that heartbeats belong to study.optimize(); the search beats itself.
+        warnings.filterwarnings("ignore", message="Heartbeat of storage")
+        return study.ask(distributions)
 
 
 def settle(study: optuna.Study, n_trials: int, retry: RetryDeadTrials, mine: int | None) -> bool:

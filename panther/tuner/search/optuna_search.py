@@ -10,10 +10,12 @@ One study per layer group
 Budget across runs and processes
     :meth:`OptunaSearch.is_finished` counts the trials already in the group's study (complete,
     pruned, failed, queued, and running ones of other workers), so a resumed run, or several
-    processes sharing one storage, stop at ``n_trials`` *in total*. A proposal beyond the budget
-    (two workers raced for the last slot) is failed at once, tagged with the user attribute
-    ``panther_surplus``, and not handed out. Once the budget is spent, a worker waits for the
-    other workers' running trials, so that every worker ends with the whole study's results.
+    processes sharing one storage, stop at ``n_trials`` *in total*. On PostgreSQL a worker counts
+    the budget and creates its trial under a lock, so no two workers take the same last slot; on
+    other storages two workers may race for it, and the later proposal is failed at once, tagged
+    with the user attribute ``panther_surplus``, and not handed out. Once the budget is spent, a
+    worker waits for the other workers' running trials, so that every worker ends with the whole
+    study's results.
     Workers must pass ``load_if_exists=True`` and the same ``study_name``. Storage is an RDB URL
     (``"sqlite:///tuning.db"``, ``"postgresql://..."``) or any Optuna storage object, e.g. a file
     journal, which needs no database server: ``OptunaSearch.journal_storage("tuning.log")``.
@@ -32,8 +34,9 @@ Grid search
 
 Modules
     This class holds the per-group state; opening studies (:mod:`._studies`), sharing one study
-    between workers (:mod:`._workers`), the JSON state file (:mod:`._state_file`) and Optuna's
-    private names (:mod:`._optuna_compat`) live in private modules of their own.
+    between workers (:mod:`._workers`, its budget lock :mod:`._budget_lock`), the JSON state file
+    (:mod:`._state_file`) and Optuna's private names (:mod:`._optuna_compat`) live in private
+    modules of their own.
 
 Logging
     Optuna logs every created study and finished trial at INFO; while its verbosity is at that

@@ -4,6 +4,7 @@
     python bench/tune_quality.py --workload minilm                  # needs [transformers], ~10 min
     python bench/tune_quality.py --workload bert-base-cost          # the tuner's cost at BERT-base size
     python bench/tune_quality.py --table design --workload digits   # the original design's procedure
+    python bench/tune_quality.py --table spec --workload minilm     # the tuner's rows alone, ~4 min
     python bench/tune_quality.py --table design --json out.json --plot docs/tune_digits.png  # [plots]
 
 ``--table methods`` (default): per workload, plans for every tuned layer (digits: the MLP's three
@@ -23,6 +24,12 @@ to the dense model on sentences from articles nothing else saw). Searches see on
   per layer.
 * ``SKAutoTuner (spec call)``: the same, with the budget given as the API spec writes it,
   ``search_algorithm=OptunaSearch(n_trials=budget, seed=0)`` (``"auto"`` allocates then too).
+  After the rows, whether its plan is the allocating row's, layer by layer (what differs if not).
+
+``--table spec``: only the allocating tuner's rows, the default call twice and the spec's call once,
+each plan compared with the first one's (the same tuning run three times: how much of a difference
+is run-to-run noise). ``--objective bytes`` tunes for bytes instead of throughput: every price is
+then a stored size, nothing is timed, and the three plans must be identical.
 
 A ``ceiling`` row replaces every tuned layer by zeros of its output shape: not a plan, but the
 speed-up no method for these layers can pass. Reported: the held-out metric and whether it holds
@@ -320,11 +327,13 @@ def throughput(work: Workload, calls: int = 5) -> Callable[[nn.Module], float]:
     return speed
 
 
-def allocating_tuner(work: Workload, bound: float, budget: int, spec_call: bool = False) -> SearchResult:
+def allocating_tuner(work: Workload, bound: float, budget: int, spec_call: bool = False,
+                     by_speed: bool = True) -> SearchResult:
     """``SKAutoTuner`` defaults on every layer: calibration data, a throughput objective, a trial budget.
 
     ``spec_call``: the budget given as the API spec writes it, ``OptunaSearch(n_trials=budget, seed=0)``,
-    instead of ``max_total_trials`` (``"auto"`` allocates with a plain ``OptunaSearch`` too)."""
+    instead of ``max_total_trials`` (``"auto"`` allocates with a plain ``OptunaSearch`` too).
+    ``by_speed=False``: no speed function, so the tuner saves bytes (prices are stored bytes, not timings)."""
     start = time.perf_counter()
     metric, speed = CountingMetric(work.tune_metric), CountingMetric(throughput(work))
     budget_kwargs: dict[str, Any] = ({"search_algorithm": OptunaSearch(n_trials=budget, seed=0)} if spec_call
@@ -332,7 +341,7 @@ def allocating_tuner(work: Workload, bound: float, budget: int, spec_call: bool 
     tuner = SKAutoTuner(
         model=work.model,
         configs=TuningConfigs([LayerConfig(layer_names=list(work.layers), params="auto", separate=True)]),
-        accuracy_eval_func=metric, accuracy_threshold=bound, optmization_eval_func=speed,
+        accuracy_eval_func=metric, accuracy_threshold=bound, optmization_eval_func=speed if by_speed else None,
         calibration_data=work.calibration, calibration_forward=work.calibration_forward, **budget_kwargs)
     assert tuner.allocates
     tuner.tune()
@@ -379,6 +388,41 @@ def compare_methods(work: Workload, budget: int, seed: int, threads: int, margin
     for name, run in procedures:
         rows.append(outcome(work, name, run(), threads, by_bytes=True))
         print(markdown(rows[-1:], header=False), flush=True)
+    print(report_same_plan(rows[-2], rows[-1]), flush=True)  # the spec's call against the default call
+    return rows
+
+
+def plan_differences(a: dict[str, dict[str, Any]], b: dict[str, dict[str, Any]]) -> list[str]:
+    """``layer: a's params / b's params`` for every layer the two plans build differently (absent: dense)."""
+    def short(entry: dict[str, Any] | None) -> str:
+        return "dense" if entry is None else f"{entry.get('type')}{entry.get('params', {})}"
+
+    return [f"{name}: {short(a.get(name))} / {short(b.get(name))}"
+            for name in sorted(set(a) | set(b)) if a.get(name) != b.get(name)]
+
+
+def report_same_plan(reference: Outcome, other: Outcome) -> str:
+    """One line: whether ``other``'s plan is ``reference``'s, or the layers where they differ."""
+    differences = plan_differences(reference.plan, other.plan)
+    verdict = "identical plans" if not differences else f"{len(differences)} layers differ: " + "; ".join(differences)
+    return f"{other.procedure} against {reference.procedure}: {verdict} ({len(reference.plan)} layers replaced)"
+
+
+def compare_calls(work: Workload, budget: int, threads: int, margin: float, by_speed: bool) -> list[Outcome]:
+    """The allocating tuner's rows alone: the default call twice, then the spec's call; each plan
+    compared with the first's."""
+    bound = work.threshold + margin
+    objective = "" if by_speed else ", bytes"
+    procedures = [(f"SKAutoTuner (allocate{objective}), run {run}",
+                   lambda: allocating_tuner(work, bound, budget, by_speed=by_speed)) for run in (1, 2)]
+    procedures.append((f"SKAutoTuner (spec call{objective}: OptunaSearch(n_trials={budget}, seed=0))",
+                       lambda: allocating_tuner(work, bound, budget, spec_call=True, by_speed=by_speed)))
+    rows = []
+    for name, run in procedures:
+        rows.append(outcome(work, name, run(), threads, by_bytes=True))
+        print(markdown(rows[-1:], header=False), flush=True)
+    for row in rows[1:]:
+        print(report_same_plan(rows[0], row), flush=True)
     return rows
 
 
@@ -537,11 +581,15 @@ def save_rank_plot(search: SearchResult | None, metric_name: str, whole_threshol
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--table", choices=("methods", "design"), default="methods")
+    parser.add_argument("--table", choices=("methods", "design", "spec"), default="methods",
+                        help="spec: the allocating tuner alone, by default twice and by the spec's call")
     parser.add_argument("--workload", choices=("digits", "minilm", "both", "bert-base-cost"), default="digits",
                         help="bert-base-cost: the allocating tuner alone on a BERT-base-size encoder with random "
                              "weights, for its wall time and cost split (needs [transformers])")
     parser.add_argument("--budget", type=int, default=40, help="full evaluations per procedure")
+    parser.add_argument("--objective", choices=("speed", "bytes"), default="speed",
+                        help="spec table: the tuner's objective, throughput (priced by timings) or bytes saved "
+                             "(priced by stored bytes, no timing noise)")
     parser.add_argument("--margin", type=float, default=0.005,
                         help="methods table: how far above the held-out bar searches hold the tuning metric")
     parser.add_argument("--minilm-threshold", type=float, default=0.95)
@@ -558,7 +606,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     rows: list[Outcome] = []
     search: SearchResult | None = None
     metric_name, whole_threshold = "metric", math.nan
-    methods = args.table == "methods"
+    methods = args.table in ("methods", "spec")
     workloads = {"digits": lambda: digits_workload(args.seed),
                  "minilm": lambda: minilm_workload(args.minilm_threshold, all_layers=methods)}
     if args.workload == "bert-base-cost":
@@ -568,6 +616,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     for name, make in workloads.items():
         if args.workload in (name, "both"):
             work = make()
+            if args.table == "spec":
+                rows += compare_calls(work, args.budget, args.threads, args.margin, args.objective == "speed")
+                continue
             if methods:
                 rows += compare_methods(work, args.budget, args.seed, args.threads, args.margin)
                 continue

@@ -12,7 +12,10 @@ whole-model plans:
    (:mod:`panther.tuner._allocation.profile`).
 2. **Path.** :class:`~panther.tuner._allocation.AllocationPath` orders every least-cost choice of
    options (a point of the path: a whole-model plan) for a summed error ``Σ s·e²`` (errors add in
-   energy; ``s`` is a role's sensitivity, 1 at first).
+   energy; ``s`` is a role's sensitivity, 1 at first). Priced by time, a group's options whose
+   times are within :data:`SPEED_TIE` of each other are taken as equally fast, and the one with
+   the lower predicted error wins (then fewer bytes, then dense, then the space's order), so timing
+   noise does not flip a layer between, e.g., int8 and smoothed int8.
 3. **Bisection** of the position on that path with full evaluations: the cheapest plan that meets
    the accuracy threshold, in about ``log2(#plans)`` evaluations. ``W`` worker processes on one
    storage split each round into ``W`` positions instead (a k-section,
@@ -61,7 +64,8 @@ logger = logging.getLogger(__name__)
 #: Most roles whose sensitivity is measured (one evaluation each); beyond it the correction is skipped.
 MAX_ROLES = 16
 #: Measured speeds this close (relative) to the fastest feasible plan are a tie, which the more
-#: accurate plan wins: on a shared machine such differences are noise, the accuracy is not.
+#: accurate plan wins: on a shared machine such differences are noise, the accuracy is not. So are
+#: the measured times of one group's options (the more accurate option wins, see :meth:`Allocation.path`).
 SPEED_TIE = 0.03
 #: Sensitivities are kept within this factor of their median: a role whose drop is lost in the
 #: noise must not become free, nor one noisy drop dominate the plan.
@@ -321,14 +325,22 @@ class Allocation:
 
     # -- 2.-4. path, bisection, correction -------------------------------------------------------
     def path(self, options: Mapping[str, _GroupOptions], sensitivity: Mapping[str, float]) -> AllocationPath:
+        """The path over every group's options, errors weighed by the roles' ``sensitivity`` (default 1)."""
         def error(name: str, layer_errors: Mapping[Hashable, float], key: Hashable) -> float:
             return sensitivity.get(self._role(name), 1.0) * layer_errors[key] ** 2
 
-        return AllocationPath({
-            group: [Option(None, 0.0, o.dense_price)]
-            + [Option(o.configurations[key], sum(error(n, e, key) for n, e in o.layer_errors.items()), o.price[key])
-               for key in o.configurations]
-            for group, o in options.items()})
+        def preferred(group: str, o: _GroupOptions) -> list[Option]:
+            """Dense, then every configuration, fewest bytes first (equal: dense, then the space's order)."""
+            keys: list[Hashable | None] = [None, *o.configurations]
+            dense_bytes = self.installer.dense_bytes(self.groups[group].layers)
+            keys.sort(key=lambda key: dense_bytes if key is None else o.bytes[key])  # stable
+            return [Option(None, 0.0, o.dense_price) if key is None else
+                    Option(o.configurations[key], sum(error(n, e, key) for n, e in o.layer_errors.items()),
+                           o.price[key]) for key in keys]
+
+        # by speed, prices are timings: options within the noise tie (the more accurate wins)
+        tie = SPEED_TIE if self.speed_func is not None else 0.0
+        return AllocationPath({group: preferred(group, o) for group, o in options.items()}, tie=tie)
 
     def run(self, budget: Budget) -> None:
         """Allocate, evaluate, choose; the decisions go to ``results`` (the model is left dense)."""

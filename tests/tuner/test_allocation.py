@@ -213,3 +213,48 @@ def test_hand_checked_two_layer_case() -> None:
         AllocationPath({"a": [half]}).position_for_budget(0.1)
     with pytest.raises(IndexError):
         path.point(4)
+
+
+# -- options tied in cost (timing noise) ----------------------------------------------------------
+
+def tied_layer(int8_cost: float, smooth_cost: float) -> list[Option]:
+    """Dense, and two options of about the same cost: "int8" (more error), "smooth" (less)."""
+    return [Option(None, 0.0, 100.0), Option({"m": "int8"}, 0.04, int8_cost),
+            Option({"m": "smooth"}, 0.01, smooth_cost)]
+
+
+def chosen_methods(path: AllocationPath) -> list[dict]:
+    """Every point's choices as params (``None``: dense), independent of the costs' exact values."""
+    return [{name: option.params for name, option in path.point(p).choices.items()} for p in range(len(path))]
+
+
+@pytest.mark.parametrize("faster", ["int8", "smooth"])
+def test_options_timed_within_the_tie_give_the_more_accurate_one_whichever_was_faster(faster: str) -> None:
+    costs = (50.0, 51.0) if faster == "int8" else (51.0, 50.0)  # 2 % apart: within a 3 % tie
+    other = [Option(None, 0.0, 80.0), Option({"r": 4}, 0.02, 30.0)]
+    path = AllocationPath({"a": tied_layer(*costs), "b": other}, tie=0.03)
+    smooth, dense = {"m": "smooth"}, None
+    assert chosen_methods(path) == [{"a": smooth, "b": {"r": 4}}, {"a": smooth, "b": dense},
+                                    {"a": dense, "b": dense}]
+    # without the tie the faster one is on the path too: which one a point takes depends on the timing
+    untied = chosen_methods(AllocationPath({"a": tied_layer(*costs), "b": other}))
+    assert any(p["a"] == {"m": "int8"} for p in untied) == (faster == "int8")
+
+
+def test_a_tie_of_equal_errors_goes_to_the_option_listed_first() -> None:
+    first, second = Option({"m": "first"}, 0.01, 50.0), Option({"m": "second"}, 0.01, 49.0)
+    for options in ([first, second], [second, first]):
+        assert AllocationPath({"a": options}, tie=0.03).point(0).choices["a"] is options[0]
+    assert AllocationPath({"a": [first, second]}).point(0).choices["a"] is second  # no tie: the cheaper
+
+
+def test_outside_the_tie_the_faster_option_still_wins() -> None:
+    path = AllocationPath({"a": tied_layer(40.0, 50.0)}, tie=0.03)  # int8 20 % faster: not noise
+    assert chosen_methods(path) == [{"a": {"m": "int8"}}, {"a": {"m": "smooth"}}, {"a": None}]
+    assert path.point(path.position_for_budget(0.05)).choices["a"].params == {"m": "int8"}  # both errors fit
+    assert path.point(path.position_for_budget(0.02)).choices["a"].params == {"m": "smooth"}
+    # an option dearer than a more accurate one is dropped, tie or not
+    assert chosen_methods(AllocationPath({"a": tied_layer(50.0, 40.0)}, tie=0.03)) == [{"a": {"m": "smooth"}},
+                                                                                      {"a": None}]
+    with pytest.raises(ValueError, match="tie"):
+        AllocationPath({"a": tied_layer(40.0, 50.0)}, tie=-0.1)

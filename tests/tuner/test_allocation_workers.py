@@ -33,10 +33,22 @@ from test_tuner_allocation import FourLayers, KnownAccuracy
 from panther.tuner import OptunaSearch
 
 storage, out, go, speed, die_at = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4] == "1", int(sys.argv[5])
+first_plan_kills = sys.argv[6]  # a marker file: the first worker to evaluate a plan creates it, and dies
 evaluate = KnownAccuracy.__call__
 
+def chosen_to_die(calls):
+    if calls == die_at:
+        return True
+    if not first_plan_kills or calls != 1:  # call 0: the baseline
+        return False
+    try:
+        os.close(os.open(first_plan_kills, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    except FileExistsError:
+        return False  # another worker was first
+    return True
+
 def paced(self, model):
-    if self.calls == die_at:  # the others see this plan claimed, then its worker die
+    if chosen_to_die(self.calls):  # the others see this plan claimed, then its worker die
         open(out + ".dying", "w").close()
         time.sleep(1.0)
         os.kill(os.getpid(), signal.SIGKILL)
@@ -70,16 +82,20 @@ def storage(request, tmp_path) -> str:
     return request.getfixturevalue("postgres").create_database()
 
 
-def start_workers(storage: str, tmp_path, speed: bool = False, doomed: int | None = None) -> list:
+def start_workers(storage: str, tmp_path, speed: bool = False, doomed: int | None = None,
+                  first_plan_kills: bool = False) -> list:
     """Run three workers together; their exit codes and outputs (``None`` for one that died).
 
     ``doomed``: that worker starts alone and is killed during its first plan; the others start
-    while it evaluates that plan, so they find it claimed, and its worker die.
+    while it evaluates that plan, so they find it claimed, and its worker die. ``first_plan_kills``:
+    all start together, and the first to evaluate a plan (one of the first round's) is killed
+    during it, a second after the others got their own plans of the round.
     """
     outs = [str(tmp_path / f"worker{i}.json") for i in range(3)]
     gos = [tmp_path / ("first" if i == doomed else "go") for i in range(3)]
+    marker = str(tmp_path / "killed") if first_plan_kills else ""
     workers = [subprocess.Popen([sys.executable, "-c", _WORKER, storage, out, str(go), str(int(speed)),
-                                 str(1 if i == doomed else -1)], env=ENV)
+                                 str(1 if i == doomed else -1), marker], env=ENV)
                for i, (out, go) in enumerate(zip(outs, gos, strict=True))]
     deadline = time.monotonic() + 120
     while not all(os.path.exists(out + ".ready") for out in outs) and time.monotonic() < deadline:
@@ -144,6 +160,32 @@ def test_a_worker_killed_half_way_loses_nothing_and_counts_nothing_twice(storage
     assert tuple(sorted(claim.params.items())) in stored  # ... was evaluated by a survivor
     rerun, accuracy = run_again(storage)
     assert accuracy.calls == 1 and rerun.get_best_params() == survivors[0]["best"]
+
+
+def test_a_worker_killed_mid_round_of_three_loses_nothing_and_counts_nothing_twice(storage, tmp_path):
+    codes, results = start_workers(storage, tmp_path, first_plan_kills=True)
+    assert sorted(codes) == [-signal.SIGKILL, 0, 0]
+    board = optuna.load_study(study_name="w::workers", storage=storage)
+    (agreed,) = [t.user_attrs["value"] for t in board.get_trials(states=(TrialState.COMPLETE,))
+                 if t.user_attrs["claim"].startswith("workers:")]
+    assert agreed == 3  # the rounds were split three ways: the killed worker's plan was one third of one
+    killed = codes.index(-signal.SIGKILL)
+    survivors = [result for index, result in enumerate(results) if index != killed]
+    assert results[killed] is None and survivors[0]["plans"] == survivors[1]["plans"]
+    reference, _ = run(f"sqlite:///{tmp_path / 'reference.db'}")  # one worker, nothing killed
+    assert survivors[0]["best"] == survivors[1]["best"] == reference.get_best_params()  # nothing lost
+    evaluated = [tuple(map(tuple, plan)) for result in survivors for plan in result["evaluated"]]
+    assert len(evaluated) == len(set(evaluated))  # each plan evaluated once, by one survivor
+    assert sum(r["calls"] for r in survivors) == 2 + len(evaluated)  # 2 baselines, then each plan once
+    stored = [tuple(sorted(t.params.items())) for t in plan_trials(storage, "w::allocation@0.97")]
+    assert len(stored) == len(set(stored)) == len(evaluated)  # each plan a finished trial once
+    study = optuna.load_study(study_name="w::allocation@0.97", storage=storage)
+    # the killed worker's claim was taken over: failed by a survivor that found its process gone ...
+    (claim,) = [t for t in study.get_trials() if t.state == TrialState.RUNNING or t.user_attrs.get("dead_worker")]
+    assert claim.state == TrialState.FAIL and claim.user_attrs["dead_worker"]
+    assert tuple(sorted(claim.params.items())) in stored  # ... and its plan evaluated by one of them
+    rerun, accuracy = run_again(storage)
+    assert accuracy.calls == 1 and rerun.get_best_params() == reference.get_best_params()
 
 
 def run_again(storage: str):

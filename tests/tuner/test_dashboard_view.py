@@ -7,10 +7,10 @@ measured accuracy, speed and weights, checked against an independent evaluation 
 
 import optuna
 import pytest
-import torch
 from optuna.samplers import GridSampler
 from optuna.trial import TrialState
 from sketch_copies import with_sketches
+from test_tuner_allocation import FourLayers, KnownAccuracy
 from torch import nn
 
 from panther.tuner import Categorical, LayerConfig, OptunaSearch, SKAutoTuner, TuningConfigs
@@ -19,15 +19,8 @@ RANKS = [2, 4, 8]
 
 
 def test_the_dashboards_view_of_a_finished_study(tmp_path):
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 4))
-    x = torch.randn(128, 16)
-    with torch.no_grad():
-        reference = model(x)
-
-    def accuracy(m: nn.Module) -> float:
-        with torch.no_grad():
-            return 1.0 - ((m(x) - reference).norm() / reference.norm()).item()
+    model = FourLayers()
+    accuracy = KnownAccuracy(model)
 
     def speed(m: nn.Module) -> float:  # a stand-in for throughput: fewer weights, faster
         return 1.0 / sum(p.numel() for p in m.parameters())
@@ -35,12 +28,12 @@ def test_the_dashboards_view_of_a_finished_study(tmp_path):
     storage = f"sqlite:///{tmp_path / 'tuning.db'}"
     search = OptunaSearch(n_trials=len(RANKS), sampler=GridSampler({"low_rank": RANKS}, seed=0),
                           study_name="dash", storage=storage)
-    configs = TuningConfigs([LayerConfig(["0", "2"], {"low_rank": Categorical(RANKS)}, separate=True)])
+    configs = TuningConfigs([LayerConfig(["first", "third"], {"low_rank": Categorical(RANKS)}, separate=True)])
     SKAutoTuner(model, configs, accuracy, search_algorithm=search, accuracy_threshold=0.0,
                 optmization_eval_func=speed).tune()
 
     summaries = optuna.get_all_study_summaries(storage)
-    assert sorted(s.study_name for s in summaries) == ["dash::0", "dash::2"]  # one study per layer
+    assert sorted(s.study_name for s in summaries) == ["dash::first", "dash::third"]  # one study per layer
     for summary in summaries:
         layer = summary.study_name.split("::")[1]
         assert summary.n_trials == len(RANKS) and summary.direction == optuna.study.StudyDirection.MAXIMIZE
@@ -52,7 +45,7 @@ def test_the_dashboards_view_of_a_finished_study(tmp_path):
             assert trial.state == TrialState.COMPLETE and attrs["panther.status"] == "ok"
             assert attrs["panther.accuracy"] == pytest.approx(accuracy(sketched), abs=1e-6)
             assert attrs["panther.speed"] == pytest.approx(speed(sketched))
-            layer_module = sketched[int(layer)]
+            layer_module = sketched.get_submodule(layer)
             assert attrs["panther.bytes"] == sum(t.numel() * t.element_size() for t in [*layer_module.parameters(),
                                                                         *layer_module.buffers()])
             assert trial.value == pytest.approx(attrs["panther.speed"])  # the objective the search saw

@@ -13,13 +13,13 @@ from wsgiref.util import setup_testing_defaults
 
 import pytest
 import torch
-from torch import nn
+from test_tuner_allocation import FourLayers, KnownAccuracy
 
 from panther.tuner import LayerConfig, OptunaSearch, SKAutoTuner, TuningConfigs
 
 optuna_dashboard = pytest.importorskip("optuna_dashboard")
 
-LAYERS = ["0", "2"]
+LAYERS = ["first", "second"]
 
 
 def get_json(app: Any, path: str) -> Any:
@@ -33,16 +33,9 @@ def get_json(app: Any, path: str) -> Any:
 
 
 def test_the_dashboard_lists_the_allocation_study_and_its_trials(tmp_path):
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(32, 64), nn.ReLU(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 4)).eval()
-    x = torch.randn(256, 32)
-    with torch.no_grad():
-        reference = model(x)
-
-    def accuracy(m: nn.Module) -> float:
-        with torch.no_grad():
-            return 1.0 - ((m(x) - reference).norm() / reference.norm()).item()
-
+    model = FourLayers().eval()
+    accuracy = KnownAccuracy(model)
+    x = torch.randn(256, 96, generator=torch.Generator().manual_seed(0))
     storage = f"sqlite:///{tmp_path / 'tuning.db'}"
     tuner = SKAutoTuner(model, TuningConfigs([LayerConfig(LAYERS, params="auto", separate=True)]), accuracy,
                         accuracy_threshold=0.9, calibration_data=list(x.split(64)),

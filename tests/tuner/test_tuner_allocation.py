@@ -19,7 +19,7 @@ from torch import nn
 
 from panther.kinds import kind_of
 from panther.nn import SKLinear
-from panther.nn.quantized import Int8Linear, Int8SKLinear
+from panther.nn.quantized import Int8Linear, Int8SKLinear, SmoothInt8Linear
 from panther.plans import apply_plan, rebuild_sketched_layers
 from panther.tuner import LayerConfig, OptunaSearch, ParamsResolver, SKAutoTuner, TuningConfigs, layer_bytes
 from panther.tuner._allocate import choose_plan, role_of
@@ -144,6 +144,52 @@ def test_the_fastest_plan_wins_unless_a_more_accurate_one_ties_within_noise():
     by_size = [plan(1, None, 0.96, saved=30), plan(2, None, 0.99, saved=30), plan(3, None, 0.999, saved=5)]
     assert choose_plan(by_size, by_speed=False).number == 2
     assert choose_plan([plans[3], plans[4]], by_speed=True) is None
+
+
+def timed_int8_tuner(monkeypatch, jitter: float) -> SKAutoTuner:
+    """An allocating tune of :func:`digits_like_mlp` by speed where each option's time is given: int8
+    and smoothed int8 take 0.4 of dense, one ``jitter`` (relative) faster than the other, as timing
+    noise would have it; the whole model's speed is the sum of its layers' noiseless times."""
+    times = {Int8Linear: 0.4 * (1 + jitter), SmoothInt8Linear: 0.4 * (1 - jitter)}
+    monkeypatch.setattr("panther.tuner._allocation.profile._median_seconds",
+                        lambda module, x: times.get(type(module), 1.0))
+    model = digits_like_mlp()
+    x = torch.randn(128, 64, generator=torch.Generator().manual_seed(0))
+    reference = model(x).detach()
+
+    def cosine(m: nn.Module) -> float:
+        with torch.no_grad():
+            return float(nn.functional.cosine_similarity(m(x), reference, dim=-1).mean())
+
+    def speed(m: nn.Module) -> float:
+        return 1.0 / sum({Int8Linear: 0.4, SmoothInt8Linear: 0.4}.get(type(m.get_submodule(n)), 1.0)
+                         for n in ("0", "2", "4"))
+
+    tuner = SKAutoTuner(model, TuningConfigs([LayerConfig(["0", "2", "4"], "auto", separate=True)]), cosine,
+                        accuracy_threshold=0.99, optmization_eval_func=speed, calibration_data=[x[:64], x[64:]])
+    tuner.tune()
+    return tuner
+
+
+def test_int8_and_smoothed_int8_timed_within_noise_give_one_plan_whichever_was_faster(monkeypatch):
+    int8_faster = timed_int8_tuner(monkeypatch, jitter=-0.01).get_best_params()
+    smooth_faster = timed_int8_tuner(monkeypatch, jitter=0.01).get_best_params()
+    assert int8_faster == smooth_faster
+    # per layer, the one of the two with the lower output error on the calibration inputs
+    tuner = timed_int8_tuner(monkeypatch, jitter=0.0)
+    model, x = tuner.model, torch.cat(tuner._layers.calibration_batches())
+    inputs = {"0": x, "2": model[1](model[0](x)), "4": model[3](model[2](model[1](model[0](x))))}
+    for name, params in int8_faster.items():
+        errors = {}
+        for method in ("int8", "int8_smooth"):
+            with torch.no_grad():
+                layer, dense = tuner._layers.build(name, {"method": method}, True), tuner._layers.originals[name]
+                errors[method] = float((layer(inputs[name]) - dense(inputs[name])).norm())
+        assert params["method"] == min(errors, key=errors.get)
+    # the control: without the tie, which one wins depends on which was timed faster
+    monkeypatch.setattr("panther.tuner._allocate.SPEED_TIE", 0.0)
+    untied = [timed_int8_tuner(monkeypatch, jitter).get_best_params() for jitter in (-0.01, 0.01)]
+    assert untied[0] != untied[1]
 
 
 def test_profiled_int8_error_is_the_layer_output_error_on_the_calibration_inputs():

@@ -10,6 +10,11 @@ cheapest point to the most accurate one; every prefix of it is Lagrangian-optima
 least-cost choice for its own total error (Everett), and for any other budget the first prefix that
 fits costs at most one step more than the optimum.
 
+Measured costs (times) carry noise: with a ``tie`` band, options of one layer whose costs are within
+it of each other are taken as equally priced, and the one with the lower error wins (equal errors:
+the one earlier in the layer's sequence, the caller's order of preference), whichever was timed
+faster; the others are not on the layer's hull. So noise cannot flip a layer between such options.
+
 Along the path error only falls and cost only rises, so a caller can bisect the position (or
 ``λ``, or the budget) with a few full evaluations of the model, correcting the prediction instead of
 probing each layer. Errors are added as given: the caller chooses what to sum (relative output
@@ -49,16 +54,27 @@ class _Step:
     index: int  # position on the layer's hull after the step
 
 
-def _hull(options: Sequence[Option]) -> list[Option]:
+def _untied(options: Sequence[Option], tie: float) -> list[Option]:
+    """``options`` less those a preferred one beats: one at most as wrong (equal: earlier in the
+    sequence) that costs at most ``1 + tie`` times as much. ``tie=0``: the Pareto filter."""
+    kept: list[Option] = []
+    for option in sorted(options, key=lambda o: o.error):  # stable: equal errors keep the caller's order
+        if all(k.cost > option.cost * (1.0 + tie) for k in kept):
+            kept.append(option)
+    return kept
+
+
+def _hull(options: Sequence[Option], tie: float = 0.0) -> list[Option]:
     """The options a Lagrangian can pick, from cheapest (most error) to most accurate (most cost).
 
-    Pareto filter (no other option is at most as costly and as wrong), then the lower convex hull
-    in the (error, cost) plane. Points on a hull edge are kept, so the path can stop between them.
+    Options tied in cost lose to the preferred one (:func:`_untied`), then the Pareto filter (no
+    other option is at most as costly and as wrong), then the lower convex hull in the (error, cost)
+    plane. Points on a hull edge are kept, so the path can stop between them.
     """
     if not options:
         raise ValueError("every layer needs at least one option")
     frontier: list[Option] = []
-    for option in sorted(options, key=lambda o: (o.cost, o.error)):
+    for option in sorted(_untied(options, tie), key=lambda o: (o.cost, o.error)):
         if not frontier or option.error < frontier[-1].error:
             frontier.append(option)
     hull: list[Option] = []
@@ -78,11 +94,15 @@ class AllocationPath:
     """All Lagrangian-optimal points for ``layers`` (name → options), ordered by rising cost.
 
     ``point(0)`` takes every layer's cheapest option; ``point(len(self) - 1)`` the most accurate.
+    ``tie``: the relative cost difference within which a layer's options count as equally priced
+    (see the module docstring); each layer's options are listed in the caller's order of preference.
     Building costs one sort of all hull edges; each point is then a lookup.
     """
 
-    def __init__(self, layers: Mapping[str, Sequence[Option]]) -> None:
-        self._hulls = {name: _hull(options) for name, options in layers.items()}
+    def __init__(self, layers: Mapping[str, Sequence[Option]], tie: float = 0.0) -> None:
+        if tie < 0:
+            raise ValueError(f"tie must be >= 0, got {tie}")
+        self._hulls = {name: _hull(options, tie) for name, options in layers.items()}
         steps: list[_Step] = []
         for name, hull in self._hulls.items():
             rate = 0.0

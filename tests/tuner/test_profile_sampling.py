@@ -92,3 +92,22 @@ def test_layers_run_under_autocast_are_measured_and_timed_in_it():
         signal = sum(float((model[2](x).float() - model[2].bias).square().sum()) for x in inputs)
     assert profiles["2"].error["rank 8"] == pytest.approx((error / signal) ** 0.5, rel=1e-3)
     assert profiles["2"].dense_seconds > 0 and profiles["2"].seconds["rank 8"] > 0
+
+
+def test_options_timed_in_turn_keep_their_price_ratio_when_the_load_changes(monkeypatch):
+    """A machine twice as loaded after the first calls: timed one after the other, the second
+    option would look twice its real cost; called in turn with the fastest call kept, each keeps
+    its true price (``cost`` units, load 1 in every round's best call)."""
+    cheap, costly = nn.Identity(), nn.Identity()
+    cost = {id(cheap): 1.0, id(costly): 2.0}
+    calls = []
+
+    def loaded_call(module: nn.Module, x: torch.Tensor) -> float:
+        calls.append(module)
+        load = 1.0 if len(calls) <= 4 else 2.0  # the load doubles after the warm-ups and one round
+        return cost[id(module)] * load
+
+    monkeypatch.setattr(profile_module, "_call_seconds", loaded_call)
+    seconds = profile_module._fastest_seconds({"cheap": cheap, "costly": costly}, torch.zeros(1))
+    assert seconds == {"cheap": 1.0, "costly": 2.0}
+    assert calls[2:6] == [cheap, costly, cheap, costly]  # in turn, round after round

@@ -151,7 +151,7 @@ def timed_int8_tuner(monkeypatch, jitter: float) -> SKAutoTuner:
     and smoothed int8 take 0.4 of dense, one ``jitter`` (relative) faster than the other, as timing
     noise would have it; the whole model's speed is the sum of its layers' noiseless times."""
     times = {Int8Linear: 0.4 * (1 + jitter), SmoothInt8Linear: 0.4 * (1 - jitter)}
-    monkeypatch.setattr("panther.tuner._allocation.profile._median_seconds",
+    monkeypatch.setattr("panther.tuner._allocation.profile._call_seconds",
                         lambda module, x: times.get(type(module), 1.0))
     model = digits_like_mlp()
     x = torch.randn(128, 64, generator=torch.Generator().manual_seed(0))

@@ -3,6 +3,7 @@
     python bench/tune_quality.py --workload digits                  # ~1 min
     python bench/tune_quality.py --workload minilm                  # needs [transformers], ~10 min
     python bench/tune_quality.py --workload bert-base-cost          # the tuner's cost at BERT-base size
+    python bench/tune_quality.py --workload bert-base-cost --bert-sentences 256 256  # the 256 sentences
     python bench/tune_quality.py --table design --workload digits   # the original design's procedure
     python bench/tune_quality.py --table spec --workload minilm     # the tuner's rows alone, ~4 min
     python bench/tune_quality.py --table design --json out.json --plot docs/tune_digits.png  # [plots]
@@ -586,6 +587,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--workload", choices=("digits", "minilm", "both", "bert-base-cost"), default="digits",
                         help="bert-base-cost: the allocating tuner alone on a BERT-base-size encoder with random "
                              "weights, for its wall time and cost split (needs [transformers])")
+    parser.add_argument("--bert-sentences", type=int, nargs=2, default=(128, 128), metavar=("CALIBRATION", "EVAL"),
+                        help="bert-base-cost: calibration and evaluation sequences (32 tokens each)")
     parser.add_argument("--budget", type=int, default=40, help="full evaluations per procedure")
     parser.add_argument("--objective", choices=("speed", "bytes"), default="speed",
                         help="spec table: the tuner's objective, throughput (priced by timings) or bytes saved "
@@ -610,7 +613,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     workloads = {"digits": lambda: digits_workload(args.seed),
                  "minilm": lambda: minilm_workload(args.minilm_threshold, all_layers=methods)}
     if args.workload == "bert-base-cost":
-        work = bert_cost_workload(seed=args.seed)
+        work = bert_cost_workload(seed=args.seed, eval_sentences=args.bert_sentences[1],
+                                  calibration_sentences=args.bert_sentences[0])
         rows.append(outcome(work, "SKAutoTuner (allocate: sketch / int8 per layer)",
                             allocating_tuner(work, work.threshold, args.budget), args.threads, by_bytes=True))
     for name, make in workloads.items():

@@ -111,7 +111,6 @@ class LayerInstaller:
 
     def build(self, name: str, params: Mapping[str, Any], copy_weights: bool) -> nn.Module:
         """A candidate for ``name`` from its dense original, in the original's train/eval mode."""
-        dense = self.originals[name]
         if self._built is None:
             return self._build(name, params, copy_weights)
         key = (name, params_key(params), copy_weights)
@@ -119,7 +118,7 @@ class LayerInstaller:
         if known is None or _versions(known[0]) != known[1]:
             candidate = self._build(name, params, copy_weights)
             known = self._built[key] = (candidate, _versions(candidate))
-        known[0].train(dense.training)
+        known[0].train(self.originals[name].training)
         return known[0]
 
     def _build(self, name: str, params: Mapping[str, Any], copy_weights: bool) -> nn.Module:

@@ -304,11 +304,11 @@ def profile_layers(
                 x = recorded.largest_input[name]
                 key = (*_timing_key(dense[name], x), autocast)
                 if key not in timings or not set(candidates[name]) <= set(timings[key][1]):
-                    known = timings[key][1] if key in timings else {}
+                    dense_seconds, known = timings.get(key, (None, {}))
                     fresh = _fastest_seconds({_DENSE: dense[name]} | {k: m for k, m in candidates[name].items()
                                                                       if k not in known}, x)
-                    dense_seconds = fresh.pop(_DENSE)
-                    timings[key] = (timings[key][0] if key in timings else dense_seconds, known | fresh)
+                    timed_dense = fresh.pop(_DENSE)  # timed beside the new options, kept if the first
+                    timings[key] = (timed_dense if dense_seconds is None else dense_seconds, known | fresh)
                 profile.dense_seconds = timings[key][0]
                 profile.seconds = {k: timings[key][1][k] for k in candidates[name]}
     return profiles
